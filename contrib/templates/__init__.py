@@ -1,0 +1,1 @@
+"""Templates copied by ``privet new`` (shipped inside the privet package as privet.templates)."""

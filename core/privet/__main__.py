@@ -1,0 +1,5 @@
+"""``python -m privet`` / ``torchrun -m privet run FILE``."""
+
+from .cli import main
+
+main()

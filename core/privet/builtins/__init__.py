@@ -1,0 +1,1 @@
+"""Core components, registered through the same hooks as any plugin's."""
