@@ -7,17 +7,20 @@ component's ``options`` are validated against that component's own attrs class.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional, get_args, get_origin
 
 import attrs
 import cattrs
 import yaml
+from cattrs.errors import IterableValidationError, IterableValidationNote
 
 from .errors import ConfigError, PrivetError
+from .validators import OptionValueError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -48,9 +51,11 @@ class SplitConfig:
 
     def __attrs_post_init__(self) -> None:
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
-            raise ValueError("val and test must be fractions in [0, 1) whose sum is below 1")
+            raise OptionValueError("val and test must be fractions in [0, 1) whose sum is "
+                                   f"below 1, got val={self.val}, test={self.test}", "val")
         if self.method == "field" and not self.field:
-            raise ValueError("method 'field' needs 'field': the record key holding train/val/test")
+            raise OptionValueError("method 'field' needs 'field': the record key holding "
+                                   "train/val/test", "method")
 
 
 @attrs.define
@@ -115,7 +120,7 @@ class TrainConfig:
     def __attrs_post_init__(self) -> None:
         for key in ("epochs", "batch_size", "accumulate"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1")
+                raise OptionValueError(f"{key} must be at least 1, got {getattr(self, key)}", key)
 
 
 @attrs.define
@@ -147,7 +152,7 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
 
     def structure_path(value: Any, _t: Any) -> Path:
         if not isinstance(value, (str, Path)):
-            raise ValueError(f"expected a path string, got {value!r}")
+            raise OptionValueError(f"expected a path string, got {value!r}")
         p = Path(value).expanduser()
         if base_dir is not None and not p.is_absolute():
             p = base_dir / p
@@ -160,45 +165,78 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
         if isinstance(value, str):
             return ComponentSpec(value)
         if not isinstance(value, dict):
-            raise ValueError("expected a component name or {name: ..., options: {...}}")
+            raise OptionValueError("expected a component name or {name: ..., options: {...}}")
         extra = set(value) - {"name", "options"}
         if extra:
-            raise ValueError(f"unknown keys {sorted(extra)}; component settings go under 'options'")
+            raise OptionValueError(f"unknown keys {sorted(extra)}; component settings go "
+                                   f"under 'options'")
         if "name" not in value:
-            raise ValueError("missing 'name'")
+            raise OptionValueError("missing 'name'")
         opts = value.get("options") or {}
         if not isinstance(opts, dict):
-            raise ValueError("'options' must be a mapping")
+            raise OptionValueError("'options' must be a mapping")
         return ComponentSpec(str(value["name"]), dict(opts))
 
     conv.register_structure_hook(ComponentSpec, structure_spec)
 
     def structure_float(value: Any, _t: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        except (TypeError, ValueError):
+            raise OptionValueError(f"expected a number, got {value!r}") from None
 
     def structure_int(value: Any, _t: Any) -> int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"expected an integer, got {value!r}")
-        return int(value)
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        except (TypeError, ValueError):
+            raise OptionValueError(f"expected an integer, got {value!r}") from None
 
     def structure_bool(value: Any, _t: Any) -> bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise OptionValueError(f"expected true or false, got {value!r}")
 
     def structure_str(value: Any, _t: Any) -> str:
         if isinstance(value, (dict, list)):
-            raise ValueError(f"expected a string, got {type(value).__name__}")
+            raise OptionValueError(f"expected a string, got {type(value).__name__}")
         return str(value)
+
+    def structure_literal(value: Any, t: Any) -> Any:
+        allowed = get_args(t)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            raise OptionValueError(f"expected one of {', '.join(map(repr, allowed))}, "
+                                   f"got {value!r}")
+        return value
+
+    def structure_list(value: Any, t: Any) -> list[Any]:
+        # cattrs would iterate a string ("onnx" -> o, n, n, x): a list must be a list.
+        if not isinstance(value, (list, tuple)):
+            raise OptionValueError(f"expected a list, got {value!r}")
+        elem = (get_args(t) or (Any,))[0]
+        out, errors = [], []
+        for i, item in enumerate(value):
+            try:
+                out.append(conv.structure(item, elem))
+            except Exception as err:  # collected like cattrs does, with the index
+                err.__notes__ = [*getattr(err, "__notes__", []),
+                                 IterableValidationNote(f"Structuring {t} @ index {i}", i, elem)]
+                errors.append(err)
+        if errors:
+            raise IterableValidationError(f"While structuring {t!r}", errors, t)
+        return out
 
     conv.register_structure_hook(float, structure_float)
     conv.register_structure_hook(int, structure_int)
     conv.register_structure_hook(bool, structure_bool)
     conv.register_structure_hook(str, structure_str)
+    conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, structure_literal)
+    conv.register_structure_hook_func(lambda t: t is list or get_origin(t) is list, structure_list)
     return conv
 
 
@@ -216,25 +254,43 @@ def structure(conv: cattrs.Converter, data: Any, cls: type, *, prefix: str = "",
     try:
         return conv.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as err:
+        fields: list[str | None] = []  # the option each message is about, if known
+
+        def describe(exc: BaseException, type_: Any) -> str:
+            if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+                fields.append(sorted(exc.extra_fields)[0])  # its line is the one to show
+                return _unknown_keys(exc)
+            fields.append(getattr(exc, "field", None))
+            if isinstance(exc, OptionValueError) or (isinstance(exc, ValueError) and type_ is None):
+                return str(exc)  # our hooks and the Options' validators speak to the user
+            return cattrs.v.format_exception(exc, type_)
+
         if isinstance(err, cattrs.BaseValidationError):
-            messages = cattrs.transform_error(err, path="$")
+            messages = cattrs.transform_error(err, path="$", format_exception=describe)
         else:
-            messages = [f"{err} @ $"]
+            messages = [f"{describe(err, None)} @ $"]
         first = messages[0]
         m = _AT.match(first)
         msg, path = (m.group("msg"), _to_dotted(m.group("path"))) if m else (first, "")
-        full = ".".join(p for p in (prefix, path) if p)
+        full = ".".join(p for p in (prefix, path, fields[0] if fields else None) if p)
         msg = _friendly(msg, err)
         raise ConfigError(msg, path=full or None, file=file,
                           line=_line_for(lines, full)) from err
 
 
+def _unknown_keys(exc: cattrs.ForbiddenExtraKeysError) -> str:
+    known = [f.name for f in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+    parts = []
+    for key in sorted(exc.extra_fields):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"unknown key(s) {', '.join(parts)}; remove or fix the spelling "
+            f"(known: {', '.join(known) or 'none'})")
+
+
 def _friendly(msg: str, err: BaseException) -> str:
     if msg.startswith("required field missing"):
         return "required key is missing"
-    m = re.match(r"extra fields found \((.*)\)", msg)
-    if m:
-        return f"unknown key(s) {m.group(1)}; remove or fix the spelling"
     if msg.startswith("invalid value for type, expected"):
         return msg.replace("invalid value for type, expected", "wrong type: expected")
     return msg

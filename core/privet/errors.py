@@ -65,9 +65,12 @@ class DropRecord(Exception):
     """Raised by a source or cleaner to drop the current record with a reason.
 
     Not a :class:`PrivetError`: it never escapes the data engine, which counts it.
+    ``bad=False`` marks a record filtered on purpose (a duplicate, too short): it is
+    counted but does not count towards ``data.max_bad_fraction`` or ``on_error: fail``.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", *, bad: bool = True) -> None:
         self.reason = reason
         self.detail = detail
+        self.bad = bad
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -6,11 +6,23 @@ from pathlib import Path
 from typing import Any
 
 
+class OptionValueError(ValueError):
+    """A value the user wrote is invalid; the message is shown as it is.
+
+    ``field`` names the option it concerns, so that the config error can name the full
+    key path (``data.source.options.paths``) and its line in the pipeline file.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def existing_path(_instance: Any, attribute: Any, value: Any) -> None:
     """The option names a file or folder that exists (checked without reading it)."""
     if value is not None and not Path(value).exists():
-        raise ValueError(f"file not found: {value}; check the path (relative paths are "
-                         f"resolved against the pipeline file's folder)")
+        raise OptionValueError(f"file not found: {value}; check the path (relative paths are "
+                               f"resolved against the pipeline file's folder)", attribute.name)
 
 
 def existing_paths(_instance: Any, attribute: Any, value: Any) -> None:
@@ -20,9 +32,10 @@ def existing_paths(_instance: Any, attribute: Any, value: Any) -> None:
 
 def positive(_instance: Any, attribute: Any, value: Any) -> None:
     if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
+        raise OptionValueError(f"{attribute.name} must be positive, got {value}", attribute.name)
 
 
 def probability(_instance: Any, attribute: Any, value: Any) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value}")
+        raise OptionValueError(f"{attribute.name} must be between 0 and 1, got {value}",
+                               attribute.name)

@@ -1,0 +1,1 @@
+"""The data engine: preparation into an Arrow cache, sampling, loading."""

@@ -1,0 +1,134 @@
+"""Memory-mapped Arrow IPC shards: written once, read with random access.
+
+Reading maps the files, so a shuffled epoch needs no copy of the data in RAM and
+DataLoader workers share the pages with the main process.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import DataError
+
+_FLUSH_BYTES = 64 << 20
+
+
+def _approx_size(record: dict[str, Any]) -> int:
+    n = 0
+    for v in record.values():
+        if isinstance(v, (str, bytes)):
+            n += len(v)
+        elif isinstance(v, list):
+            n += 8 * len(v)
+        else:
+            n += 8
+    return n
+
+
+class ArrowShardWriter:
+    """Buffers records and writes them as Arrow IPC files of at most ``shard_rows`` rows."""
+
+    def __init__(self, folder: Path, split: str, shard_rows: int) -> None:
+        self.folder = Path(folder)
+        self.split = split
+        self.shard_rows = max(1, shard_rows)
+        self.rows = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._bytes = 0
+        self._files: list[str] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self._buffer.append(record)
+        self._bytes += _approx_size(record)
+        self.rows += 1
+        if len(self._buffer) >= self.shard_rows or self._bytes >= _FLUSH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        import pyarrow as pa
+
+        try:
+            table = pa.Table.from_pylist(self._buffer)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise DataError(f"records of split {self.split!r} cannot be stored: {err}; a "
+                            f"component yields values of different types under one key") from err
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{self.split}-{len(self._files):05d}.arrow"
+        tmp = path.with_suffix(".arrow.tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        tmp.replace(path)
+        self._files.append(str(path))
+        self._buffer = []
+        self._bytes = 0
+
+    def close(self) -> list[str]:
+        self._flush()
+        return list(self._files)
+
+
+class ArrowTable:
+    """Random access over the rows of several Arrow IPC files, memory-mapped."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = list(files)
+        self._tables: list[Any] | None = None
+        self._offsets: list[int] = []
+        self._open()
+        self.num_rows = sum(t.num_rows for t in self._tables or [])
+
+    def _open(self) -> list[Any]:
+        if self._tables is None:
+            import pyarrow as pa
+
+            tables = []
+            offsets = []
+            total = 0
+            for f in self.files:
+                table = pa.ipc.open_file(pa.memory_map(f, "r")).read_all()
+                offsets.append(total)
+                total += table.num_rows
+                tables.append(table)
+            self._tables, self._offsets = tables, offsets
+        return self._tables
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __getstate__(self) -> dict[str, Any]:  # workers re-map the files themselves
+        state = dict(self.__dict__)
+        state["_tables"] = None
+        return state
+
+    def rows(self, indices: list[int]) -> list[dict[str, Any]]:
+        """The records at ``indices`` (in that order)."""
+        tables = self._open()
+        if len(tables) == 1:
+            return tables[0].take(indices).to_pylist()
+        out: list[Any] = [None] * len(indices)
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for pos, idx in enumerate(indices):
+            t = bisect.bisect_right(self._offsets, idx) - 1
+            groups.setdefault(t, []).append((pos, idx - self._offsets[t]))
+        for t, items in groups.items():
+            for (pos, _), row in zip(items, tables[t].take([i for _, i in items]).to_pylist()):
+                out[pos] = row
+        return out
+
+    def column(self, name: str) -> list[Any]:
+        out: list[Any] = []
+        for table in self._open():
+            if name not in table.column_names:
+                raise DataError(f"the prepared records have no field {name!r} "
+                                f"(fields: {', '.join(table.column_names)}); set data.label_field")
+            out.extend(table.column(name).to_pylist())
+        return out
+
+    def iter_rows(self, batch: int = 1024) -> Iterator[dict[str, Any]]:
+        for table in self._open():
+            for chunk in table.to_batches(max_chunksize=batch):
+                yield from chunk.to_pylist()

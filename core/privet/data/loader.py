@@ -1,0 +1,149 @@
+"""Sampling and loading from the prepared cache.
+
+The order of an epoch is a pure function of (seed, epoch) — never the state of a
+DataLoader iterator's generator — and each rank takes every ``world_size``-th index
+of it, so resume is exact and every example is seen once per epoch over the world.
+DataLoader workers receive whole batches, so they never overlap either.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterator, NamedTuple, Sequence
+
+from ..components import Augmenter, Model
+from ..errors import DropRecord
+from .arrow import ArrowTable
+
+
+def _mix(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63 - 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int, *, shuffle: bool = True,
+                weights: Sequence[float] | None = None) -> list[int]:
+    """The indices of one epoch: a seeded permutation, or weighted draws for balancing."""
+    import torch
+
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(_mix(seed, epoch))
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.double)
+        return torch.multinomial(w, n, replacement=True, generator=g).tolist()
+    return torch.randperm(n, generator=g).tolist()
+
+
+def balanced_weights(labels: Sequence[Any]) -> list[float]:
+    """Per-example weights so each class is drawn equally often (class-weighted sampling)."""
+    counts = Counter(labels)
+    return [1.0 / counts[label] for label in labels]
+
+
+class EpochBatchSampler:
+    """Yields this rank's batches of ``(index, epoch)`` pairs; can start mid-epoch."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool,
+                 weights: Sequence[float] | None = None, rank: int = 0, world_size: int = 1) -> None:
+        self.n = n
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.weights = weights
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def indices(self) -> list[int]:
+        order = epoch_order(self.n, self.seed, self.epoch, shuffle=self.shuffle, weights=self.weights)
+        return order[self.rank::self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = len(range(self.rank, self.n, self.world_size))
+        return (per_rank + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        mine = self.indices()
+        bs = self.batch_size
+        for b in range(self.start_batch, (len(mine) + bs - 1) // bs):
+            yield [(i, self.epoch) for i in mine[b * bs:(b + 1) * bs]]
+
+
+class Dropped(NamedTuple):
+    reason: str
+
+
+class ExampleDataset:
+    """Examples from the cache -> augmenters (training only, per-sample seeds) -> encode."""
+
+    def __init__(self, table: ArrowTable, model: Model, augmenters: list[Augmenter], *,
+                 seed: int, train: bool) -> None:
+        self.table = table
+        self.model = model
+        self.augmenters = augmenters if train else []
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        import numpy as np
+
+        rows = self.table.rows([i for i, _ in items])
+        out: list[Any] = []
+        for (index, epoch), record in zip(items, rows):
+            try:
+                if self.augmenters:
+                    rng = np.random.default_rng([self.seed, epoch, index])
+                    for aug in self.augmenters:
+                        record = aug.augment(record, rng)
+                out.append(self.model.encode(record))
+            except DropRecord as drop:
+                out.append(Dropped(drop.reason))
+        return out
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        return self.__getitems__([item])[0]
+
+
+class LoadedBatch(NamedTuple):
+    """A collated batch (``None`` if every item was dropped) and the drops by reason."""
+
+    batch: Any
+    dropped: dict[str, int]
+
+
+class Collate:
+    """Filters dropped items, then calls the model's collate; never crashes on an empty batch."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def __call__(self, items: list[Any]) -> LoadedBatch:
+        kept = [i for i in items if not isinstance(i, Dropped)]
+        dropped = dict(Counter(i.reason for i in items if isinstance(i, Dropped)))
+        return LoadedBatch(self.model.collate(kept) if kept else None, dropped)
+
+
+def make_loader(table: ArrowTable, model: Model, augmenters: list[Augmenter], *, batch_size: int,
+                seed: int, train: bool, shuffle: bool, num_workers: int,
+                weights: Sequence[float] | None = None, rank: int = 0, world_size: int = 1,
+                pin_memory: bool = False) -> Any:
+    """A DataLoader over the cache whose order does not depend on any global RNG."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    sampler = EpochBatchSampler(len(table), batch_size, seed=seed, shuffle=shuffle, weights=weights,
+                                rank=rank, world_size=world_size)
+    dataset = ExampleDataset(table, model, augmenters, seed=seed, train=train)
+    # A private generator: creating an iterator must not advance torch's global RNG,
+    # or a resumed run would see different dropout masks than an uninterrupted one.
+    generator = torch.Generator().manual_seed(_mix(seed, 99991))
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,  # type: ignore[arg-type]
+                      collate_fn=Collate(model), generator=generator, pin_memory=pin_memory,
+                      multiprocessing_context="fork" if num_workers > 0 else None)

@@ -1,0 +1,1 @@
+"""TensorBoard, progress display, manifest and run report."""

@@ -1,0 +1,75 @@
+"""torch.distributed set-up from the variables torchrun sets (RANK, WORLD_SIZE, ...)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+
+
+@attrs.define
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    initialized_here: bool = False
+
+
+def setup(device_name: str) -> DistEnv:
+    """Join the process group when launched by torchrun (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv()
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return DistEnv(rank, local_rank, world, False)
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistEnv(rank, local_rank, world, True)
+
+
+def teardown(env: DistEnv) -> None:
+    if env.initialized_here:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast(value: Any, env: DistEnv) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if env.world_size <= 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wrap_module(module: Any, strategy: str, env: DistEnv, device: Any) -> Any:
+    """DDP (or FSDP2 ``fully_shard``) around the module in a distributed run."""
+    if env.world_size <= 1:
+        return module
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        return fully_shard(module)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids)

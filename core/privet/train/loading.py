@@ -1,0 +1,65 @@
+"""Loading a trained run back: the model component with its fitted state and the weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import PrivetError
+from ..storage import Storage
+
+
+def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str = "best") -> tuple[Any, Any]:
+    """Return ``(model_component, module)`` of a finished or stopped run, in eval mode.
+
+    ``weights`` is ``best`` (the best validation epoch, falling back to the last
+    checkpoint) or ``last``. Nothing is unpickled: weights come from safetensors and the
+    fitted state from JSON.
+    """
+    import torch
+    from safetensors.torch import load_model
+
+    from .checkpoint import CheckpointManager
+    from .engine import _resume_source, prepare_config
+
+    run_dir = Path(run_dir)
+    config, base_dir = _resume_source(run_dir)
+    host, loaded = prepare_config(config, host=host, base_dir=base_dir)
+    storage = Storage(run_dir)
+    if not storage.exists("state/components.json"):
+        raise PrivetError(f"{run_dir}: no state/components.json; the run did not finish preparing "
+                          f"its data")
+    state = storage.read_json("state/components.json")
+    model = loaded.instantiate(host.catalog, "model")
+    model.load_state_dict(state["model"]["state"])
+    torch.manual_seed(loaded.config.seed)
+    module = model.build()
+    best = storage.path("best/model.safetensors")
+    if weights == "best" and best.exists():
+        path = best
+    else:
+        latest = CheckpointManager(storage).latest()
+        if latest is None:
+            raise PrivetError(f"{run_dir}: no checkpoint to load; train the run first")
+        path = latest / "model.safetensors"
+    try:
+        load_model(module, str(path), strict=False)
+    except Exception as err:
+        raise PrivetError(f"{path}: cannot load weights ({err})") from err
+    module.eval()
+    return model, module
+
+
+def load_cleaners(run_dir: str | Path, host: Any | None = None) -> list[Any]:
+    """The run's cleaners with their fitted state (for preprocessing at inference)."""
+    from .engine import _resume_source, prepare_config
+
+    config, base_dir = _resume_source(Path(run_dir))
+    host, loaded = prepare_config(config, host=host, base_dir=base_dir)
+    state = Storage(run_dir).read_json("state/components.json")
+    cleaners = []
+    for i, item in enumerate(state["cleaners"]):
+        cleaner = loaded.instantiate(host.catalog, f"data.cleaners.{i}")
+        cleaner.load_state_dict(item["state"])
+        cleaners.append(cleaner)
+    return cleaners

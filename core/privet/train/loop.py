@@ -1,0 +1,353 @@
+"""The training loop: one straight loop with named steps, hooks at clear points.
+
+forward -> backward (accumulated) -> normalise by the window's item count -> clip ->
+optimizer step -> scheduler -> log -> checkpoint; validate and early-stop per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import attrs
+
+from ..errors import TrainingError
+from .checkpoint import CheckpointManager, capture_rng, restore_rng
+from .metrics import MetricAccumulator
+
+
+@attrs.define
+class TrainingObjects:
+    """What the ``wrap_training`` hook may replace."""
+
+    module: Any
+    optimizer: Any
+    train_loader: Any
+
+
+@attrs.define
+class LoopState:
+    """Everything about progress that a checkpoint must carry (besides tensors)."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_step: int = 0
+    best: float | None = None
+    best_metrics: dict[str, float] = attrs.field(factory=dict)
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = attrs.field(factory=list)
+    dropped_in_training: dict[str, int] = attrs.field(factory=dict)
+    skipped_steps: int = 0
+    samples_seen: int = 0
+
+
+def build_optimizer(cfg: Any, params: Any) -> Any:
+    import torch
+
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+class Trainer:
+    """Runs epochs for a :class:`privet.train.engine.RunContext`."""
+
+    def __init__(self, run: Any, objects: TrainingObjects, *, val_loader: Any, scheduler: Any,
+                 scheduler_component: Any, raw_module: Any, scalars: Any, progress: Any,
+                 checkpoints: CheckpointManager | None) -> None:
+        import torch
+
+        self.run = run
+        self.cfg = run.config.train
+        self.model = run.components.model
+        self.objects = objects
+        self.val_loader = val_loader
+        self.scheduler = scheduler
+        self.scheduler_component = scheduler_component
+        self.raw_module = raw_module
+        self.scalars = scalars
+        self.progress = progress
+        self.checkpoints = checkpoints
+        self.state = LoopState()
+        self.device = run.device
+        precision = self.cfg.precision
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.check_every_step = self.device.type == "cpu"
+        self.steps_per_epoch = math.ceil(len(objects.train_loader) / self.cfg.accumulate)
+        total = self.steps_per_epoch * self.cfg.epochs
+        self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: Any) -> Any:
+        import torch
+
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self._to_device(v) for v in batch)
+        return batch
+
+    def _params(self) -> list[Any]:
+        return [p for g in self.objects.optimizer.param_groups for p in g["params"]]
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def restore(self, path: Any) -> None:
+        tensors, plain = CheckpointManager.load(path, self.raw_module)
+        self.objects.optimizer.load_state_dict(tensors["optimizer"])
+        if self.scheduler is not None and "scheduler" in tensors:
+            self.scheduler.load_state_dict(tensors["scheduler"])
+        if "scaler" in tensors:
+            self.scaler.load_state_dict(tensors["scaler"])
+        restore_rng(tensors["rng"], plain["rng"])
+        self.state = LoopState(**plain["loop"])
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoints is None:
+            return
+        self._check_finite_weights()
+        rng_tensors, rng_plain = capture_rng()
+        tensors: dict[str, Any] = {"optimizer": self.objects.optimizer.state_dict(), "rng": rng_tensors}
+        if self.scheduler is not None:
+            tensors["scheduler"] = self.scheduler.state_dict()
+        if self.scaler.is_enabled():
+            tensors["scaler"] = self.scaler.state_dict()
+        plain = {"rng": rng_plain, "loop": attrs.asdict(self.state)}
+        path = self.checkpoints.save(self.state.global_step, self.raw_module, tensors, plain)
+        self.run.host.after_checkpoint(self.run, path, self.state.global_step)
+
+    def _check_finite_weights(self) -> None:
+        import torch
+
+        for name, p in self.raw_module.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise TrainingError(f"parameter {name} is not finite at step {self.state.global_step}; "
+                                    f"no checkpoint was written. Lower train.optimizer.lr or set "
+                                    f"train.clip_grad_norm")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> LoopState:
+        import torch
+
+        cfg = self.cfg
+        st = self.state
+        loader = self.objects.train_loader
+        sampler = loader.batch_sampler
+        train_metrics = MetricAccumulator(self.model.task, "train")
+        last_log = time.perf_counter()
+        samples_since_log = 0
+        while st.epoch < cfg.epochs and not st.stopped_early and not self._done():
+            sampler.set_epoch(st.epoch, st.batch_in_epoch)
+            self.objects.module.train()
+            batches = iter(loader)
+            exhausted = False
+            while not exhausted and not self._done():
+                # 1. gather one accumulation window of micro-batches
+                window = []
+                for _ in range(cfg.accumulate):
+                    loaded = next(batches, None)
+                    if loaded is None:
+                        exhausted = True
+                        break
+                    st.batch_in_epoch += 1
+                    for reason, n in loaded.dropped.items():
+                        st.dropped_in_training[reason] = st.dropped_in_training.get(reason, 0) + n
+                    if loaded.batch is not None:
+                        window.append(self._to_device(loaded.batch))
+                if not window:
+                    continue
+                # 2. forward + backward, 3. normalise, 4. clip, 5. step
+                loss_sum, count, n_samples = self._forward_backward(window, train_metrics)
+                if self.check_every_step and not bool(torch.isfinite(loss_sum)):
+                    self._nonfinite(loss_sum)
+                grad_norm = self._optimizer_step()
+                st.global_step += 1
+                st.samples_seen += n_samples
+                samples_since_log += n_samples
+                if self.scheduler is not None and self.scheduler_component.interval == "step":
+                    self.scheduler.step()
+                # 6. log every N steps (the only host sync of the hot path)
+                if st.global_step % cfg.log_every_n_steps == 0 or st.global_step == self.total_steps:
+                    if not self.check_every_step and not bool(torch.isfinite(loss_sum)):
+                        self._nonfinite(loss_sum)
+                    now = time.perf_counter()
+                    logged = train_metrics.compute()
+                    logged["train/lr"] = self.objects.optimizer.param_groups[0]["lr"]
+                    logged["train/samples_per_s"] = samples_since_log / max(now - last_log, 1e-9)
+                    if grad_norm is not None:
+                        logged["train/grad_norm"] = float(grad_norm)
+                    self.scalars.log(logged, st.global_step)
+                    self.progress.update(st.global_step, st.epoch, {"loss": logged.get("train/loss", 0.0)})
+                    train_metrics.reset()
+                    last_log, samples_since_log = now, 0
+                # 7. checkpoint every N steps
+                every = cfg.checkpoint.every_n_steps
+                if every and st.global_step % every == 0 and not exhausted:
+                    self.save_checkpoint()
+            if exhausted or self._done():
+                self._end_epoch(finished=exhausted)
+        return st
+
+    def _done(self) -> bool:
+        return bool(self.cfg.max_steps) and self.state.global_step >= self.cfg.max_steps
+
+    def _forward_backward(self, window: list[Any], metrics: MetricAccumulator) -> tuple[Any, Any, int]:
+        import torch
+
+        module = self.objects.module
+        model = self.model
+        n_samples = 0
+        distributed = self.run.world_size > 1
+        if len(window) == 1 and self.cfg.accumulate == 1 and not distributed:
+            # the plain-loop path: mean loss, one backward (bit-identical to a hand-written loop)
+            with self._autocast():
+                out = model.step(module, window[0])
+            self.scaler.scale(out.loss_sum / out.count).backward()
+            metrics.update(out)
+            return out.loss_sum.detach(), out.count, model.batch_size_of(window[0])
+        total_loss: Any = 0.0
+        total_count: Any = 0
+        for i, batch in enumerate(window):
+            sync = contextlib.nullcontext()
+            if distributed and i < len(window) - 1 and hasattr(module, "no_sync"):
+                sync = module.no_sync()
+            with sync:
+                with self._autocast():
+                    out = model.step(module, batch)
+                self.scaler.scale(out.loss_sum).backward()
+            metrics.update(out)
+            total_loss = total_loss + out.loss_sum.detach()
+            total_count = total_count + out.count
+            n_samples += model.batch_size_of(batch)
+        # normalise by the items of the whole window (over all ranks): exact accumulation
+        denom = torch.as_tensor(total_count, dtype=torch.float32, device=self.device)
+        if distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(denom)
+            denom = denom / self.run.world_size  # DDP already averaged the gradients
+        for p in self._params():
+            if p.grad is not None:
+                p.grad.div_(denom.to(p.grad.dtype))
+        return total_loss, total_count, n_samples
+
+    def _optimizer_step(self) -> Any:
+        import torch
+
+        optimizer = self.objects.optimizer
+        grad_norm = None
+        if self.cfg.clip_grad_norm:
+            self.scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.clip_grad_norm)
+        if self.scaler.is_enabled():
+            before = self.scaler.get_scale()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < before:  # inf/NaN gradients: the step was skipped
+                self.state.skipped_steps += 1
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def _nonfinite(self, loss: Any) -> None:
+        st = self.state
+        raise TrainingError(f"loss is {float(loss)} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
+                            f"stopping before it reaches a checkpoint. Lower train.optimizer.lr, set "
+                            f"train.clip_grad_norm, or use precision fp16 (skips such steps)")
+
+    def _end_epoch(self, *, finished: bool) -> None:
+        st = self.state
+        metrics = self.validate()
+        metrics["epoch"] = st.epoch + 1
+        st.history.append(metrics)
+        self.scalars.log({k: v for k, v in metrics.items() if k != "epoch"}, st.global_step)
+        self.progress.message(f"epoch {st.epoch + 1}: " + " ".join(
+            f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/")))
+        if self.scheduler is not None:
+            interval = self.scheduler_component.interval
+            if interval == "epoch":
+                self.scheduler.step()
+            elif interval == "metric":
+                self.scheduler.step(self._monitored(metrics, self.scheduler_component.monitor))
+        self._early_stopping(metrics)
+        self.run.host.after_epoch(self.run, st.epoch, metrics)
+        if finished:
+            st.epoch += 1
+            st.batch_in_epoch = 0
+        self.save_checkpoint()
+
+    def _monitored(self, metrics: dict[str, float], key: str) -> float:
+        if key not in metrics:
+            raise TrainingError(f"monitored metric {key!r} does not exist (available: "
+                                f"{', '.join(sorted(k for k in metrics if '/' in k))}); fix "
+                                f"train.early_stopping.monitor or the scheduler's monitor")
+        return metrics[key]
+
+    def _early_stopping(self, metrics: dict[str, float]) -> None:
+        es = self.cfg.early_stopping
+        st = self.state
+        key = es.monitor if es is not None else "val/loss"
+        if key not in metrics:
+            if es is not None:
+                self._monitored(metrics, key)
+            return
+        value = metrics[key]
+        mode = es.mode if es is not None else "min"
+        delta = es.min_delta if es is not None else 0.0
+        improved = st.best is None or (value < st.best - delta if mode == "min" else value > st.best + delta)
+        if improved:
+            st.best = value
+            st.best_metrics = dict(metrics)
+            st.bad_epochs = 0
+            if self.checkpoints is not None:
+                self._save_best()
+        else:
+            st.bad_epochs += 1
+            if es is not None and st.bad_epochs >= es.patience:
+                st.stopped_early = True
+                self.progress.message(f"early stopping: {key} has not improved for {st.bad_epochs} epochs")
+
+    def _save_best(self) -> None:
+        from safetensors.torch import save_model
+
+        self._check_finite_weights()
+        with self.run.storage.atomic_dir("best") as tmp:
+            save_model(self.raw_module, str(tmp / "model.safetensors"))
+
+    def validate(self) -> dict[str, float]:
+        import torch
+
+        if self.val_loader is None or len(self.val_loader) == 0:
+            return {}
+        module = self.objects.module
+        module.eval()
+        acc = MetricAccumulator(self.model.task, "val")
+        self.val_loader.batch_sampler.set_epoch(0)
+        with torch.no_grad():
+            for loaded in self.val_loader:
+                if loaded.batch is None:
+                    continue
+                with self._autocast():
+                    out = self.model.step(module, self._to_device(loaded.batch))
+                acc.update(out)
+        acc.all_reduce()
+        module.train()
+        return acc.compute()

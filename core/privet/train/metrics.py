@@ -1,0 +1,95 @@
+"""Metrics by task, accumulated on the device and read out once per evaluation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..components import StepOutput
+
+
+class MetricAccumulator:
+    """Sums over batches; :meth:`compute` turns them into ``prefix/name`` floats.
+
+    Everything stays a device tensor until :meth:`compute`, so accumulating costs no
+    host synchronisation.
+    """
+
+    def __init__(self, task: str, prefix: str) -> None:
+        self.task = task
+        self.prefix = prefix
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum: Any = 0.0
+        self.count: Any = 0
+        self.confusion: Any = None
+        self.abs_err: Any = 0.0
+        self.sq_err: Any = 0.0
+        self.smape: Any = 0.0
+        self.n_values: Any = 0
+
+    def update(self, out: StepOutput) -> None:
+        import torch
+
+        self.loss_sum = self.loss_sum + out.loss_sum.detach().float()
+        self.count = self.count + out.count
+        if out.predictions is None or out.targets is None:
+            return
+        pred = out.predictions.detach()
+        target = out.targets.detach()
+        if self.task == "classification":
+            classes = pred.shape[-1]
+            idx = target.long().reshape(-1) * classes + pred.argmax(-1).reshape(-1)
+            counts = torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
+            self.confusion = counts if self.confusion is None else self.confusion + counts
+        elif self.task in ("regression", "forecast"):
+            pred = pred.float().reshape(target.shape) if pred.numel() == target.numel() else pred.float()
+            diff = pred - target.float()
+            self.abs_err = self.abs_err + diff.abs().sum()
+            self.sq_err = self.sq_err + (diff * diff).sum()
+            denom = (pred.abs() + target.float().abs()).clamp_min(1e-8)
+            self.smape = self.smape + (2 * diff.abs() / denom).sum()
+            self.n_values = self.n_values + target.numel()
+
+    def all_reduce(self) -> None:
+        """Sum the accumulators over all ranks (a no-op outside a distributed run)."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for name in ("loss_sum", "count", "abs_err", "sq_err", "smape", "n_values", "confusion"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            t = value.clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            dist.all_reduce(t)
+            setattr(self, name, t)
+
+    def compute(self) -> dict[str, float]:
+        p = self.prefix
+        count = float(self.count)
+        if count == 0:
+            return {}
+        loss = float(self.loss_sum) / count
+        out = {f"{p}/loss": loss}
+        if self.task == "lm":
+            out[f"{p}/perplexity"] = math.exp(min(loss, 50.0))
+        if self.task == "classification" and self.confusion is not None:
+            cm = self.confusion.double()
+            tp = cm.diag()
+            total = float(cm.sum())
+            out[f"{p}/accuracy"] = float(tp.sum()) / total if total else 0.0
+            support = cm.sum(1)
+            predicted = cm.sum(0)
+            present = (support + predicted) > 0
+            f1 = (2 * tp) / (support + predicted).clamp_min(1)
+            out[f"{p}/f1"] = float(f1[present].mean()) if bool(present.any()) else 0.0
+        if self.task in ("regression", "forecast") and float(self.n_values) > 0:
+            n = float(self.n_values)
+            out[f"{p}/mae"] = float(self.abs_err) / n
+            out[f"{p}/rmse"] = math.sqrt(float(self.sq_err) / n)
+            if self.task == "forecast":
+                out[f"{p}/smape"] = float(self.smape) / n
+        return out

@@ -1,0 +1,244 @@
+"""Image sources: a folder with one subfolder per class, or a CSV/JSONL manifest.
+
+Records hold the encoded file bytes (``image``), the class (``label``, a string) and
+the file's path relative to the dataset root (``path``); decoding happens later, in
+the cleaners and in DataLoader workers. No Pillow, numpy or torch here: reading bytes
+needs none of them, and ``privet plugins`` imports this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import attrs
+
+import privet
+from privet.builtins.sources import iter_lines, open_text
+from privet.validators import existing_path, positive
+
+#: File suffixes read as images by default (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: Split values a manifest may use, and what the engine's ``field`` split expects.
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+               "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def _suffixes(_instance: object, attribute: attrs.Attribute, value: list[str]) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} must name at least one suffix, e.g. ['.png']")
+    for s in value:
+        if not s.startswith("."):
+            raise ValueError(f"{attribute.name}: suffix {s!r} must start with a dot, e.g. '.png'")
+
+
+def _read_bytes(path: Path, limit: int) -> tuple[bytes | None, str]:
+    """The file's bytes, or None and the reason it cannot be read."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            return None, f"file_too_large:{size} bytes > max_file_bytes {limit}"
+        return path.read_bytes(), ""
+    except FileNotFoundError:
+        return None, "missing_file:"
+    except OSError as err:
+        return None, f"unreadable_file:{err.strerror or err}"
+
+
+def _bad(why: str, location: str) -> privet.BadRecord:
+    reason, _, detail = why.partition(":")
+    return privet.BadRecord(reason, location, detail)
+
+
+class ImageFolder(privet.Source):
+    """A folder with one subfolder per class (``root/cat/1.jpg`` -> label ``cat``).
+
+    Files in nested folders belong to their top-level class folder. Hidden files are
+    skipped; other files whose suffix is not in ``extensions`` and files lying directly
+    in ``root`` are reported as bad records (``unsupported_extension``,
+    ``no_class_folder``) so that nothing is left out silently.
+    """
+
+    @attrs.define(frozen=True)
+    class Options:
+        root: Path = attrs.field(validator=existing_path)
+        extensions: list[str] = attrs.field(factory=lambda: list(IMAGE_SUFFIXES),
+                                            validator=_suffixes)
+        #: Files per shard: shards are the unit the engine spreads over ranks and workers.
+        files_per_shard: int = attrs.field(default=1000, validator=positive)
+        #: Larger files become ``file_too_large`` bad records instead of filling memory.
+        max_file_bytes: int = attrs.field(default=64 * 2**20, validator=positive)
+
+        def __attrs_post_init__(self) -> None:
+            if not self.root.is_dir():
+                raise ValueError(f"root {str(self.root)!r} is not a folder; image.folder needs "
+                                 f"a folder with one subfolder per class")
+
+    def _listing(self) -> list[str]:
+        """Every non-hidden file under root, as sorted paths relative to root (walked once)."""
+        cached = getattr(self, "_listing_cache", None)
+        if cached is not None:
+            return cached
+        root = self.options.root
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for f in filenames:
+                if not f.startswith("."):
+                    out.append(os.path.relpath(os.path.join(dirpath, f), root))
+        self._listing_cache = sorted(p.replace(os.sep, "/") for p in out)
+        return self._listing_cache
+
+    def shards(self) -> list[privet.Shard]:
+        listing = self._listing()
+        if not listing:
+            raise privet.DataError(f"{self.options.root}: no files found; image.folder needs one "
+                                   f"subfolder per class holding the images")
+        n = self.options.files_per_shard
+        return [privet.Shard(str(self.options.root), i, min(i + n, len(listing)))
+                for i in range(0, len(listing), n)]
+
+    def files(self) -> list[str]:
+        root = self.options.root
+        return [str(root / p) for p in self._listing()]
+
+    def read(self, shard: privet.Shard) -> Iterator[privet.Record | privet.BadRecord]:
+        root = Path(shard.path)
+        listing = self._listing()[shard.start:shard.end]
+        suffixes = {s.lower() for s in self.options.extensions}
+        for rel in listing:
+            if "/" not in rel:
+                yield privet.BadRecord("no_class_folder", rel,
+                                       "files must lie in a subfolder named for their class")
+                continue
+            if Path(rel).suffix.lower() not in suffixes:
+                yield privet.BadRecord("unsupported_extension", rel,
+                                       f"suffix not in extensions {sorted(suffixes)}")
+                continue
+            data, why = _read_bytes(root / rel, self.options.max_file_bytes)
+            if data is None:
+                yield _bad(why, rel)
+                continue
+            yield {"image": data, "label": rel.split("/", 1)[0], "path": rel}
+
+
+class Manifest(privet.Source):
+    """A CSV or JSONL file listing images: a path, a label and optionally a split.
+
+    Paths are relative to ``root`` (default: the manifest's folder). Each row becomes a
+    record ``{image, label, path}``, plus ``split`` (``train``/``val``/``test``) when the
+    manifest has a split column, for ``data.split: {method: field, field: split}``. Rows
+    with a missing file, label or split become bad records naming the manifest line.
+    """
+
+    @attrs.define(frozen=True)
+    class Options:
+        path: Path = attrs.field(validator=existing_path)
+        root: Optional[Path] = attrs.field(default=None, validator=existing_path)
+        #: ``auto`` picks from the suffix (``.csv``, ``.jsonl``, optionally ``.gz``).
+        format: Literal["auto", "csv", "jsonl"] = "auto"
+        path_field: str = "path"
+        label_field: str = "label"
+        split_field: str = "split"
+        delimiter: str = ","
+        max_file_bytes: int = attrs.field(default=64 * 2**20, validator=positive)
+
+        def __attrs_post_init__(self) -> None:
+            if self.format == "auto" and self.kind is None:
+                raise ValueError(f"cannot tell the format of {self.path.name!r} from its suffix; "
+                                 f"set format: csv or format: jsonl")
+
+        @property
+        def kind(self) -> str | None:
+            if self.format != "auto":
+                return self.format
+            suffixes = [s.lower() for s in self.path.suffixes]
+            if suffixes and suffixes[-1] == ".gz":
+                suffixes.pop()
+            last = suffixes[-1] if suffixes else ""
+            return {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(last)
+
+    def shards(self) -> list[privet.Shard]:
+        return [privet.Shard(str(self.options.path))]
+
+    def files(self) -> list[str]:
+        """The manifest and every image it names (their content defines the data)."""
+        out = [str(self.options.path)]
+        for _line, row in self._rows(self.options.path):
+            if isinstance(row, dict) and isinstance(row.get(self.options.path_field), str):
+                out.append(str(self._root() / row[self.options.path_field]))
+        return out
+
+    def _root(self) -> Path:
+        return self.options.root or self.options.path.parent
+
+    def _rows(self, path: Path) -> Iterator[tuple[int, dict | privet.BadRecord]]:
+        name = path.name
+        if self.options.kind == "jsonl":
+            for lineno, line in iter_lines(str(path)):
+                if line is None:
+                    yield lineno, privet.BadRecord("invalid_utf8", f"{name}:{lineno}")
+                elif line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        yield lineno, privet.BadRecord("malformed_json", f"{name}:{lineno}", str(err))
+                        continue
+                    if isinstance(obj, dict):
+                        yield lineno, obj
+                    else:
+                        yield lineno, privet.BadRecord("not_an_object", f"{name}:{lineno}")
+            return
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else self.options.delimiter
+        with open_text(str(path)) as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except (UnicodeDecodeError, csv.Error) as err:
+                    yield reader.line_num, privet.BadRecord("unreadable_row",
+                                                            f"{name}:{reader.line_num}", str(err))
+                    return
+                if None in row or None in row.values():
+                    yield reader.line_num, privet.BadRecord(
+                        "wrong_column_count", f"{name}:{reader.line_num}",
+                        f"header has {len(reader.fieldnames or [])} columns")
+                    continue
+                yield reader.line_num, row
+
+    def read(self, shard: privet.Shard) -> Iterator[privet.Record | privet.BadRecord]:
+        o = self.options
+        manifest = Path(shard.path)
+        root = self._root()
+        for lineno, row in self._rows(manifest):
+            if isinstance(row, privet.BadRecord):
+                yield row
+                continue
+            where = f"{manifest.name}:{lineno}"
+            rel, label = row.get(o.path_field), row.get(o.label_field)
+            if not isinstance(rel, str) or not rel.strip():
+                yield privet.BadRecord("missing_path", where, f"no {o.path_field!r} value")
+                continue
+            if label is None or (isinstance(label, str) and not label.strip()):
+                yield privet.BadRecord("missing_label", where, f"no {o.label_field!r} value")
+                continue
+            record: privet.Record = {"label": str(label).strip(), "path": rel.strip()}
+            if o.split_field in row:
+                raw = row[o.split_field]
+                split = SPLIT_NAMES.get(str(raw).strip().lower()) if raw is not None else None
+                if split is None:
+                    yield privet.BadRecord("bad_split", where,
+                                           f"{o.split_field}={raw!r}; use train, val or test")
+                    continue
+                record["split"] = split
+            data, why = _read_bytes(root / record["path"], o.max_file_bytes)
+            if data is None:
+                yield _bad(why, where)
+                continue
+            record["image"] = data
+            yield record

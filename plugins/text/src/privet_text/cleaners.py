@@ -1,0 +1,277 @@
+"""Text cleaners: HTML stripping, Unicode normalization, length and language filters.
+
+Each cleaner works on the string fields named by ``fields`` (default ``["text"]``) and
+drops a record with a reason (``privet.DropRecord``) when nothing usable is left. They
+are pure functions of the record, so the prepared cache can be reused across runs.
+PII redaction lives in :mod:`privet_text.pii`, deduplication in :mod:`privet_text.dedupe`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from html.parser import HTMLParser
+from typing import Any, Literal, Optional
+
+import attrs
+from privet import Cleaner, DropRecord, Record
+
+
+def _regex(_instance: Any, attribute: Any, value: Optional[str]) -> None:
+    if value is None:
+        return
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"{attribute.name}: invalid regular expression {value!r}: {err}") from None
+
+
+def _regex_keys(instance: Any, attribute: Any, value: dict[str, str]) -> None:
+    for pattern in value:
+        _regex(instance, attribute, pattern)
+
+
+def _nonempty(_instance: Any, attribute: Any, value: list) -> None:
+    if not value:
+        raise ValueError(f"{attribute.name} must name at least one field")
+
+
+def field_text(record: Record, field: str) -> str:
+    """The string in ``record[field]``, or DropRecord if it is missing or not a string."""
+    value = record.get(field)
+    if not isinstance(value, str):
+        raise DropRecord("missing_text", f"field {field!r}")
+    return value
+
+
+def _set(record: Record, field: str, value: str, why: str) -> None:
+    if not value.strip():
+        raise DropRecord("empty_text", f"{field!r} empty after {why}")
+    record[field] = value
+
+
+# --- text.strip_html ---------------------------------------------------------------------
+
+_SKIP = frozenset({"script", "style", "noscript", "template", "head", "svg"})
+_BLOCK = frozenset({"p", "div", "br", "li", "ul", "ol", "tr", "td", "th", "table", "section",
+                    "article", "header", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "pre",
+                    "blockquote", "hr", "title", "dd", "dt"})
+_HTML_HINT = re.compile(r"<[A-Za-z!/]|&(?:#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")
+
+
+class _TextExtractor(HTMLParser):
+    """Collects the text of a document, skipping script/style content; entities decoded."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag in _SKIP:
+            self.skip_depth += 1
+        elif tag in _BLOCK:
+            self.parts.append("\n")
+
+    def handle_startendtag(self, tag: str, attrs: Any) -> None:
+        if tag in _BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _SKIP:
+            self.skip_depth = max(0, self.skip_depth - 1)
+        elif tag in _BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip_depth:
+            self.parts.append(data)
+
+
+def strip_html(text: str) -> str:
+    """Text content of an HTML fragment: tags, comments, scripts and styles removed."""
+    if not _HTML_HINT.search(text):
+        return text
+    parser = _TextExtractor()
+    parser.feed(text)
+    parser.close()
+    out = "".join(parser.parts)
+    out = re.sub(r"[ \t\r\f\v]+", " ", out)
+    return re.sub(r" ?\n[\s]*", "\n", out).strip()
+
+
+class StripHtml(Cleaner):
+    """Remove HTML tags, comments, ``<script>``/``<style>`` content; decode entities.
+
+    Block elements (``<p>``, ``<br>``, ``<li>`` ...) become line breaks so words of
+    adjacent paragraphs do not run together. Text without markup passes unchanged.
+    """
+
+    @attrs.define(frozen=True)
+    class Options:
+        fields: list[str] = attrs.field(factory=lambda: ["text"], validator=_nonempty)
+
+    def clean(self, record: Record) -> Record | None:
+        for field in self.options.fields:
+            _set(record, field, strip_html(field_text(record, field)), "strip_html")
+        return record
+
+
+# --- text.normalize ----------------------------------------------------------------------
+
+#: C0/C1 control characters (but tab and newline), zero-width characters and the BOM.
+DEFAULT_REMOVE = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+
+
+class Normalize(Cleaner):
+    """Unicode normalization (NFKC by default), control/special characters removed by regex,
+    whitespace collapsed, optional lowercasing.
+
+    ``remove`` is a regular expression whose matches are deleted (default: control and
+    zero-width characters); ``replace`` maps further patterns to replacements, applied in
+    order. ``whitespace: collapse`` turns runs of spaces into one space and runs of blank
+    lines into one line break; ``single_line`` turns all whitespace into single spaces.
+    """
+
+    @attrs.define(frozen=True)
+    class Options:
+        fields: list[str] = attrs.field(factory=lambda: ["text"], validator=_nonempty)
+        form: Optional[Literal["NFC", "NFKC", "NFD", "NFKD"]] = "NFKC"
+        remove: Optional[str] = attrs.field(default=DEFAULT_REMOVE, validator=_regex)
+        replace: dict[str, str] = attrs.field(factory=dict, validator=_regex_keys)
+        whitespace: Literal["collapse", "single_line", "keep"] = "collapse"
+        lowercase: bool = False
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        o = self.options
+        self._remove = re.compile(o.remove) if o.remove else None
+        self._replace = [(re.compile(p), r) for p, r in o.replace.items()]
+
+    def normalize(self, text: str) -> str:
+        o = self.options
+        if o.form and not unicodedata.is_normalized(o.form, text):
+            text = unicodedata.normalize(o.form, text)
+        if self._remove is not None:
+            text = self._remove.sub("", text)
+        for pattern, repl in self._replace:
+            text = pattern.sub(repl, text)
+        if o.whitespace == "collapse":
+            text = _SPACES.sub(" ", text)
+            text = _BREAKS.sub("\n", text).strip()
+        elif o.whitespace == "single_line":
+            text = " ".join(text.split())
+        if o.lowercase:
+            text = text.lower()
+        return text
+
+    def clean(self, record: Record) -> Record | None:
+        for field in self.options.fields:
+            _set(record, field, self.normalize(field_text(record, field)), "normalize")
+        return record
+
+
+_SPACES = re.compile(r"[^\S\n]+")
+_BREAKS = re.compile(r" ?\n\s*")
+
+
+# --- text.length_filter ------------------------------------------------------------------
+
+
+class LengthFilter(Cleaner):
+    """Drop records whose text is too short or too long, in characters and/or words.
+
+    Words are whitespace-separated tokens; for scripts written without spaces (Chinese,
+    Japanese) use the character limits. With ``truncate: true`` a text over
+    ``max_chars`` is cut instead of dropped.
+    """
+
+    @attrs.define(frozen=True)
+    class Options:
+        field: str = "text"
+        min_chars: int = 1
+        max_chars: Optional[int] = None
+        min_words: Optional[int] = None
+        max_words: Optional[int] = None
+        truncate: bool = False
+
+        def __attrs_post_init__(self) -> None:
+            if self.max_chars is not None and self.max_chars < self.min_chars:
+                raise ValueError("max_chars must be at least min_chars")
+            if self.truncate and self.max_chars is None:
+                raise ValueError("truncate needs max_chars")
+
+    def clean(self, record: Record) -> Record | None:
+        o = self.options
+        text = field_text(record, o.field)
+        n = len(text)
+        if n < o.min_chars:
+            raise DropRecord("too_short", f"{n} chars < {o.min_chars}")
+        if o.max_chars is not None and n > o.max_chars:
+            if not o.truncate:
+                raise DropRecord("too_long", f"{n} chars > {o.max_chars}")
+            text = record[o.field] = text[: o.max_chars]
+        if o.min_words is not None or o.max_words is not None:
+            words = len(text.split())
+            if o.min_words is not None and words < o.min_words:
+                raise DropRecord("too_short", f"{words} words < {o.min_words}")
+            if o.max_words is not None and words > o.max_words:
+                raise DropRecord("too_long", f"{words} words > {o.max_words}")
+        return record
+
+
+# --- text.language_filter ----------------------------------------------------------------
+
+
+class LanguageFilter(Cleaner):
+    """Keep records written in one of ``languages`` (ISO 639-1 codes), detected offline.
+
+    Detection uses py3langid (97 languages, model shipped in the package as numpy arrays;
+    nothing is downloaded). ``min_confidence`` (0-1) drops texts whose best language is
+    too uncertain; very short texts are often uncertain, so pair it with a length filter.
+    """
+
+    @attrs.define(frozen=True)
+    class Options:
+        languages: list[str] = attrs.field(validator=_nonempty)
+        field: str = "text"
+        min_confidence: float = attrs.field(default=0.0, validator=attrs.validators.and_(
+            attrs.validators.ge(0.0), attrs.validators.le(1.0)))
+        #: Also store the detected language code in this field (``null``: do not).
+        store_as: Optional[str] = None
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self._identifier: Any = None
+        self._allowed = {code.lower() for code in self.options.languages}
+        self._dropped: Counter[str] = Counter()
+
+    def detect(self, text: str) -> tuple[str, float]:
+        """``(language code, confidence)`` of ``text``."""
+        if self._identifier is None:
+            # imported lazily: loading the model takes about half a second
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+            self._identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+        lang, prob = self._identifier.classify(text)
+        return str(lang), float(prob)
+
+    def clean(self, record: Record) -> Record | None:
+        o = self.options
+        lang, prob = self.detect(field_text(record, o.field))
+        if lang not in self._allowed:
+            self._dropped[lang] += 1
+            raise DropRecord("wrong_language", f"detected {lang!r} ({prob:.2f})")
+        if prob < o.min_confidence:
+            self._dropped["uncertain"] += 1
+            raise DropRecord("uncertain_language", f"{lang!r} at {prob:.2f} < {o.min_confidence}")
+        if o.store_as:
+            record[o.store_as] = lang
+        return record
+
+    def report(self) -> dict[str, int]:
+        return {f"dropped_{lang}": n for lang, n in sorted(self._dropped.items())}
+
+
+__all__ = ["LanguageFilter", "LengthFilter", "Normalize", "StripHtml", "strip_html"]
