@@ -207,6 +207,127 @@ class Model(Component):
                     return int(item.shape[0])
         return 0
 
+    # -- export and prediction (``privet export`` / ``privet predict``) --------------------------
+    #
+    # An export bundle holds the artifacts (ONNX, .pt2 ...) plus plain preprocessing files.
+    # ``privet predict BUNDLE INPUT`` rebuilds this component from the bundle (its options and
+    # fitted state, never a pickle), then per input file: read_inputs -> the run's cleaners ->
+    # encode_inputs -> predict_batch (collate, example_inputs, run the artifact, postprocess).
+    # Every method below has a working default; override what your modality needs.
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Axes of each input and output (by name) whose size may vary in the exported model.
+
+        Default: axis 0 of every input and output is ``batch``. Axes with the same name
+        must have the same size (a text model returns ``{"tokens": {0: "batch", 1: "seq"},
+        "logits": {0: "batch", 1: "seq"}}``). Exporters make these axes dynamic; axes not
+        named here are fixed to the size of the example inputs.
+        """
+        return {name: {0: "batch"} for name in [*self.input_names(), *self.output_names()]}
+
+    def class_names(self) -> list[str] | None:
+        """Names of the classes, by output index, for classification models.
+
+        Used by the default :meth:`postprocess` (``"label": "cat"`` instead of ``2``) and
+        written to ``labels.json`` by the default :meth:`bundle_files`. Default: ``None``
+        (labels are the class indices).
+        """
+        return None
+
+    def bundle_files(self, folder: Any) -> dict[str, str]:
+        """Write what inference needs from preprocessing, as plain files, into ``folder``.
+
+        Return ``{role: file name}`` for each file written directly in ``folder`` (a
+        :class:`pathlib.Path`), e.g. ``{"tokenizer": "tokenizer.json", "scaler":
+        "scaler.json", "image": "preprocessing.json"}``. Use JSON or text formats
+        (``tokenizer.json``), never pickles: the bundle is read by other languages too. The
+        files are listed with their checksums in ``bundle.json``; ``privet predict`` refuses
+        a bundle that misses one. Your fitted :meth:`state_dict` travels separately, in
+        ``model_state.json``, and is what :meth:`load_state_dict` gets back at predict time.
+        Default: ``labels.json`` (a JSON list) when :meth:`class_names` returns names.
+        """
+        import json
+        from pathlib import Path
+
+        names = self.class_names()
+        if names is None:
+            return {}
+        (Path(folder) / "labels.json").write_text(json.dumps(list(names), ensure_ascii=False),
+                                                  encoding="utf-8")
+        return {"labels": "labels.json"}
+
+    def read_inputs(self, path: Any) -> Iterator[tuple[str, Record | BadRecord]]:
+        """Raw records for ``privet predict``, each with its location (``in.jsonl:3``).
+
+        ``path`` is what the user passed (a :class:`pathlib.Path`: a file or a folder).
+        Yield ``(location, record)`` or ``(location, BadRecord(...))`` for input that
+        cannot be read; the latter becomes an error entry in the output. Default: lines of
+        ``.jsonl`` / ``.jsonl.gz`` files and rows of ``.csv`` files (header row gives the
+        keys, numbers are parsed), or every such file in a folder. Image or time series
+        plugins override this to read image files or whole series.
+        """
+        from .export.inputs import read_records  # imported lazily: json and csv only
+
+        yield from read_records(path)
+
+    def encode_inputs(self, record: Record) -> Any:
+        """Encode one raw record for inference, where the target may be missing.
+
+        Must return what :meth:`collate` and :meth:`example_inputs` accept (the same
+        structure as :meth:`encode`; put a placeholder where the target would be). Raise
+        :class:`~privet.errors.DropRecord` (or ``KeyError``/``ValueError``/``TypeError``)
+        for a record that cannot be encoded: it becomes an error entry. Default:
+        :meth:`encode`.
+        """
+        return self.encode(record)
+
+    def postprocess(self, outputs: list[np.ndarray], records: list[Record]) -> list[dict[str, Any]]:
+        """Turn the outputs of one batch into one JSON-able dict per record.
+
+        ``outputs`` are the module's outputs as numpy arrays (batch first), ``records``
+        the raw input records of the batch, in order. Defaults by :attr:`task`:
+        ``classification`` -> ``{"label", "probabilities"}`` (softmax of output 0, labels
+        from :meth:`class_names`); ``regression`` and ``forecast`` -> ``{"prediction"}``
+        (output 0, a number or a list); others -> ``{"outputs": [...]}``. Override to map
+        labels, undo a target scaling (forecasts in original units) or decode tokens.
+        """
+        import numpy as np
+
+        first = np.asarray(outputs[0])
+        n = len(records)
+        if self.task == "classification":
+            logits = first.reshape(n, -1).astype(np.float64)
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            probs = shifted / shifted.sum(axis=1, keepdims=True)
+            names = self.class_names()
+            out = []
+            for row in probs:
+                k = int(row.argmax())
+                out.append({"label": names[k] if names else k,
+                            "probabilities": [round(float(p), 6) for p in row]})
+            return out
+        if self.task in ("regression", "forecast"):
+            rows = first.reshape(n, -1)
+            return [{"prediction": float(r[0]) if r.size == 1 else [float(v) for v in r]}
+                    for r in rows]
+        return [{"outputs": [np.asarray(o)[i].tolist() for o in outputs]} for i in range(n)]
+
+    def predict_batch(self, run: Any, records: list[Record], items: list[Any]) -> list[dict[str, Any]]:
+        """Predict one batch with an exported artifact; one dict per record.
+
+        ``run`` maps ``{input name: numpy array}`` to the list of output arrays (it runs
+        the ONNX Runtime session or the loaded program); ``items`` are the results of
+        :meth:`encode_inputs` for ``records``. Default: :meth:`collate`, then
+        :meth:`example_inputs`, one call of ``run``, then :meth:`postprocess`. A language
+        model overrides this to generate text by calling ``run`` in a loop.
+        """
+        import numpy as np
+
+        inputs = self.example_inputs(self.collate(items))
+        feed = {name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+                for name, value in zip(self.input_names(), inputs)}
+        return self.postprocess(run(feed), records)
+
 
 class Scheduler(Component):
     """Builds a learning-rate scheduler and says when it steps.

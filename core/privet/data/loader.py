@@ -63,15 +63,31 @@ class EpochBatchSampler:
         order = epoch_order(self.n, self.seed, self.epoch, shuffle=self.shuffle, weights=self.weights)
         return order[self.rank::self.world_size]
 
+    def _num_batches(self) -> tuple[int, bool]:
+        """Batches per rank, and whether ranks need an even split to get that many each.
+
+        Every rank must take the same number of steps (collectives would hang
+        otherwise) while every example is still seen exactly once: when plain chunks
+        would give ranks different batch counts, each rank's share is split into the
+        largest rank's number of batches of near-equal size instead.
+        """
+        bs = self.batch_size
+        counts = {-(-len(range(r, self.n, self.world_size)) // bs) for r in range(self.world_size)}
+        return max(counts), len(counts) > 1
+
     def __len__(self) -> int:
-        per_rank = len(range(self.rank, self.n, self.world_size))
-        return (per_rank + self.batch_size - 1) // self.batch_size
+        return self._num_batches()[0]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         mine = self.indices()
         bs = self.batch_size
-        for b in range(self.start_batch, (len(mine) + bs - 1) // bs):
-            yield [(i, self.epoch) for i in mine[b * bs:(b + 1) * bs]]
+        nb, even_split = self._num_batches()
+        for b in range(self.start_batch, nb):
+            if even_split:
+                lo, hi = b * len(mine) // nb, (b + 1) * len(mine) // nb
+            else:
+                lo, hi = b * bs, (b + 1) * bs
+            yield [(i, self.epoch) for i in mine[lo:hi]]
 
 
 class Dropped(NamedTuple):

@@ -1,8 +1,25 @@
-"""The three built-in exporters. torch and onnx are imported lazily, inside methods."""
+"""The three built-in exporters. torch and onnx are imported lazily, inside methods.
+
+Each exporter writes one artifact and can load it back as a *runner*: a callable mapping
+``{input name: numpy array}`` to the list of output arrays. The bundle code
+(:mod:`privet.export.bundle`) uses the runner to verify the artifact against the eager
+model, and ``privet predict`` uses it to predict. Loading never unpickles arbitrary
+objects: ONNX is protobuf, ``.pt2`` archives are checked for pickled payloads first, and
+TorchScript archives are read by TorchScript's own restricted loader.
+
+Besides the base signature, the built-in ``export`` methods accept ``dynamic_axes``
+(``{name: {axis: axis name}}``, see :meth:`privet.Model.dynamic_axes`) and record what
+they did in ``self.notes`` (fallbacks, static shapes) and ``self.details`` (for the
+export report).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -12,13 +29,54 @@ from ..components import Exporter
 from ..errors import ExportError
 
 Runner = Callable[[dict[str, Any]], list[Any]]
+DynamicAxes = dict[str, dict[int, str]]
 
 
-def _dynamic_batch(example_inputs: tuple[Any, ...]) -> Any:
+def default_axes(input_names: list[str], output_names: list[str]) -> DynamicAxes:
+    """Axis 0 of every input and output is the batch."""
+    return {n: {0: "batch"} for n in [*input_names, *output_names]}
+
+
+def torch_dynamic_shapes(example_inputs: tuple[Any, ...], input_names: list[str],
+                         dynamic_axes: DynamicAxes) -> tuple[Any, ...]:
+    """``dynamic_shapes`` for ``torch.export``: one ``Dim`` per axis name, shared by inputs."""
     from torch.export import Dim
 
-    batch = Dim("batch", min=1, max=4096)
-    return tuple({0: batch} if getattr(x, "ndim", 0) > 0 else None for x in example_inputs)
+    dims: dict[str, Any] = {}
+    out = []
+    for i, x in enumerate(example_inputs):
+        name = input_names[i] if i < len(input_names) else f"input_{i}"
+        axes = dynamic_axes.get(name, {})
+        ndim = getattr(x, "ndim", 0)
+        spec = {}
+        for axis, axis_name in axes.items():
+            if int(axis) < ndim:
+                if axis_name not in dims:
+                    dims[axis_name] = Dim(_identifier(axis_name), min=1)
+                spec[int(axis)] = dims[axis_name]
+        out.append(spec or None)
+    return tuple(out)
+
+
+def _identifier(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "_" for c in str(name))
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"d_{cleaned}"
+
+
+def _outputs_of(out: Any) -> list[Any]:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().cpu().numpy() for o in outs]
+
+
+def torch_runner(module: Any) -> Runner:
+    """A runner over a callable torch module (positional inputs, in the given order)."""
+    import torch
+
+    def run(inputs: dict[str, Any]) -> list[Any]:
+        with torch.no_grad():
+            return _outputs_of(module(*[torch.as_tensor(v) for v in inputs.values()]))
+
+    return run
 
 
 class TorchExportExporter(Exporter):
@@ -27,16 +85,24 @@ class TorchExportExporter(Exporter):
     suffix = ".pt2"
 
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
-               input_names: list[str], output_names: list[str]) -> Path:
+               input_names: list[str], output_names: list[str], *,
+               dynamic_axes: DynamicAxes | None = None) -> Path:
         import torch
 
+        axes = dynamic_axes if dynamic_axes is not None else default_axes(input_names, output_names)
         path = Path(out_dir) / "model.pt2"
+        self.notes: list[str] = []
+        self.details: dict[str, Any] = {"dynamic": True}
         try:
-            program = torch.export.export(module, example_inputs,
-                                          dynamic_shapes=_dynamic_batch(example_inputs))
+            program = torch.export.export(
+                module, example_inputs,
+                dynamic_shapes=torch_dynamic_shapes(example_inputs, input_names, axes))
         except Exception as err:  # some models specialise the batch: retry static
-            warnings.warn(f"torch.export with a dynamic batch failed ({type(err).__name__}); "
-                          f"exporting with static shapes", stacklevel=2)
+            note = (f"torch.export with dynamic axes failed ({type(err).__name__}: "
+                    f"{_first_line(err)}); exported with the example inputs' static shapes")
+            warnings.warn(note, stacklevel=2)
+            self.notes.append(note)
+            self.details["dynamic"] = False
             program = torch.export.export(module, example_inputs)
         torch.export.save(program, str(path))
         return path
@@ -44,19 +110,52 @@ class TorchExportExporter(Exporter):
     def load(self, path: Any) -> Runner:
         import torch
 
+        check_pt2_is_safe(path)
         try:
-            program = torch.export.load(str(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(str(path))
         except Exception as err:
-            raise ExportError(f"{path}: cannot load the ExportedProgram ({err}); re-export it") from err
-        module = program.module()
+            raise ExportError(f"{path}: cannot load the ExportedProgram ({_first_line(err)}); "
+                              f"re-export it") from err
+        return torch_runner(program.module())
 
-        def run(inputs: dict[str, Any]) -> list[Any]:
-            with torch.no_grad():
-                out = module(*[torch.as_tensor(v) for v in inputs.values()])
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            return [o.detach().cpu().numpy() for o in outs]
 
-        return run
+def check_pt2_is_safe(path: Any) -> None:
+    """Refuse a ``.pt2`` archive that would make ``torch.export.load`` unpickle objects.
+
+    ``torch.export.load`` unpickles weights marked ``use_pickle`` (and falls back to
+    full unpickling for sample inputs that are not plain tensors), which can run code.
+    Privet's own exports hold raw tensor bytes and JSON only; anything else is refused.
+    """
+    import torch
+
+    try:
+        with zipfile.ZipFile(str(path)) as zf:
+            names = zf.namelist()
+            if not any(n.endswith("archive_format") for n in names):
+                raise ExportError(f"{path}: not a torch.export archive written by torch>=2.7 "
+                                  f"(no archive_format); re-export it")
+            for name in names:
+                if name.endswith(("model_weights_config.json", "model_constants_config.json")):
+                    config = json.loads(zf.read(name)).get("config", {})
+                    pickled = [k for k, v in config.items() if v.get("use_pickle")]
+                    if pickled:
+                        raise ExportError(f"{path}: holds pickled tensors ({', '.join(pickled[:3])}); "
+                                          f"Privet refuses to unpickle them. Export a model "
+                                          f"without tensor subclasses")
+                elif "/sample_inputs/" in name or name.startswith("sample_inputs/"):
+                    data = zf.read(name)
+                    if data:
+                        torch.load(io.BytesIO(data), weights_only=True)
+    except ExportError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
+        raise ExportError(f"{path}: corrupted or truncated .pt2 archive ({_first_line(err)}); "
+                          f"re-export it") from err
+    except Exception as err:  # torch.load(weights_only=True) refused an object
+        raise ExportError(f"{path}: the archive's sample inputs hold objects other than "
+                          f"tensors ({_first_line(err)}); Privet refuses to unpickle them") from err
 
 
 class OnnxExporter(Exporter):
@@ -70,50 +169,69 @@ class OnnxExporter(Exporter):
         dynamo: bool = True
 
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
-               input_names: list[str], output_names: list[str]) -> Path:
+               input_names: list[str], output_names: list[str], *,
+               dynamic_axes: DynamicAxes | None = None) -> Path:
         import torch
 
+        axes = dynamic_axes if dynamic_axes is not None else default_axes(input_names, output_names)
         path = Path(out_dir) / "model.onnx"
-        dynamic_axes = {n: {0: "batch"} for n in list(input_names) + list(output_names)}
+        self.notes: list[str] = []
+        self.details: dict[str, Any] = {"exporter": "dynamo", "opset": self.options.opset}
         self.used = "dynamo"
         if self.options.dynamo:
             try:
-                with warnings.catch_warnings():
+                # the dynamo exporter prints its progress to stdout: keep stdout for results
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                     warnings.simplefilter("ignore")
                     torch.onnx.export(module, example_inputs, str(path), dynamo=True,
                                       input_names=input_names, output_names=output_names,
-                                      dynamic_shapes=_dynamic_batch(example_inputs),
-                                      opset_version=self.options.opset, external_data=False)
+                                      dynamic_shapes=torch_dynamic_shapes(example_inputs, input_names, axes),
+                                      opset_version=self.options.opset, external_data=False,
+                                      verbose=False)
                 return path
             except Exception as err:
-                warnings.warn(f"the dynamo ONNX exporter failed ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); falling back to "
-                              f"the TorchScript-based exporter", stacklevel=2)
+                note = (f"the dynamo ONNX exporter failed ({type(err).__name__}: {_first_line(err)}); "
+                        f"fell back to the TorchScript-based exporter")
+                warnings.warn(note, stacklevel=2)
+                self.notes.append(note)
         self.used = "torchscript"
-        with warnings.catch_warnings():
+        self.details["exporter"] = "torchscript"
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example_inputs, str(path), dynamo=False,
                               input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes, opset_version=self.options.opset)
+                              dynamic_axes={n: {int(a): s for a, s in ax.items()} for n, ax in axes.items()},
+                              opset_version=self.options.opset)
         return path
 
     def load(self, path: Any) -> Runner:
-        import onnx
-        import onnxruntime as ort
+        return onnx_runner(path)
 
-        try:
-            onnx.checker.check_model(str(path))
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise ExportError(f"{path}: not a valid ONNX model ({str(err).splitlines()[0]}); "
-                              f"re-export it") from err
-        names = [i.name for i in session.get_inputs()]
 
-        def run(inputs: dict[str, Any]) -> list[Any]:
+def onnx_runner(path: Any, *, threads: int = 0) -> Runner:
+    """Check an ONNX file with ``onnx.checker`` and open it in ONNX Runtime (CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ExportError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export it") from err
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: dict[str, Any]) -> list[Any]:
+        if set(inputs) == set(names):
+            feed = dict(inputs)
+        else:  # positional: the artifact's names differ from the caller's
             feed = dict(zip(names, inputs.values()))
-            return session.run(None, feed)
+        return session.run(None, feed)
 
-        return run
+    run.session = session  # type: ignore[attr-defined]
+    return run
 
 
 class TorchScriptExporter(Exporter):
@@ -126,12 +244,15 @@ class TorchScriptExporter(Exporter):
         method: Literal["trace", "script"] = "trace"
 
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
-               input_names: list[str], output_names: list[str]) -> Path:
+               input_names: list[str], output_names: list[str], *,
+               dynamic_axes: DynamicAxes | None = None) -> Path:
         import torch
 
-        warnings.warn("TorchScript is deprecated upstream in PyTorch; prefer torch_export or "
-                      "onnx. Privet keeps it working while torch ships it.",
-                      DeprecationWarning, stacklevel=2)
+        note = ("TorchScript is deprecated upstream in PyTorch; prefer torch_export or onnx. "
+                "Privet keeps it working while torch ships it.")
+        warnings.warn(note, DeprecationWarning, stacklevel=2)
+        self.notes = [note]
+        self.details = {"method": self.options.method}
         path = Path(out_dir) / "model.ts"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -146,14 +267,15 @@ class TorchScriptExporter(Exporter):
         import torch
 
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as err:
-            raise ExportError(f"{path}: cannot load the TorchScript file ({err}); re-export it") from err
+            raise ExportError(f"{path}: cannot load the TorchScript file ({_first_line(err)}); "
+                              f"re-export it") from err
+        return torch_runner(module)
 
-        def run(inputs: dict[str, Any]) -> list[Any]:
-            with torch.no_grad():
-                out = module(*[torch.as_tensor(v) for v in inputs.values()])
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            return [o.detach().cpu().numpy() for o in outs]
 
-        return run
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__

@@ -31,8 +31,33 @@ def setup(device_name: str) -> DistEnv:
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    backend = "nccl" if use_cuda else "gloo"
+    store = _generation_store(rank, world)
+    if store is not None:
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+    else:
+        dist.init_process_group(backend=backend)
     return DistEnv(rank, local_rank, world, True)
+
+
+def _generation_store(rank: int, world: int) -> Any:
+    """A store namespace of its own for each (re)start of the worker group.
+
+    Under torchrun's c10d rendezvous the workers share the agent's store across
+    restarts, so a restarted group can read the previous group's addresses and hang
+    or fail to connect. Each worker counts itself in; ``(count - 1) // world`` is the
+    same for all workers of one start and new for the next.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    from torch.distributed import PrefixStore, TCPStore
+
+    base = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                    is_master=False, timeout=timedelta(minutes=10))
+    generation = (base.add("privet/workers_started", 1) - 1) // world
+    return PrefixStore(f"privet/generation_{generation}", base)
 
 
 def teardown(env: DistEnv) -> None:

@@ -104,9 +104,36 @@ def _load_host(loaded_paths: list[str], base_dir: Path, host: Any | None) -> Any
     return host
 
 
+def _elastic_run(runs: Path) -> Path | None:
+    """The run folder an earlier attempt of this torchrun job created, if any.
+
+    torchrun restarts every worker after a failure with the same TORCHELASTIC_RUN_ID;
+    the restarted workers must continue that run, not start another.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    # Restart counts can differ between agents (a membership change does not count),
+    # so only the job's run id decides; "none" is torchrun's default for no --rdzv-id.
+    if not run_id or run_id == "none" or not runs.is_dir():
+        return None
+    for child in sorted(runs.iterdir()):
+        manifest = child / "manifest.json"
+        if manifest.is_file():
+            try:
+                import json
+
+                if json.loads(manifest.read_text()).get("elastic_run_id") == run_id:
+                    return child
+            except (OSError, ValueError):
+                continue
+    return None
+
+
 def _run_folder(config: PipelineConfig, base_dir: Path, name: str | None) -> Path:
     runs = Path(config.runs_dir)
     runs = runs if runs.is_absolute() else base_dir / runs
+    env_dir = os.environ.get("PRIVET_RUN_DIR")
+    if env_dir:
+        return Path(env_dir)
     stem = name or config.name
     candidate = runs / stem
     k = 2
@@ -156,14 +183,41 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
     """Run a pipeline (a file path or a dict shaped like one). Returns (run folder, report)."""
     from . import distributed
 
+    if resume_dir is None:  # a restarted torchrun worker continues its job's run
+        raw_runs = _runs_root(config, base_dir, overrides)
+        found = _elastic_run(raw_runs) if raw_runs is not None else None
+        if found is None and os.environ.get("PRIVET_RUN_DIR"):
+            env_dir = Path(os.environ["PRIVET_RUN_DIR"])
+            found = env_dir if (env_dir / "config.yaml").exists() else None
+        if found is not None and (found / "config.yaml").exists():
+            resume_dir = found
     if resume_dir is not None:
         config, base_dir = _resume_source(Path(resume_dir))
+        overrides = ()
     host, loaded = prepare_config(config, host=host, base_dir=base_dir, overrides=list(overrides))
     env = distributed.setup(loaded.config.train.device)
     try:
         return _run(loaded, host, env, name=name, resume_dir=resume_dir, progress=progress)
     finally:
         distributed.teardown(env)
+
+
+def _runs_root(config: Any, base_dir: Any, overrides: Any) -> Path | None:
+    try:
+        if isinstance(config, (str, Path)):
+            from ..config import read_raw
+
+            raw, _ = read_raw(config)
+            base = Path(base_dir) if base_dir else Path(config).resolve().parent
+        else:
+            raw, base = config, Path(base_dir or ".").resolve()
+        runs = Path(str(raw.get("runs_dir", "runs")))
+        for item in overrides:
+            if item.startswith("runs_dir="):
+                runs = Path(item.split("=", 1)[1])
+        return runs if runs.is_absolute() else base / runs
+    except PrivetError:
+        return None
 
 
 def _resume_source(run_dir: Path) -> tuple[dict[str, Any], Path]:
@@ -241,6 +295,7 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
                 manifest["pipeline_file"] = loaded.file
                 manifest["data_cache"] = str(prepared.cache.root)
                 manifest["global_batch"] = cfg.train.batch_size * cfg.train.accumulate * env.world_size
+                manifest["elastic_run_id"] = os.environ.get("TORCHELASTIC_RUN_ID")
                 storage.write_json("manifest.json", manifest)
         # -- model, optimizer, loaders -------------------------------------------------------------
         torch.manual_seed(cfg.seed)

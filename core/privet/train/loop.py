@@ -78,6 +78,9 @@ class Trainer:
         precision = self.cfg.precision
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        # A non-finite loss stops the run, except in fp16 where the GradScaler skips the
+        # step itself (and halves its scale). Checked every step on CPU, where it is cheap.
+        self.guard_loss = not self.scaler.is_enabled()
         self.check_every_step = self.device.type == "cpu"
         self.steps_per_epoch = math.ceil(len(objects.train_loader) / self.cfg.accumulate)
         total = self.steps_per_epoch * self.cfg.epochs
@@ -115,15 +118,31 @@ class Trainer:
             self.scheduler.load_state_dict(tensors["scheduler"])
         if "scaler" in tensors:
             self.scaler.load_state_dict(tensors["scaler"])
-        restore_rng(tensors["rng"], plain["rng"])
+        rank, world = self.run.rank, self.run.world_size
+        per_rank = plain["rng"].get("per_rank")
+        if per_rank is not None and len(per_rank) == world and "rng_per_rank" in tensors:
+            restore_rng(tensors["rng_per_rank"][rank], per_rank[rank])
+        else:
+            restore_rng(tensors["rng"], plain["rng"])
         self.state = LoopState(**plain["loop"])
 
     def save_checkpoint(self) -> None:
+        """Called on every rank (RNG states are gathered); rank 0 writes."""
+        rng_tensors, rng_plain = capture_rng()
+        per_rank = None
+        if self.run.world_size > 1:
+            # ranks draw different amounts of randomness (uneven last batches): keep each one's
+            import torch.distributed as dist
+
+            per_rank = [None] * self.run.world_size
+            dist.all_gather_object(per_rank, (rng_tensors, rng_plain))
         if self.checkpoints is None:
             return
         self._check_finite_weights()
-        rng_tensors, rng_plain = capture_rng()
         tensors: dict[str, Any] = {"optimizer": self.objects.optimizer.state_dict(), "rng": rng_tensors}
+        if per_rank is not None:
+            tensors["rng_per_rank"] = [t for t, _ in per_rank]
+            rng_plain = dict(rng_plain, per_rank=[p for _, p in per_rank])
         if self.scheduler is not None:
             tensors["scheduler"] = self.scheduler.state_dict()
         if self.scaler.is_enabled():
@@ -175,7 +194,7 @@ class Trainer:
                     continue
                 # 2. forward + backward, 3. normalise, 4. clip, 5. step
                 loss_sum, count, n_samples = self._forward_backward(window, train_metrics)
-                if self.check_every_step and not bool(torch.isfinite(loss_sum)):
+                if self.guard_loss and self.check_every_step and not bool(torch.isfinite(loss_sum)):
                     self._nonfinite(loss_sum)
                 grad_norm = self._optimizer_step()
                 st.global_step += 1
@@ -185,7 +204,7 @@ class Trainer:
                     self.scheduler.step()
                 # 6. log every N steps (the only host sync of the hot path)
                 if st.global_step % cfg.log_every_n_steps == 0 or st.global_step == self.total_steps:
-                    if not self.check_every_step and not bool(torch.isfinite(loss_sum)):
+                    if self.guard_loss and not self.check_every_step and not bool(torch.isfinite(loss_sum)):
                         self._nonfinite(loss_sum)
                     now = time.perf_counter()
                     logged = train_metrics.compute()
@@ -197,9 +216,11 @@ class Trainer:
                     self.progress.update(st.global_step, st.epoch, {"loss": logged.get("train/loss", 0.0)})
                     train_metrics.reset()
                     last_log, samples_since_log = now, 0
-                # 7. checkpoint every N steps
+                # 7. checkpoint every N steps (at the end of an epoch or of max_steps,
+                # _end_epoch writes it once validation has run, so it is not written twice)
                 every = cfg.checkpoint.every_n_steps
-                if every and st.global_step % every == 0 and not exhausted:
+                at_end = exhausted or st.batch_in_epoch >= len(loader) or self._done()
+                if every and st.global_step % every == 0 and not at_end:
                     self.save_checkpoint()
             if exhausted or self._done():
                 self._end_epoch(finished=exhausted)

@@ -1,0 +1,68 @@
+"""``privet export RUN``: write RUN/export/ with verified artifacts and preprocessing files."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..cli import get_host
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _summary(report: dict) -> None:
+    click.echo(f"bundle: {report['bundle']}")
+    for name, art in report["artifacts"].items():
+        ver = art.get("verification") or {}
+        diff = max((v.get("max_abs_diff") or 0.0 for v in ver.values() if isinstance(v, dict)
+                    and v.get("max_abs_diff") is not None), default=None)
+        how = f"verified, max |diff| {diff:.2g}" if diff is not None else "verified"
+        click.echo(f"  {name:<13} {art['file']:<24} {_size(art['size_bytes']):>9}  {how}")
+    for name, q in (report.get("quantization") or {}).items():
+        if isinstance(q, dict) and "size_ratio" in q:
+            click.echo(f"  {name}: {q['size_ratio']:.2f}x the fp32 size; validation "
+                       f"{q['metrics_before']} -> {q['metrics_after']}")
+    for note in report.get("notes", []):
+        click.echo(f"  note: {note}", err=True)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "formats", multiple=True, metavar="NAME",
+              help="onnx, torch_export, torchscript, all, or a plugin's exporter (repeatable). "
+                   "Default: the run's export.formats, else onnx.")
+@click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
+              help="Add int8 copies: dynamic, or static calibrated on validation examples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@click.pass_context
+def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize: str | None,
+           as_json: bool) -> None:
+    """Export the trained RUN_DIR to ONNX, torch.export or TorchScript, verified against eager.
+
+    Writes RUN_DIR/export/: the artifacts, model_state.json and the model's preprocessing
+    files, and bundle.json describing inputs, outputs and checks (see 'privet predict').
+    """
+    import yaml
+
+    from ..export.bundle import export_run
+    from ..storage import Storage
+
+    storage = Storage(run_dir)
+    chosen = list(formats)
+    if not chosen and storage.exists("config.yaml"):
+        configured = (yaml.safe_load(storage.read_text("config.yaml")) or {}).get("export") or {}
+        chosen = list(configured.get("formats") or [])
+        quantize = quantize or configured.get("quantize")
+    report = export_run(run_dir, host=get_host(ctx), formats=chosen or ["onnx"], quantize=quantize)
+    if storage.exists("report.json"):
+        run_report = storage.read_json("report.json")
+        run_report["export"] = report
+        storage.write_json("report.json", run_report)
+    click.echo(json.dumps(report, indent=2)) if as_json else _summary(report)

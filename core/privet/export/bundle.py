@@ -1,0 +1,588 @@
+"""Export bundles: ``RUN/export/`` with the artifacts, preprocessing files and ``bundle.json``.
+
+:func:`export_run` (called by ``privet export`` and at the end of ``privet run`` when the
+pipeline has an ``export:`` section) loads the trained model, exports it with each
+requested exporter, verifies every artifact against the eager model, optionally adds
+int8 copies, and writes the bundle atomically (a temp folder renamed into place).
+
+:class:`Bundle` reads one back for ``privet predict``: it checks the format version, that
+every listed file is present with its checksum, and rebuilds the model and cleaners from
+their names, options and JSON states. Nothing in a bundle is a pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import ConfigError, ExportError, PrivetError, UnknownComponentError
+from .exporters import Runner, _first_line
+
+BUNDLE_FORMAT = "privet-bundle"
+#: Bumped when a reader of an older version could misread a newer bundle.
+BUNDLE_VERSION = 1
+BUILTIN_FORMATS = ("torch_export", "onnx", "torchscript")
+QUANTIZE_MODES = {"int8": "dynamic", "int8-static": "static"}
+#: Example inputs the artifacts are traced with, and the real validation batch (another
+#: size, so the dynamic batch axis is exercised) they are checked on.
+EXAMPLE_BATCH = 4
+VERIFY_BATCH = 64
+#: Validation examples used for the metrics before and after quantization.
+EVAL_LIMIT = 2048
+EVAL_BATCH = 256
+#: Artifacts ``privet predict`` prefers, in order, when none is named.
+PREFERRED = ("onnx", "torch_export", "onnx_int8", "torch_int8", "torchscript")
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(f"privet: {message}", file=sys.stderr)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expand_formats(formats: Iterable[str] | str | None) -> list[str]:
+    """Format names in order without repeats; ``all`` means the three built-in ones."""
+    if formats is None:
+        return ["onnx"]
+    if isinstance(formats, str):
+        formats = [formats]
+    out: list[str] = []
+    for f in formats:
+        for name in (BUILTIN_FORMATS if f == "all" else (f,)):
+            if name not in out:
+                out.append(name)
+    return out or ["onnx"]
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+def export_run(run_dir: str | Path, *, host: Any | None = None,
+               formats: Iterable[str] | str | None = ("onnx",), quantize: str | None = None,
+               log: Log | None = _stderr) -> dict[str, Any]:
+    """Export a trained run into ``RUN/export/`` and return the export report.
+
+    ``formats`` names exporters (``torch_export``, ``onnx``, ``torchscript``, ``all`` or a
+    plugin's); ``quantize`` is ``None``, ``int8`` (dynamic) or ``int8-static`` (calibrated
+    on validation examples). Raises :class:`ExportError` if an artifact cannot be written
+    or does not match the eager model; the bundle is still written, with the failure
+    recorded in ``bundle.json`` (``privet predict`` refuses such artifacts).
+    """
+    import torch
+    import yaml
+
+    from ..storage import Storage
+    from ..train.loading import load_cleaners, load_trained
+
+    started = time.perf_counter()
+    say = log or (lambda m: None)
+    run_dir = Path(run_dir).resolve()
+    formats = expand_formats(formats)
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"unknown quantization {quantize!r}; use int8 or int8-static",
+                          path="export.quantize")
+    if quantize and not {"onnx", "torch_export"} & set(formats):
+        raise ConfigError(f"quantize: {quantize} applies to the onnx and torch_export formats; "
+                          f"add one of them", path="export.formats")
+    if host is None:
+        from ..plugins import load_plugins
+
+        host = load_plugins(on_warning=lambda m: say(f"warning: {m}"))
+    model, module = load_trained(run_dir, host)
+    cleaners = load_cleaners(run_dir, host)
+    module = module.to("cpu").eval()
+    storage = Storage(run_dir)
+    config = yaml.safe_load(storage.read_text("config.yaml"))
+    exporters = {f: host.catalog.get("exporter", f, key_path="export.formats") for f in formats}
+    records = _cached_examples(run_dir, storage)
+    example, check, eval_batches = _batches(model, records, run_dir)
+    torch.manual_seed(0)
+    eager_example = _eager(module, example.feed)
+    axes = model.dynamic_axes()
+
+    tmp = run_dir / f".tmp-export-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        files = _write_preprocessing(model, tmp)
+        artifacts: dict[str, dict[str, Any]] = {}
+        notes: list[str] = []
+        runners: dict[str, Runner] = {}
+        for name, entry in exporters.items():
+            say(f"export: {name} ...")
+            info, runner = _export_one(name, entry, model, module, example, check, eager_example,
+                                       axes, tmp)
+            artifacts[name] = info
+            notes += [f"{name}: {n}" for n in info.get("notes", [])]
+            if runner is not None:
+                runners[name] = runner
+        quantization: dict[str, Any] = {}
+        if quantize:
+            from .verify import Evaluator
+
+            evaluator = Evaluator(model, module, eval_batches)
+            quantization = _quantize(quantize, model, module, evaluator, artifacts, runners,
+                                     eval_batches, tmp, notes, say)
+        bundle = _bundle_json(run_dir, config, host, model, cleaners, example, eager_example,
+                              axes, files, artifacts, tmp)
+        (tmp / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=False) + "\n",
+                                         encoding="utf-8")
+        _replace(tmp, run_dir / "export")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report = {
+        "bundle": str(run_dir / "export"),
+        "format_version": BUNDLE_VERSION,
+        "formats": formats,
+        "quantize": quantize,
+        "tolerance": _tolerance(),
+        "artifacts": {k: {x: v[x] for x in ("file", "size_bytes", "verified", "verification",
+                                            "exporter", "dynamic", "error", "precision")
+                          if x in v} for k, v in artifacts.items()},
+        "quantization": quantization,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    Storage(run_dir / "export").write_json("report.json", report)
+    failed = {k: v for k, v in artifacts.items() if not v.get("verified")}
+    if failed:
+        why = "; ".join(f"{k}: {v.get('error') or 'outputs differ from the eager model'}"
+                        for k, v in failed.items())
+        raise ExportError(f"export of {run_dir.name} failed for {', '.join(failed)} ({why}); "
+                          f"details in {run_dir / 'export' / 'bundle.json'}")
+    for k, v in artifacts.items():
+        say(f"export: {k} -> {v['file']} ({v['size_bytes']} bytes, verified)")
+    return report
+
+
+def _tolerance() -> dict[str, float]:
+    from .verify import TOLERANCE
+
+    return dict(TOLERANCE)
+
+
+def _cached_examples(run_dir: Path, storage: Any) -> dict[str, Any]:
+    """The run's cached examples per split (an ArrowTable each), from the prepared cache."""
+    from ..data.arrow import ArrowTable
+    from ..storage import Storage
+
+    manifest = storage.read_json("manifest.json") if storage.exists("manifest.json") else {}
+    candidates = [run_dir / "cache", Path(manifest["data_cache"])] if manifest.get("data_cache") \
+        else [run_dir / "cache"]
+    for root in candidates:
+        if (root / "meta.json").exists():
+            cache = Storage(root)
+            meta = cache.read_json("meta.json")
+            return {s: ArrowTable([str(cache.path(f)) for f in fs])
+                    for s, fs in meta["example_files"].items()}
+    raise ExportError(f"{run_dir}: the run's prepared data cache is gone ({candidates[-1]}); "
+                      f"export traces and verifies the model on cached validation examples: "
+                      f"re-run 'privet run' to prepare it")
+
+
+def _batches(model: Any, tables: dict[str, Any], run_dir: Path) -> tuple[Any, Any, list[Any]]:
+    """(example batch, verification batch, evaluation batches) from validation examples."""
+    from .verify import encode_batch
+
+    split = next((s for s in ("val", "test", "train") if s in tables and len(tables[s])), None)
+    if split is None:
+        raise ExportError(f"{run_dir}: the run has no cached examples to export with")
+    table = tables[split]
+    n = len(table)
+    first = table.rows(list(range(min(n, VERIFY_BATCH))))
+    example_records = first[:EXAMPLE_BATCH]
+    if len(example_records) == 1:  # a batch of one would fix the batch axis to 1
+        example_records = example_records * 2
+    example = encode_batch(model, example_records)
+    if example is None:
+        raise ExportError(f"model {model.name!r} dropped every example it was given "
+                          f"(encode raised DropRecord); cannot build example inputs")
+    check = encode_batch(model, first) if len(first) != len(example.records) else None
+    eval_batches = []
+    limit = min(n, EVAL_LIMIT)
+    for start in range(0, limit, EVAL_BATCH):
+        b = encode_batch(model, table.rows(list(range(start, min(limit, start + EVAL_BATCH)))))
+        if b is not None:
+            eval_batches.append(b)
+    return example, check, eval_batches
+
+
+def _eager(module: Any, feed: dict[str, Any]) -> list[Any]:
+    from .verify import eager_outputs
+
+    return eager_outputs(module, feed)
+
+
+def _write_preprocessing(model: Any, folder: Path) -> dict[str, dict[str, str]]:
+    """model_state.json plus the model's own plain files, each with its checksum."""
+    state = model.state_dict()
+    try:
+        text = json.dumps(state, ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"model {model.name!r}: state_dict() is not JSON-serialisable ({err}); "
+                          f"it must be plain data") from err
+    (folder / "model_state.json").write_text(text, encoding="utf-8")
+    written = {"model_state": "model_state.json"}
+    extra = model.bundle_files(folder) or {}
+    for role, name in extra.items():
+        if role in written:
+            raise ExportError(f"model {model.name!r}: bundle_files() uses the reserved role {role!r}")
+        p = folder / name
+        if not p.is_file() or p.parent != folder:
+            raise ExportError(f"model {model.name!r}: bundle_files() listed {name!r}, which is not "
+                              f"a file written directly in the bundle folder")
+        if p.suffix in (".pkl", ".pickle", ".pt", ".pth", ".bin"):
+            raise ExportError(f"model {model.name!r}: bundle file {name!r} looks like a pickle; "
+                              f"write JSON or text (bundles hold no pickles)")
+        written[role] = name
+    return {role: {"file": name, "sha256": sha256_of(folder / name)} for role, name in written.items()}
+
+
+def _call_export(exporter: Any, module: Any, example_inputs: tuple[Any, ...], folder: Path,
+                 input_names: list[str], output_names: list[str], axes: Any) -> Path:
+    params = inspect.signature(exporter.export).parameters
+    kwargs = {}
+    if "dynamic_axes" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs["dynamic_axes"] = axes
+    return Path(exporter.export(module, example_inputs, folder, input_names, output_names, **kwargs))
+
+
+def _export_one(name: str, entry: Any, model: Any, module: Any, example: Any, check: Any,
+                eager_example: list[Any], axes: Any, folder: Path) -> tuple[dict[str, Any], Runner | None]:
+    """Export with one exporter, load the artifact back and compare it with eager."""
+    import torch
+
+    from .verify import compare
+
+    exporter = entry.cls(entry.cls.Options())
+    inputs = tuple(torch.as_tensor(v) for v in example.feed.values())
+    info: dict[str, Any] = {"exporter": name, "loader": name, "precision": "fp32"}
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = _call_export(exporter, module, inputs, folder, model.input_names(),
+                                model.output_names(), axes)
+        runner = exporter.load(path)
+    except PrivetError as err:
+        return {**info, "verified": False, "error": str(err), "file": None, "size_bytes": 0}, None
+    except Exception as err:
+        return {**info, "verified": False, "file": None, "size_bytes": 0,
+                "error": f"{type(err).__name__}: {_first_line(err)}"}, None
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    info["notes"] = list(getattr(exporter, "notes", []))
+    details = dict(getattr(exporter, "details", {}))
+    info["dynamic"] = details.pop("dynamic", True)
+    info["details"] = details
+    if path.parent.resolve() != folder.resolve():
+        raise ExportError(f"exporter {name!r} wrote {path} outside the bundle folder")
+    info["file"] = path.name
+    info["size_bytes"] = path.stat().st_size
+    info["example_batch"] = len(example.records)  # the only batch size a static artifact takes
+    verification: dict[str, Any] = {}
+    try:
+        verification["example_inputs"] = {"batch": len(example.records),
+                                          **compare(eager_example, runner(example.feed))}
+        if check is not None and info["dynamic"]:
+            verification["validation"] = {"batch": len(check.records),
+                                          **compare(_eager(module, check.feed), runner(check.feed))}
+    except Exception as err:
+        verification["error"] = f"running the artifact failed: {type(err).__name__}: {_first_line(err)}"
+    info["verification"] = verification
+    info["verified"] = "error" not in verification and all(
+        v.get("ok") for v in verification.values() if isinstance(v, dict))
+    if not info["verified"]:
+        bad = next((v for v in verification.values() if isinstance(v, dict) and not v.get("ok")), {})
+        info["error"] = verification.get("error") or bad.get("error") or (
+            f"max |diff| {bad.get('max_abs_diff')} exceeds the tolerance {_tolerance()}")
+    return info, runner
+
+
+def _quantize(mode: str, model: Any, module: Any, evaluator: Any, artifacts: dict[str, Any],
+              runners: dict[str, Runner], eval_batches: list[Any], folder: Path,
+              notes: list[str], say: Log) -> dict[str, Any]:
+    """int8 copies of the ONNX and torch_export artifacts, with size and metrics before/after."""
+    from .quantize import (TORCHAO_SCHEME, load_torchao, quantize_onnx, quantize_torchao,
+                           torchao_available)
+
+    eager_metrics = evaluator.metrics()
+    out: dict[str, Any] = {"mode": QUANTIZE_MODES[mode], "validation_examples": evaluator.count,
+                           "eager_metrics": eager_metrics}
+    onnx = artifacts.get("onnx")
+    if onnx and onnx.get("verified"):
+        say(f"export: onnx int8 ({QUANTIZE_MODES[mode]}) ...")
+        dst = folder / "model.int8.onnx"
+        calibration = [b.feed for b in eval_batches][:16]
+        notes += [f"onnx_int8: {n}" for n in quantize_onnx(folder / onnx["file"], dst,
+                                                            mode=QUANTIZE_MODES[mode],
+                                                            calibration=calibration)]
+        from .exporters import onnx_runner
+
+        runner = onnx_runner(dst)
+        artifacts["onnx_int8"] = _quantized_entry("onnx_int8", "onnx", dst, onnx, runner,
+                                                  evaluator, runners.get("onnx"),
+                                                  {"library": "onnxruntime", "mode": QUANTIZE_MODES[mode]})
+        out["onnx_int8"] = artifacts["onnx_int8"]["quantization"]
+    elif onnx:
+        notes.append("onnx_int8: skipped, the fp32 ONNX artifact failed")
+    pt = artifacts.get("torch_export")
+    if pt and pt.get("verified"):
+        if torchao_available():
+            say("export: torch int8 (torchao) ...")
+            dst = folder / "model.int8.safetensors"
+            quantize_torchao(module, dst)
+            runner = load_torchao(model.build(), dst)
+            artifacts["torch_int8"] = _quantized_entry(
+                "torch_int8", "torchao", dst, pt, runner, evaluator, runners.get("torch_export"),
+                {"library": "torchao", "scheme": TORCHAO_SCHEME})
+            if mode == "int8-static":
+                notes.append("torch_int8: torchao has no static int8 scheme for CPUs; used "
+                             f"{TORCHAO_SCHEME}")
+            out["torch_int8"] = artifacts["torch_int8"]["quantization"]
+        else:
+            notes.append("torch_int8: skipped, torchao is not installed (pip install torchao); "
+                         "torch.ao.quantization is deprecated upstream")
+    return out
+
+
+def _quantized_entry(key: str, loader: str, path: Path, base: dict[str, Any], runner: Runner,
+                     evaluator: Any, base_runner: Runner | None, how: dict[str, Any]) -> dict[str, Any]:
+    size = path.stat().st_size
+    metrics_before = evaluator.metrics(base_runner) if base_runner is not None else evaluator.metrics()
+    metrics_after = evaluator.metrics(runner)
+    quant = {**how, "file": path.name, "size_bytes": size, "fp32_file": base["file"],
+             "fp32_size_bytes": base["size_bytes"],
+             "size_ratio": round(size / base["size_bytes"], 4) if base["size_bytes"] else None,
+             "metrics_before": metrics_before, "metrics_after": metrics_after,
+             "agreement": evaluator.agreement(runner)}
+    return {"exporter": base["exporter"], "loader": loader, "precision": "int8", "file": path.name,
+            "size_bytes": size, "dynamic": base.get("dynamic", True), "verified": True,
+            "verification": {"note": "int8 outputs are compared by validation metrics, not "
+                                     "elementwise", "agreement": quant["agreement"]},
+            "quantization": quant, "notes": []}
+
+
+def _io_spec(names: list[str], arrays: list[Any], axes: dict[str, dict[int, str]]) -> list[dict[str, Any]]:
+    out = []
+    for i, a in enumerate(arrays):
+        name = names[i] if i < len(names) else f"output_{i}"
+        dyn = {int(k): v for k, v in axes.get(name, {}).items()}
+        out.append({"name": name, "dtype": str(a.dtype),
+                    "shape": [dyn.get(d, int(s)) for d, s in enumerate(a.shape)]})
+    return out
+
+
+def _component(host: Any, kind: str, spec: dict[str, Any], component: Any) -> dict[str, Any]:
+    entry = host.catalog.get(kind, spec["name"])
+    info = host.infos.get(entry.plugin)
+    return {"name": spec["name"], "plugin": entry.plugin,
+            "distribution": getattr(info, "distribution", None),
+            "version": getattr(info, "version", None), "options": spec.get("options") or {}}
+
+
+def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, cleaners: list[Any],
+                 example: Any, eager_example: list[Any], axes: Any, files: dict[str, Any],
+                 artifacts: dict[str, Any], folder: Path) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from .. import __version__
+
+    for info in artifacts.values():
+        if info.get("file"):
+            info["sha256"] = sha256_of(folder / info["file"])
+    model_spec = config["model"] if isinstance(config["model"], dict) else {"name": config["model"]}
+    cleaner_specs = [c if isinstance(c, dict) else {"name": c} for c in config["data"].get("cleaners") or []]
+    usable = [k for k in PREFERRED if artifacts.get(k, {}).get("verified")]
+    usable += [k for k, v in artifacts.items() if v.get("verified") and k not in usable]
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "privet_version": __version__,
+        "torch_version": torch.__version__,
+        "run": {"dir": str(run_dir), "name": config.get("name")},
+        "task": model.task,
+        "model": {**_component(host, "model", model_spec, model), "state_file": "model_state.json"},
+        "cleaners": [{**_component(host, "cleaner", spec, c), "state": c.state_dict()}
+                     for spec, c in zip(cleaner_specs, cleaners)],
+        "plugin_paths": list((config.get("plugins") or {}).get("paths") or []),
+        "inputs": _io_spec(model.input_names(), [np.asarray(v) for v in example.feed.values()], axes),
+        "outputs": _io_spec(model.output_names(), eager_example, axes),
+        "files": files,
+        "artifacts": artifacts,
+        "default_artifact": usable[0] if usable else None,
+    }
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Swap the new bundle into place; a crash leaves either the old or the new one."""
+    for p in tmp.iterdir():
+        with open(p, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = target.with_name(f".old-{target.name}-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+class Bundle:
+    """An export bundle read back: checked, with its components rebuilt on demand."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
+        self.folder = folder
+        self.meta = meta
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "Bundle":
+        """Read ``bundle.json`` and check the version and every preprocessing file."""
+        folder = Path(folder)
+        if folder.is_dir() and not (folder / "bundle.json").exists() and (folder / "export" / "bundle.json").exists():
+            folder = folder / "export"  # a run folder was given
+        path = folder / "bundle.json"
+        if not path.exists():
+            raise ExportError(f"{folder}: not an export bundle (no bundle.json); pass RUN/export "
+                              f"from 'privet export RUN'")
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ExportError(f"{path}: corrupted bundle.json ({err}); re-export the run") from err
+        if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+            raise ExportError(f"{path}: not a Privet bundle description (format is "
+                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+        version = meta.get("format_version")
+        if not isinstance(version, int):
+            raise ExportError(f"{path}: format_version is missing or not a number; re-export the run")
+        if version > BUNDLE_VERSION:
+            raise ExportError(f"{path}: bundle format version {version} is newer than this privet "
+                              f"reads ({BUNDLE_VERSION}); upgrade privet (written by privet "
+                              f"{meta.get('privet_version', '?')})")
+        for key in ("model", "cleaners", "files", "artifacts", "inputs", "outputs"):
+            if key not in meta:
+                raise ExportError(f"{path}: missing key {key!r}; the bundle is incomplete, re-export it")
+        bundle = cls(folder, meta)
+        for role, item in meta["files"].items():
+            bundle._check_file(item["file"], item.get("sha256"), f"preprocessing file ({role})")
+        return bundle
+
+    def _check_file(self, name: str, sha256: str | None, what: str) -> Path:
+        p = self.folder / name
+        if not p.is_file():
+            raise ExportError(f"{p}: missing {what}; the bundle is incomplete, copy the whole "
+                              f"export folder or re-export the run")
+        if sha256 and sha256_of(p) != sha256:
+            raise ExportError(f"{p}: checksum mismatch ({what} is corrupted or truncated); copy "
+                              f"the export folder again or re-export the run")
+        return p
+
+    def read_json(self, role: str) -> Any:
+        item = self.meta["files"][role]
+        p = self.folder / item["file"]
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ExportError(f"{p}: not valid JSON ({err}); re-export the run") from err
+
+    # -- components -------------------------------------------------------------------------
+
+    def load_plugin_paths(self, host: Any) -> None:
+        """Load the run's in-house plugin folders that exist here (as the run did)."""
+        for folder in self.meta.get("plugin_paths") or []:
+            if Path(folder).is_dir():
+                host.load_path(folder)
+
+    def _make(self, host: Any, kind: str, spec: dict[str, Any]) -> Any:
+        import attrs
+
+        from ..config import make_converter, structure
+
+        try:
+            entry = host.catalog.get(kind, spec["name"])
+        except UnknownComponentError as err:
+            raise ExportError(f"{self.folder}: the bundle's {kind} {spec['name']!r} (plugin "
+                              f"{spec.get('plugin')!r}, distribution {spec.get('distribution')!r} "
+                              f"{spec.get('version') or ''}) is not installed; install that "
+                              f"plugin ({err})") from err
+        installed = host.infos.get(entry.plugin)
+        if installed is not None and spec.get("version") and installed.version != spec.get("version"):
+            _stderr(f"warning: {kind} {spec['name']!r} was exported with {spec.get('distribution')} "
+                    f"{spec['version']}, {installed.version} is installed")
+        # The options were validated when the run was configured; files they name (a
+        # pretrained checkpoint) need not exist on the machine that predicts.
+        with attrs.validators.disabled():
+            options = structure(make_converter(), spec.get("options") or {}, entry.cls.Options,
+                                prefix=f"bundle {kind} {spec['name']} options")
+        return entry.cls(options)
+
+    def load_model(self, host: Any) -> Any:
+        model = self._make(host, "model", self.meta["model"])
+        model.load_state_dict(self.read_json("model_state"))
+        return model
+
+    def load_cleaners(self, host: Any) -> list[Any]:
+        cleaners = []
+        for spec in self.meta["cleaners"]:
+            cleaner = self._make(host, "cleaner", spec)
+            cleaner.load_state_dict(spec.get("state") or {})
+            cleaners.append(cleaner)
+        return cleaners
+
+    # -- artifacts --------------------------------------------------------------------------
+
+    def artifact_names(self) -> list[str]:
+        return [k for k, v in self.meta["artifacts"].items() if v.get("file")]
+
+    def choose(self, name: str | None) -> str:
+        arts = self.meta["artifacts"]
+        if name is None:
+            name = self.meta.get("default_artifact")
+            if name is None:
+                raise ExportError(f"{self.folder}: no verified artifact in this bundle; re-export the run")
+        if name not in arts or not arts[name].get("file"):
+            raise ExportError(f"{self.folder}: no {name!r} artifact (have: "
+                              f"{', '.join(self.artifact_names()) or 'none'}); export it with "
+                              f"'privet export RUN --format ...'")
+        if not arts[name].get("verified"):
+            raise ExportError(f"{self.folder}: the {name} artifact failed verification at export "
+                              f"({arts[name].get('error')}); re-export the run")
+        return name
+
+    def runner(self, name: str, host: Any, model: Any | None = None) -> Runner:
+        """Check the artifact's checksum and load it as a runner (no pickles involved)."""
+        info = self.meta["artifacts"][name]
+        path = self._check_file(info["file"], info.get("sha256"), f"{name} artifact")
+        loader = info.get("loader", name)
+        if loader == "torchao":
+            from .quantize import load_torchao
+
+            if model is None:
+                raise ExportError(f"the {name} artifact needs the model plugin to build the module")
+            return load_torchao(model.build(), path)
+        try:
+            entry = host.catalog.get("exporter", loader)
+        except ConfigError as err:
+            raise ExportError(f"{path}: exporter {loader!r} that wrote this artifact is not "
+                              f"installed ({err})") from err
+        return entry.cls(entry.cls.Options()).load(path)

@@ -1,0 +1,188 @@
+"""``privet predict``: raw records -> saved preprocessing -> an exported artifact -> JSONL.
+
+Per input record, in input order, one output line: the model's prediction
+(:meth:`privet.Model.postprocess`), or an error entry naming the record's location and
+why it could not be predicted. A bad record never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import attrs
+
+from ..components import BadRecord, Record
+from ..errors import DropRecord, ExportError, PrivetError
+from .bundle import Bundle
+from .exporters import _first_line
+
+#: Exceptions a model or cleaner raises for a record it cannot handle (a missing field).
+RECORD_ERRORS = (DropRecord, KeyError, ValueError, TypeError, IndexError)
+
+
+@attrs.define
+class PredictSummary:
+    """What a prediction pass did: counts, errors by reason, the artifact used."""
+
+    artifact: str
+    predicted: int = 0
+    errors: Counter = attrs.field(factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return self.predicted + sum(self.errors.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "predicted": self.predicted,
+                "errors": dict(self.errors), "total": self.total}
+
+
+@attrs.define
+class _Pending:
+    """One output line in input order, filled when its batch has run."""
+
+    location: str
+    record: Record | None = None
+    item: Any = None
+    entry: dict[str, Any] | None = None
+
+
+class Predictor:
+    """A loaded bundle ready to predict: model, cleaners and one artifact's runner."""
+
+    def __init__(self, bundle: Bundle, host: Any, *, artifact: str | None = None,
+                 batch_size: int = 64) -> None:
+        self.bundle = bundle
+        bundle.load_plugin_paths(host)
+        self.model = bundle.load_model(host)
+        cleaners = bundle.load_cleaners(host)
+        # Cleaners that only make sense on training data (dedupe, label filters) opt out.
+        self.cleaners = [c for c in cleaners if getattr(c, "applies_at_inference", True)]
+        self.artifact = bundle.choose(artifact)
+        self.run = bundle.runner(self.artifact, host, self.model)
+        info = bundle.meta["artifacts"][self.artifact]
+        # an artifact exported with static shapes takes only its example batch size
+        self.static_batch = None if info.get("dynamic", True) else int(info.get("example_batch", 1))
+        self.batch_size = self.static_batch or max(1, batch_size)
+
+    def prepare(self, location: str, item: Record | BadRecord) -> _Pending:
+        """Clean and encode one raw record; failures become an error entry."""
+        if isinstance(item, BadRecord):
+            return _Pending(location, entry=_error(location, item.reason, item.detail))
+        record: Record = dict(item)
+        for cleaner in self.cleaners:
+            try:
+                out = cleaner.clean(record)
+            except RECORD_ERRORS as err:
+                return _Pending(location, entry=_failure(location, err, item))
+            if out is None:
+                return _Pending(location, entry=_error(location, f"filtered_by_{cleaner.name}", "", item))
+            record = out
+        try:
+            encoded = self.model.encode_inputs(record)
+        except RECORD_ERRORS as err:
+            return _Pending(location, entry=_failure(location, err, item))
+        return _Pending(location, record=record, item=encoded)
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        """Predict a batch; if it fails as a whole, retry record by record to isolate it."""
+        try:
+            results = self._predict([p.record for p in batch], [p.item for p in batch])
+        except PrivetError:
+            raise
+        except Exception:
+            if len(batch) == 1:
+                results = None
+            else:
+                for p in batch:
+                    self._run_batch([p])
+                return
+        if results is None or len(results) != len(batch):
+            for p in batch:
+                why = ("the model returned no result for it" if results is not None
+                       else "the artifact failed on this record")
+                p.entry = _error(p.location, "prediction_failed", why, p.record)
+            return
+        for p, result in zip(batch, results):
+            p.entry = {"location": p.location, **_id_of(p.record), **result}
+
+    def _predict(self, records: list[Record], items: list[Any]) -> list[dict[str, Any]]:
+        n = len(items)
+        if self.static_batch and n < self.static_batch:  # pad to the exported batch size
+            pad = self.static_batch - n
+            records = records + [records[-1]] * pad
+            items = items + [items[-1]] * pad
+        return self.model.predict_batch(self.run, records, items)[:n]
+
+    def predict(self, located: Iterator[tuple[str, Record | BadRecord]]) -> Iterator[dict[str, Any]]:
+        """Output entries, in input order, for ``(location, record)`` pairs."""
+        window: list[_Pending] = []
+        ready: list[_Pending] = []
+        for k, pair in enumerate(located, start=1):
+            location, item = pair if isinstance(pair, tuple) else (f"record {k}", pair)
+            pending = self.prepare(location, item)
+            window.append(pending)
+            if pending.entry is None:
+                ready.append(pending)
+            if len(ready) >= self.batch_size:
+                self._run_batch(ready)
+                ready = []
+            if not ready:  # everything in the window is known: write it out
+                yield from (p.entry for p in window)  # type: ignore[misc]
+                window = []
+        if ready:
+            self._run_batch(ready)
+        yield from (p.entry for p in window)  # type: ignore[misc]
+
+
+def _id_of(record: Record | None) -> dict[str, Any]:
+    if isinstance(record, dict) and "id" in record and isinstance(record["id"], (str, int)):
+        return {"id": record["id"]}
+    return {}
+
+
+def _error(location: str, reason: str, detail: str = "", record: Any = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"location": location, **_id_of(record), "error": reason}
+    if detail:
+        entry["detail"] = detail
+    return entry
+
+
+def _failure(location: str, err: Exception, record: Any) -> dict[str, Any]:
+    if isinstance(err, DropRecord):
+        return _error(location, err.reason, err.detail, record)
+    if isinstance(err, KeyError):
+        return _error(location, "missing_field", f"no field {err.args[0]!r}" if err.args else "", record)
+    return _error(location, "unusable_record", f"{type(err).__name__}: {_first_line(err)}", record)
+
+
+def predict_path(bundle_dir: str | Path, input_path: str | Path, out: IO[str] | None = None, *,
+                 host: Any, artifact: str | None = None, batch_size: int = 64) -> PredictSummary:
+    """Predict every record of ``input_path`` with the bundle; write JSONL to ``out``."""
+    out = out if out is not None else sys.stdout
+    bundle = Bundle.open(bundle_dir)
+    predictor = Predictor(bundle, host, artifact=artifact, batch_size=batch_size)
+    summary = PredictSummary(predictor.artifact)
+    located = predictor.model.read_inputs(Path(input_path))
+    for entry in predictor.predict(iter(located)):
+        if "error" in entry:
+            summary.errors[entry["error"]] += 1
+        else:
+            summary.predicted += 1
+        out.write(json.dumps(entry, ensure_ascii=False, default=_plain) + "\n")
+    if summary.total == 0:
+        raise ExportError(f"{input_path}: no records to predict")
+    return summary
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in a model's results, as JSON values."""
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable; postprocess() must "
+                    f"return plain data")
