@@ -127,3 +127,60 @@ def _is_tied(module: Any, key: str) -> bool:
     if target is None:
         return False
     return any(p is target for k, p in params.items() if k != key)
+
+
+class _MetadataUnpickler:
+    """Unpickles torch.distributed.checkpoint metadata, refusing anything else.
+
+    DCP stores its ``.metadata`` with plain pickle; a tampered file could run code on
+    load. Only the dataclasses of DCP's metadata and a few torch/builtin types are
+    allowed.
+    """
+
+    ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
+    ALLOWED = {("torch", "Size"), ("torch", "float32"), ("torch", "float16"), ("torch", "bfloat16"),
+               ("torch", "float64"), ("torch", "int64"), ("torch", "int32"), ("torch", "uint8"),
+               ("torch", "bool"), ("torch", "int8"), ("torch", "int16"), ("torch", "strided"),
+               ("torch", "contiguous_format"), ("collections", "OrderedDict"),
+               ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+               ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
+               ("pathlib", "PureWindowsPath"),
+               ("torch.serialization", "_get_layout"), ("torch._utils", "_rebuild_tensor_v2")}
+
+    @classmethod
+    def load(cls, fh: Any) -> Any:
+        import importlib
+        import pickle
+
+        allowed_modules = cls.ALLOWED_MODULES
+        allowed = cls.ALLOWED
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module.startswith(allowed_modules) or (module, name) in allowed:
+                    return getattr(importlib.import_module(module), name)
+                raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}")
+
+        return Restricted(fh).load()
+
+
+def safe_dcp_reader(path: str) -> Any:
+    """A FileSystemReader whose metadata loading cannot execute code."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            rank = kwargs.get("rank")
+            meta_path = self._get_metadata_path(rank)
+            try:
+                with self.fs.create_stream(meta_path, "rb") as fh:
+                    metadata = _MetadataUnpickler.load(fh)
+            except Exception as err:
+                raise CheckpointError(f"{meta_path}: refused to load checkpoint metadata ({err})") from err
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(path)

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from ..errors import TrainingError
-from .checkpoint import CheckpointManager, capture_rng, restore_rng
+from .checkpoint import CheckpointManager, capture_rng, restore_rng, safe_dcp_reader
 from .metrics import MetricAccumulator
 
 
@@ -82,6 +82,7 @@ class Trainer:
         # step itself (and halves its scale). Checked every step on CPU, where it is cheap.
         self.guard_loss = not self.scaler.is_enabled()
         self.check_every_step = self.device.type == "cpu"
+        self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
         self.steps_per_epoch = math.ceil(len(objects.train_loader) / self.cfg.accumulate)
         total = self.steps_per_epoch * self.cfg.epochs
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
@@ -112,8 +113,11 @@ class Trainer:
     # -- resume ---------------------------------------------------------------------------------
 
     def restore(self, path: Any) -> None:
-        tensors, plain = CheckpointManager.load(path, self.raw_module)
-        self.objects.optimizer.load_state_dict(tensors["optimizer"])
+        if self.sharded:
+            tensors, plain = self._restore_sharded(path)
+        else:
+            tensors, plain = CheckpointManager.load(path, self.raw_module)
+            self.objects.optimizer.load_state_dict(tensors["optimizer"])
         if self.scheduler is not None and "scheduler" in tensors:
             self.scheduler.load_state_dict(tensors["scheduler"])
         if "scaler" in tensors:
@@ -136,9 +140,12 @@ class Trainer:
 
             per_rank = [None] * self.run.world_size
             dist.all_gather_object(per_rank, (rng_tensors, rng_plain))
+        self._check_finite_weights()
+        if self.sharded:
+            self._save_sharded(rng_tensors, rng_plain, per_rank)
+            return
         if self.checkpoints is None:
             return
-        self._check_finite_weights()
         tensors: dict[str, Any] = {"optimizer": self.objects.optimizer.state_dict(), "rng": rng_tensors}
         if per_rank is not None:
             tensors["rng_per_rank"] = [t for t, _ in per_rank]
@@ -151,11 +158,84 @@ class Trainer:
         path = self.checkpoints.save(self.state.global_step, self.raw_module, tensors, plain)
         self.run.host.after_checkpoint(self.run, path, self.state.global_step)
 
+    def _save_sharded(self, rng_tensors: dict[str, Any], rng_plain: dict[str, Any],
+                      per_rank: list[Any] | None) -> None:
+        """FSDP: every rank writes its shards with torch.distributed.checkpoint into a new
+        step folder; rank 0 adds the rest and renames it, so a folder without
+        ``state.json`` (the marker, written last) is never taken as complete."""
+        import torch
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        step = self.state.global_step
+        folder = self.run.storage.path("checkpoints")
+        tmp = folder / f".tmp-step-{step:08d}"
+        if self.run.is_main:
+            self.run.storage.clean_partial("checkpoints")
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(self.objects.module, self.objects.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "sharded"))
+        dist.barrier()
+        if self.run.is_main:
+            import json
+            import os
+
+            tensors: dict[str, Any] = {"rng": rng_tensors}
+            if per_rank is not None:
+                tensors["rng_per_rank"] = [t for t, _ in per_rank]
+                rng_plain = dict(rng_plain, per_rank=[p for _, p in per_rank])
+            if self.scheduler is not None:
+                tensors["scheduler"] = self.scheduler.state_dict()
+            if self.scaler.is_enabled():
+                tensors["scaler"] = self.scaler.state_dict()
+            torch.save(tensors, tmp / "state.pt")
+            (tmp / "state.json").write_text(json.dumps({"rng": rng_plain, "loop": attrs.asdict(self.state),
+                                                        "sharded": True}), encoding="utf-8")
+            final = folder / f"step-{step:08d}"
+            if final.exists():
+                self.run.storage.remove(f"checkpoints/{final.name}")
+            os.replace(tmp, final)
+            assert self.checkpoints is not None
+            for old in self.checkpoints.steps()[: -self.checkpoints.keep_last]:
+                self.run.storage.remove(f"checkpoints/step-{old:08d}")
+            self.run.host.after_checkpoint(self.run, final, step)
+        dist.barrier()
+
+    def _restore_sharded(self, path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        import json
+        from pathlib import Path
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        path = Path(path)
+        model_sd, optim_sd = get_state_dict(self.objects.module, self.objects.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, storage_reader=safe_dcp_reader(str(path / "sharded")))
+        set_state_dict(self.objects.module, self.objects.optimizer,
+                       model_state_dict=state["model"], optim_state_dict=state["optim"])
+        tensors = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        plain = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        return tensors, plain
+
+    def full_state_dict(self) -> dict[str, Any] | None:
+        """The whole model's weights on rank 0 (a collective under FSDP)."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.objects.module,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def _check_finite_weights(self) -> None:
         import torch
 
         for name, p in self.raw_module.named_parameters():
-            if not bool(torch.isfinite(p).all()):
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if not bool(torch.isfinite(local).all()):
                 raise TrainingError(f"parameter {name} is not finite at step {self.state.global_step}; "
                                     f"no checkpoint was written. Lower train.optimizer.lr or set "
                                     f"train.clip_grad_norm")
@@ -264,9 +344,10 @@ class Trainer:
 
             dist.all_reduce(denom)
             denom = denom / self.run.world_size  # DDP already averaged the gradients
+        scale = float(denom)  # exact: a count of items (over the world size)
         for p in self._params():
             if p.grad is not None:
-                p.grad.div_(denom.to(p.grad.dtype))
+                p.grad.div_(scale)
         return total_loss, total_count, n_samples
 
     def _optimizer_step(self) -> Any:
@@ -338,8 +419,7 @@ class Trainer:
             st.best = value
             st.best_metrics = dict(metrics)
             st.bad_epochs = 0
-            if self.checkpoints is not None:
-                self._save_best()
+            self._save_best()
         else:
             st.bad_epochs += 1
             if es is not None and st.bad_epochs >= es.patience:
@@ -347,11 +427,18 @@ class Trainer:
                 self.progress.message(f"early stopping: {key} has not improved for {st.bad_epochs} epochs")
 
     def _save_best(self) -> None:
-        from safetensors.torch import save_model
+        """The best epoch's full weights, for export and ``load_trained`` (rank 0 writes)."""
+        from safetensors.torch import save_file, save_model
 
         self._check_finite_weights()
+        full = self.full_state_dict()  # collective: every rank takes part
+        if not self.run.is_main:
+            return
         with self.run.storage.atomic_dir("best") as tmp:
-            save_model(self.raw_module, str(tmp / "model.safetensors"))
+            if full is not None:
+                save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
+            else:
+                save_model(self.raw_module, str(tmp / "model.safetensors"))
 
     def validate(self) -> dict[str, float]:
         import torch
