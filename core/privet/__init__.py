@@ -6,59 +6,43 @@ package may change between releases.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .components import (
-    Augmenter,
-    BadRecord,
-    Cleaner,
-    Component,
-    Exporter,
-    Model,
-    NoOptions,
-    Record,
-    Scheduler,
-    Shard,
-    Source,
-    StepOutput,
-)
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DropRecord,
-    ExportError,
-    PluginError,
-    PrivetError,
-    TrainingError,
-    UnknownComponentError,
-    UsageError,
-)
-from .hookspecs import hookimpl
+# Imported lazily (on first attribute access) to improve start-up time: `privet --help`
+# imports this package but needs none of attrs, pluggy or the component classes.
+_EXPORTS = {
+    "Augmenter": "components", "BadRecord": "components", "Cleaner": "components",
+    "Component": "components", "Exporter": "components", "Model": "components",
+    "NoOptions": "components", "Record": "components", "Scheduler": "components",
+    "Shard": "components", "Source": "components", "StepOutput": "components",
+    "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "DropRecord": "errors", "ExportError": "errors", "PluginError": "errors",
+    "PrivetError": "errors", "TrainingError": "errors", "UnknownComponentError": "errors",
+    "UsageError": "errors", "hookimpl": "hookspecs",
+}
+__all__ = ["__version__", *sorted(_EXPORTS)]
 
-__all__ = [
-    "__version__",
-    "Augmenter",
-    "BadRecord",
-    "CheckpointError",
-    "Cleaner",
-    "Component",
-    "ConfigError",
-    "DataError",
-    "DropRecord",
-    "ExportError",
-    "Exporter",
-    "Model",
-    "NoOptions",
-    "PluginError",
-    "PrivetError",
-    "Record",
-    "Scheduler",
-    "Shard",
-    "Source",
-    "StepOutput",
-    "TrainingError",
-    "UnknownComponentError",
-    "UsageError",
-    "hookimpl",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'privet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from .components import (Augmenter, BadRecord, Cleaner, Component, Exporter, Model,
+                             NoOptions, Record, Scheduler, Shard, Source, StepOutput)
+    from .errors import (CheckpointError, ConfigError, DataError, DropRecord, ExportError,
+                         PluginError, PrivetError, TrainingError, UnknownComponentError,
+                         UsageError)
+    from .hookspecs import hookimpl

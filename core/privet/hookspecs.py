@@ -222,7 +222,8 @@ def after_epoch(run: Any, epoch: int, metrics: dict[str, float]) -> None:
 
     :param run: the :class:`privet.train.RunContext`.
     :param epoch: the 0-based epoch that just ended.
-    :param metrics: train and validation metrics of that epoch (``val/loss`` ...).
+    :param metrics: the epoch's validation metrics (``val/loss``, ``val/accuracy`` ...)
+        and ``epoch`` (1-based).
 
     Example::
 

@@ -71,6 +71,8 @@ def privet_cli(tmp_path: Path, fake_site: FakeSite) -> Run:
 
     The environment has no PRIVET_* variables of the caller, its own entry-point cache
     and the fake site on PYTHONPATH; ``env`` adds to it, ``cwd`` defaults to tmp_path.
+    ``installed=False`` loads no installed plugin (``PRIVET_LOAD_PLUGINS=``): faster, and
+    independent of which modality plugins this environment has.
     """
     base = {k: v for k, v in os.environ.items() if not k.startswith("PRIVET_")}
     base["XDG_CACHE_HOME"] = str(tmp_path / "xdg-cache")
@@ -78,8 +80,8 @@ def privet_cli(tmp_path: Path, fake_site: FakeSite) -> Run:
     base["COLUMNS"] = "100"
 
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
-        full_env = {**base, **(env or {})}
+            timeout: float = 120, installed: bool = True) -> subprocess.CompletedProcess:
+        full_env = {**base, **({} if installed else {"PRIVET_LOAD_PLUGINS": ""}), **(env or {})}
         return subprocess.run([*launcher(), *args], env=full_env, cwd=cwd or tmp_path,
                               capture_output=True, text=True, timeout=timeout)
 

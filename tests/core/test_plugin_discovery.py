@@ -284,7 +284,8 @@ def test_pipeline_naming_a_blocked_plugins_component_says_it_is_disabled(
 
 def test_required_plugin_that_is_missing_is_named(privet_cli, tmp_path, sample_plugins):
     path = _pipeline(tmp_path, "jsonl_is_not_a_cleaner")
-    text = path.read_text().replace("name: uses-plugin", "name: uses-plugin\nplugins: {required: [ocr]}")
+    text = path.read_text().replace("name: uses-plugin",
+                                    "name: uses-plugin\nplugins: {required: [ocr]}")
     path.write_text(text)
 
     result = privet_cli("--plugin-dir", str(sample_plugins), "validate", str(path))
