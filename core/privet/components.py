@@ -285,7 +285,7 @@ class Model(Component):
         """Turn the outputs of one batch into one JSON-able dict per record.
 
         ``outputs`` are the module's outputs as numpy arrays (batch first), ``records``
-        the raw input records of the batch, in order. Defaults by :attr:`task`:
+        the batch's input records as the cleaners left them, in order. Defaults by :attr:`task`:
         ``classification`` -> ``{"label", "probabilities"}`` (softmax of output 0, labels
         from :meth:`class_names`); ``regression`` and ``forecast`` -> ``{"prediction"}``
         (output 0, a number or a list); others -> ``{"outputs": [...]}``. Override to map

@@ -7,27 +7,6 @@ import click
 from ..cli import get_host
 
 
-def load_pipeline(ctx: click.Context, file: str, overrides: tuple[str, ...]):
-    """Load and validate a pipeline: its plugins, component names and options."""
-    from ..config import load_config, read_raw
-
-    host = get_host(ctx)
-    raw, _ = read_raw(file)
-    plugins = raw.get("plugins") or {}
-    if isinstance(plugins, dict):
-        from pathlib import Path
-
-        base = Path(file).resolve().parent
-        for folder in plugins.get("paths") or []:
-            host.load_path(base / folder)
-    loaded = load_config(file, overrides=list(overrides))
-    host.require(loaded.config.plugins.required)
-    from ..config import validate_components
-
-    validate_components(loaded, host.catalog)
-    return host, loaded
-
-
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -35,6 +14,8 @@ def load_pipeline(ctx: click.Context, file: str, overrides: tuple[str, ...]):
 @click.pass_context
 def validate(ctx: click.Context, file: str, overrides: tuple[str, ...]) -> None:
     """Check a pipeline file: keys, types, component names and their options."""
-    _host, loaded = load_pipeline(ctx, file, overrides)
+    from ..pipeline import prepare_config
+
+    _host, loaded = prepare_config(file, host=get_host(ctx), overrides=list(overrides))
     n = len(loaded.component_specs())
     click.echo(f"{file}: valid ({n} components)")

@@ -84,7 +84,6 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
     or does not match the eager model; the bundle is still written, with the failure
     recorded in ``bundle.json`` (``privet predict`` refuses such artifacts).
     """
-    import torch
     import yaml
 
     from ..storage import Storage
@@ -112,7 +111,6 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
     exporters = {f: host.catalog.get("exporter", f, key_path="export.formats") for f in formats}
     records = _cached_examples(run_dir, storage)
     example, check, eval_batches = _batches(model, records, run_dir)
-    torch.manual_seed(0)
     eager_example = _eager(module, example.feed)
     axes = model.dynamic_axes()
 
@@ -168,8 +166,7 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
                         for k, v in failed.items())
         raise ExportError(f"export of {run_dir.name} failed for {', '.join(failed)} ({why}); "
                           f"details in {run_dir / 'export' / 'bundle.json'}")
-    for k, v in artifacts.items():
-        say(f"export: {k} -> {v['file']} ({v['size_bytes']} bytes, verified)")
+    say(f"export: {', '.join(artifacts)} verified against the eager model -> {run_dir / 'export'}")
     return report
 
 
@@ -390,7 +387,7 @@ def _io_spec(names: list[str], arrays: list[Any], axes: dict[str, dict[int, str]
     return out
 
 
-def _component(host: Any, kind: str, spec: dict[str, Any], component: Any) -> dict[str, Any]:
+def _component(host: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     entry = host.catalog.get(kind, spec["name"])
     info = host.infos.get(entry.plugin)
     return {"name": spec["name"], "plugin": entry.plugin,
@@ -421,8 +418,8 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
         "torch_version": torch.__version__,
         "run": {"dir": str(run_dir), "name": config.get("name")},
         "task": model.task,
-        "model": {**_component(host, "model", model_spec, model), "state_file": "model_state.json"},
-        "cleaners": [{**_component(host, "cleaner", spec, c), "state": c.state_dict()}
+        "model": {**_component(host, "model", model_spec), "state_file": "model_state.json"},
+        "cleaners": [{**_component(host, "cleaner", spec), "state": c.state_dict()}
                      for spec, c in zip(cleaner_specs, cleaners)],
         "plugin_paths": list((config.get("plugins") or {}).get("paths") or []),
         "inputs": _io_spec(model.input_names(), [np.asarray(v) for v in example.feed.values()], axes),

@@ -94,19 +94,17 @@ class Predictor:
             results = self._predict([p.record for p in batch], [p.item for p in batch])
         except PrivetError:
             raise
-        except Exception:
-            if len(batch) == 1:
-                results = None
-            else:
+        except Exception as err:
+            if len(batch) > 1:
                 for p in batch:
                     self._run_batch([p])
                 return
-        if results is None or len(results) != len(batch):
-            for p in batch:
-                why = ("the model returned no result for it" if results is not None
-                       else "the artifact failed on this record")
-                p.entry = _error(p.location, "prediction_failed", why, p.record)
+            batch[0].entry = _error(batch[0].location, "prediction_failed",
+                                    f"{type(err).__name__}: {_first_line(err)}", batch[0].record)
             return
+        if len(results) != len(batch):
+            raise ExportError(f"model {self.model.name!r}: predict_batch() returned {len(results)} "
+                              f"results for {len(batch)} records; it must return one per record")
         for p, result in zip(batch, results):
             p.entry = {"location": p.location, **_id_of(p.record), **result}
 

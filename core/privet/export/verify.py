@@ -31,14 +31,14 @@ class Batch:
     records: list[Record]
 
 
-def encode_batch(model: Model, records: list[Record], *, inference: bool = False) -> Batch | None:
-    """Encode and collate ``records`` (skipping dropped ones); None if none is left."""
+def encode_batch(model: Model, records: list[Record]) -> Batch | None:
+    """Encode and collate cached examples (skipping dropped ones); None if none is left."""
     import numpy as np
 
     items, kept = [], []
     for record in records:
         try:
-            items.append(model.encode_inputs(dict(record)) if inference else model.encode(dict(record)))
+            items.append(model.encode(dict(record)))
             kept.append(record)
         except DropRecord:
             continue

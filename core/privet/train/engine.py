@@ -17,8 +17,9 @@ from typing import Any
 import attrs
 import yaml
 
-from ..config import LoadedConfig, PipelineConfig, load_config
+from ..config import LoadedConfig, PipelineConfig
 from ..errors import ConfigError, PrivetError
+from ..pipeline import prepare_config
 from ..storage import Storage
 
 SCHEDULER_ALIASES: dict[str, str] = {}
@@ -93,17 +94,6 @@ def select_device(name: str, local_rank: int = 0) -> Any:
     return device
 
 
-def _load_host(loaded_paths: list[str], base_dir: Path, host: Any | None) -> Any:
-    if host is None:
-        from ..plugins import load_plugins
-
-        host = load_plugins(on_warning=lambda m: print(f"privet: warning: {m}", file=sys.stderr))
-    for folder in loaded_paths:
-        p = Path(folder)
-        host.load_path(p if p.is_absolute() else base_dir / p)
-    return host
-
-
 def _elastic_run(runs: Path) -> Path | None:
     """The run folder an earlier attempt of this torchrun job created, if any.
 
@@ -152,28 +142,6 @@ def _instantiate(loaded: LoadedConfig, catalog: Any) -> Components:
         model=loaded.instantiate(catalog, "model"),
         scheduler=loaded.instantiate(catalog, "train.scheduler") if c.train.scheduler else None,
     )
-
-
-def prepare_config(config: dict[str, Any] | str | Path, *, host: Any | None = None,
-                   base_dir: str | Path | None = None, overrides: list[str] = ()) -> tuple[Any, LoadedConfig]:
-    """Load plugins (including ``plugins.paths``) and validate the pipeline against them."""
-    from ..config import read_raw, validate_components
-
-    if isinstance(config, (str, Path)):
-        raw, _ = read_raw(config)
-        base = Path(base_dir) if base_dir else Path(config).resolve().parent
-    else:
-        raw = config
-        base = Path(base_dir or ".").resolve()
-    paths = ((raw.get("plugins") or {}).get("paths") or []) if isinstance(raw, dict) else []
-    host = _load_host(list(paths), base, host)
-    if isinstance(config, (str, Path)):
-        loaded = load_config(config, overrides=list(overrides), base_dir=base_dir)
-    else:
-        loaded = load_config(data=config, overrides=list(overrides), base_dir=base)
-    host.require(loaded.config.plugins.required)
-    validate_components(loaded, host.catalog)
-    return host, loaded
 
 
 def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = None,

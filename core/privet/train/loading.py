@@ -20,7 +20,8 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
     from safetensors.torch import load_model
 
     from .checkpoint import CheckpointManager
-    from .engine import _resume_source, prepare_config
+    from ..pipeline import prepare_config
+    from .engine import _resume_source
 
     run_dir = Path(run_dir)
     config, base_dir = _resume_source(run_dir)
@@ -52,7 +53,8 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
 
 def load_cleaners(run_dir: str | Path, host: Any | None = None) -> list[Any]:
     """The run's cleaners with their fitted state (for preprocessing at inference)."""
-    from .engine import _resume_source, prepare_config
+    from ..pipeline import prepare_config
+    from .engine import _resume_source
 
     config, base_dir = _resume_source(Path(run_dir))
     host, loaded = prepare_config(config, host=host, base_dir=base_dir)
