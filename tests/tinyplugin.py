@@ -90,6 +90,12 @@ class MLP(privet.Model):
 
         return torch.tensor(record["x"], dtype=torch.float32), int(record["label"])
 
+    def encode_inputs(self, record):
+        """At prediction time there is no label: a placeholder target keeps the batch shape."""
+        import torch
+
+        return torch.tensor(record["x"], dtype=torch.float32), 0
+
     def step(self, module, batch) -> privet.StepOutput:
         import torch.nn.functional as F
 

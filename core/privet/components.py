@@ -102,10 +102,13 @@ class Cleaner(Component):
 
     Cleaners that learn statistics set ``needs_fit = True``; the engine then calls
     :meth:`fit` with the training split only, after the cleaners before this one.
+    ``applies_at_inference = False`` marks cleaners that only make sense on a training
+    corpus (deduplication, label filters): ``privet predict`` skips them.
     """
 
     kind = "cleaner"
     needs_fit: ClassVar[bool] = False
+    applies_at_inference: ClassVar[bool] = True
 
     def fit(self, records: Iterable[Record]) -> None:
         """Learn statistics from the (already cleaned) training records."""
@@ -360,7 +363,13 @@ class Exporter(Component):
     @abc.abstractmethod
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
                input_names: list[str], output_names: list[str]) -> Any:
-        ...
+        """Write the artifact into ``out_dir`` and return its path.
+
+        An implementation may also accept ``dynamic_axes`` (name -> {axis: label}, from
+        :meth:`Model.dynamic_axes`); the core passes it only to exporters whose
+        signature names it. Free-text ``self.notes`` (list of str) and ``self.details``
+        (dict) set during export go into the export report.
+        """
 
     @abc.abstractmethod
     def load(self, path: Any) -> Any:

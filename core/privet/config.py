@@ -425,7 +425,7 @@ class LoadedConfig:
             out.append(("scheduler", "train.scheduler", c.train.scheduler))
         if c.export is not None:
             out += [("exporter", f"export.formats.{i}", ComponentSpec(f))
-                    for i, f in enumerate(c.export.formats)]
+                    for i, f in enumerate(c.export.formats) if f != "all"]
         return out
 
     def instantiate(self, catalog: Catalog, key_path: str) -> Any:

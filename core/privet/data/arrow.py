@@ -71,6 +71,18 @@ class ArrowShardWriter:
         return list(self._files)
 
 
+def _index_array(indices: list[int]) -> Any:
+    """Indices for ``Table.take`` as an int64 numpy array.
+
+    Given a Python list, pyarrow converts it like any sequence of Python objects, which
+    tries ``import dateutil.relativedelta`` on every call (a failing import scans
+    sys.path when dateutil is not installed): ~140 us per batch instead of ~5 us.
+    """
+    import numpy as np
+
+    return np.asarray(indices, dtype=np.int64)
+
+
 class ArrowTable:
     """Random access over the rows of several Arrow IPC files, memory-mapped."""
 
@@ -108,14 +120,14 @@ class ArrowTable:
         """The records at ``indices`` (in that order)."""
         tables = self._open()
         if len(tables) == 1:
-            return tables[0].take(indices).to_pylist()
+            return tables[0].take(_index_array(indices)).to_pylist()
         out: list[Any] = [None] * len(indices)
         groups: dict[int, list[tuple[int, int]]] = {}
         for pos, idx in enumerate(indices):
             t = bisect.bisect_right(self._offsets, idx) - 1
             groups.setdefault(t, []).append((pos, idx - self._offsets[t]))
         for t, items in groups.items():
-            for (pos, _), row in zip(items, tables[t].take([i for _, i in items]).to_pylist()):
+            for (pos, _), row in zip(items, tables[t].take(_index_array([i for _, i in items])).to_pylist()):
                 out[pos] = row
         return out
 

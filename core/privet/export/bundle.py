@@ -407,7 +407,8 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
         if info.get("file"):
             info["sha256"] = sha256_of(folder / info["file"])
     model_spec = config["model"] if isinstance(config["model"], dict) else {"name": config["model"]}
-    cleaner_specs = [c if isinstance(c, dict) else {"name": c} for c in config["data"].get("cleaners") or []]
+    cleaner_specs = [c if isinstance(c, dict) else {"name": c}
+                     for c in config["data"].get("cleaners") or []]
     usable = [k for k in PREFERRED if artifacts.get(k, {}).get("verified")]
     usable += [k for k, v in artifacts.items() if v.get("verified") and k not in usable]
     return {
@@ -456,7 +457,7 @@ class Bundle:
     def open(cls, folder: str | Path) -> "Bundle":
         """Read ``bundle.json`` and check the version and every preprocessing file."""
         folder = Path(folder)
-        if folder.is_dir() and not (folder / "bundle.json").exists() and (folder / "export" / "bundle.json").exists():
+        if not (folder / "bundle.json").exists() and (folder / "export" / "bundle.json").exists():
             folder = folder / "export"  # a run folder was given
         path = folder / "bundle.json"
         if not path.exists():

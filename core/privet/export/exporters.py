@@ -185,7 +185,8 @@ class OnnxExporter(Exporter):
                     warnings.simplefilter("ignore")
                     torch.onnx.export(module, example_inputs, str(path), dynamo=True,
                                       input_names=input_names, output_names=output_names,
-                                      dynamic_shapes=torch_dynamic_shapes(example_inputs, input_names, axes),
+                                      dynamic_shapes=torch_dynamic_shapes(example_inputs,
+                                                                          input_names, axes),
                                       opset_version=self.options.opset, external_data=False,
                                       verbose=False)
                 return path
@@ -200,7 +201,8 @@ class OnnxExporter(Exporter):
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example_inputs, str(path), dynamo=False,
                               input_names=input_names, output_names=output_names,
-                              dynamic_axes={n: {int(a): s for a, s in ax.items()} for n, ax in axes.items()},
+                              dynamic_axes={n: {int(a): s for a, s in ax.items()}
+                                            for n, ax in axes.items()},
                               opset_version=self.options.opset)
         return path
 

@@ -308,7 +308,9 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
             trainer.restore(latest)
             if is_main:
                 scalars.close()
-                scalars = Scalars(run_dir / "tensorboard", purge_step=trainer.state.global_step)
+                # events after the checkpoint's step are from the lost attempt; the
+                # checkpoint's own step was logged before it was written and stays
+                scalars = Scalars(run_dir / "tensorboard", purge_step=trainer.state.global_step + 1)
                 trainer.scalars = scalars
             bar.message(f"resuming from {latest.name} (epoch {trainer.state.epoch + 1}, "
                         f"step {trainer.state.global_step})")
