@@ -11,8 +11,10 @@ fi
 python -m pip install -q --upgrade pip setuptools wheel
 # Pinned here (CI and dev), ranges in the pyprojects.
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
-pkgs=(-e ".[export,test]")
-for d in plugins/*/; do
-  [ -f "$d/pyproject.toml" ] && pkgs+=(-e "$d")
-done
+pkgs=(-e ".[export,test]" -e "plugins/text[spacy]" -e plugins/image -e plugins/timeseries)
 python -m pip install -q "${pkgs[@]}" pytest-xdist
+# WordNet 3.0 for text.synonyms (optional: its tests skip without it). Debian package.
+if [ ! -d /usr/share/wordnet ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq wordnet-base) >/dev/null 2>&1 || \
+    echo "setup: could not install wordnet-base; WordNet tests will be skipped" >&2
+fi

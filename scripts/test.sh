@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+# One intra-op thread per test process: two xdist workers share two cores, and
+# subprocesses (torchrun workers, the launcher) inherit it.
+export OMP_NUM_THREADS=1
 exec python -m pytest -n 2 -q "$@"

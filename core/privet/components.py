@@ -113,6 +113,14 @@ class Cleaner(Component):
     def fit(self, records: Iterable[Record]) -> None:
         """Learn statistics from the (already cleaned) training records."""
 
+    def start_pass(self) -> None:
+        """Called before each streaming pass over the data that uses this cleaner.
+
+        The engine streams the source once per fitting cleaner (so raw records never
+        touch the disk); a cleaner that remembers records across calls (a dedupe
+        seen-set) forgets them here, or a later pass would drop everything.
+        """
+
     @abc.abstractmethod
     def clean(self, record: Record) -> Record | None:
         ...
@@ -159,6 +167,10 @@ class Model(Component):
     kind = "model"
     #: ``classification``, ``regression``, ``lm`` or ``forecast``: selects the metrics.
     task: ClassVar[str] = "classification"
+    #: True when ``privet predict`` must build examples from all input records first,
+    #: with ``examples(records, "predict")`` (series windows); False: one record, one
+    #: prediction (the ``examples`` of a language model only packs training text).
+    examples_at_inference: ClassVar[bool] = False
 
     def fit(self, records: Iterable[Record]) -> None:
         """Learn what the model needs from the training split. Re-iterable input."""
@@ -166,6 +178,10 @@ class Model(Component):
     def examples(self, records: Iterable[Record], split: str) -> Iterator[Record]:
         """Turn cleaned records of one split into training examples (stored in the cache)."""
         yield from records
+
+    def report(self) -> dict[str, Any]:
+        """Counters worth showing in report.json under ``model`` (e.g. windows built)."""
+        return {}
 
     @abc.abstractmethod
     def build(self) -> torch.nn.Module:

@@ -215,10 +215,13 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
         return value
 
     def structure_list(value: Any, t: Any) -> list[Any]:
-        # cattrs would iterate a string ("onnx" -> o, n, n, x): a list must be a list.
+        # cattrs would iterate a string ("onnx" -> o, n, n, x): a list must be a list,
+        # except that one path may stand for a list of paths (paths: data.jsonl).
+        elem = (get_args(t) or (Any,))[0]
+        if isinstance(value, (str, Path)) and elem is Path:
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise OptionValueError(f"expected a list, got {value!r}")
-        elem = (get_args(t) or (Any,))[0]
         out, errors = [], []
         for i, item in enumerate(value):
             try:

@@ -168,6 +168,8 @@ class Preparer:
 
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
                  total: list[int]) -> Iterator[tuple[str, Record]]:
+        for cleaner in self.cleaners[:upto]:
+            cleaner.start_pass()
         for part, where, record in self._raw(drops, total):
             if only is not None and part != only:
                 continue

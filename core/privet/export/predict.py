@@ -69,8 +69,8 @@ class Predictor:
         self.static_batch = None if info.get("dynamic", True) else int(info.get("example_batch", 1))
         self.batch_size = self.static_batch or max(1, batch_size)
 
-    def prepare(self, location: str, item: Record | BadRecord) -> _Pending:
-        """Clean and encode one raw record; failures become an error entry."""
+    def clean(self, location: str, item: Record | BadRecord) -> _Pending:
+        """Apply the fitted cleaners to one raw record; failures become an error entry."""
         if isinstance(item, BadRecord):
             return _Pending(location, entry=_error(location, item.reason, item.detail))
         record: Record = dict(item)
@@ -82,11 +82,24 @@ class Predictor:
             if out is None:
                 return _Pending(location, entry=_error(location, f"filtered_by_{cleaner.name}", "", item))
             record = out
+        return _Pending(location, record=record)
+
+    def encode(self, pending: _Pending) -> _Pending:
         try:
-            encoded = self.model.encode_inputs(record)
+            pending.item = self.model.encode_inputs(pending.record)
         except RECORD_ERRORS as err:
-            return _Pending(location, entry=_failure(location, err, item))
-        return _Pending(location, record=record, item=encoded)
+            pending.entry = _failure(pending.location, err, pending.record)
+        return pending
+
+    def prepare(self, location: str, item: Record | BadRecord) -> _Pending:
+        """Clean and encode one raw record; failures become an error entry."""
+        pending = self.clean(location, item)
+        return pending if pending.entry is not None else self.encode(pending)
+
+    @property
+    def windowed(self) -> bool:
+        """Models that build examples from many records (series windows) predict per example."""
+        return bool(getattr(self.model, "examples_at_inference", False))
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         """Predict a batch; if it fails as a whole, retry record by record to isolate it."""
@@ -118,6 +131,9 @@ class Predictor:
 
     def predict(self, located: Iterator[tuple[str, Record | BadRecord]]) -> Iterator[dict[str, Any]]:
         """Output entries, in input order, for ``(location, record)`` pairs."""
+        if self.windowed:
+            yield from self._predict_examples(located)
+            return
         window: list[_Pending] = []
         ready: list[_Pending] = []
         for k, pair in enumerate(located, start=1):
@@ -135,6 +151,34 @@ class Predictor:
         if ready:
             self._run_batch(ready)
         yield from (p.entry for p in window)  # type: ignore[misc]
+
+
+    def _predict_examples(self, located: Iterator[tuple[str, Record | BadRecord]]) -> Iterator[dict[str, Any]]:
+        """Clean every record, let the model build its ``predict`` examples, predict those.
+
+        Error entries for unusable records come first, then one entry per example.
+        """
+        kept: list[Record] = []
+        for k, pair in enumerate(located, start=1):
+            location, item = pair if isinstance(pair, tuple) else (f"record {k}", pair)
+            pending = self.clean(location, item)
+            if pending.entry is not None:
+                yield pending.entry
+            else:
+                kept.append(pending.record)  # type: ignore[arg-type]
+        batch: list[_Pending] = []
+        done: list[_Pending] = []
+        for i, example in enumerate(self.model.examples(kept, "predict"), start=1):
+            pending = self.encode(_Pending(f"example {i}", record=example))
+            done.append(pending)
+            if pending.entry is None:
+                batch.append(pending)
+            if len(batch) >= self.batch_size:
+                self._run_batch(batch)
+                batch = []
+        if batch:
+            self._run_batch(batch)
+        yield from (p.entry for p in done)  # type: ignore[misc]
 
 
 def _id_of(record: Record | None) -> dict[str, Any]:

@@ -374,6 +374,7 @@ def _report(run: RunContext, trainer: Any, prepared: Any, started: float,
         "monitor": cfg.early_stopping.monitor if cfg.early_stopping else "val/loss",
         "history": st.history,
         "skipped_steps": st.skipped_steps,
+        "model": run.components.model.report(),
         "data": {
             "read": meta["read"],
             "counts": meta["counts"],

@@ -147,19 +147,27 @@ class Normalize(Cleaner):
         super().__init__(options)
         o = self.options
         self._remove = re.compile(o.remove) if o.remove else None
+        self._default_remove = o.remove == DEFAULT_REMOVE
         self._replace = [(re.compile(p), r) for p, r in o.replace.items()]
 
     def normalize(self, text: str) -> str:
         o = self.options
         if o.form and not unicodedata.is_normalized(o.form, text):
             text = unicodedata.normalize(o.form, text)
-        if self._remove is not None:
+        # Printable text (Python's definition) has no control, format or separator
+        # characters but the ASCII space: nothing for the default pattern, no tabs, no
+        # line breaks. Checking that is much cheaper than the regex passes it saves.
+        printable = text.isprintable()
+        if self._remove is not None and not (printable and self._default_remove):
             text = self._remove.sub("", text)
         for pattern, repl in self._replace:
             text = pattern.sub(repl, text)
         if o.whitespace == "collapse":
-            text = _SPACES.sub(" ", text)
-            text = _BREAKS.sub("\n", text).strip()
+            if "  " in text or (not printable and _ODD_SPACE.search(text)):
+                text = _SPACES.sub(" ", text)
+            if not printable and "\n" in text:
+                text = _BREAKS.sub("\n", text)
+            text = text.strip()
         elif o.whitespace == "single_line":
             text = " ".join(text.split())
         if o.lowercase:
@@ -172,7 +180,10 @@ class Normalize(Cleaner):
         return record
 
 
-_SPACES = re.compile(r"[^\S\n]+")
+# Runs of two or more horizontal blanks, or one that is not a plain space: single spaces
+# (the common case) are not matched at all, so clean text is scanned without copying.
+_SPACES = re.compile(r"[^\S\n]{2,}|[^\S\n ]")
+_ODD_SPACE = re.compile(r"[^\S\n ]")
 _BREAKS = re.compile(r" ?\n\s*")
 
 
@@ -186,6 +197,9 @@ class LengthFilter(Cleaner):
     Japanese) use the character limits. With ``truncate: true`` a text over
     ``max_chars`` is cut instead of dropped.
     """
+
+    #: A filter on training data: ``privet predict`` still predicts short or long inputs.
+    applies_at_inference = False
 
     @attrs.define(frozen=True)
     class Options:
@@ -207,17 +221,17 @@ class LengthFilter(Cleaner):
         text = field_text(record, o.field)
         n = len(text)
         if n < o.min_chars:
-            raise DropRecord("too_short", f"{n} chars < {o.min_chars}")
+            raise DropRecord("too_short", f"{n} chars < {o.min_chars}", bad=False)
         if o.max_chars is not None and n > o.max_chars:
             if not o.truncate:
-                raise DropRecord("too_long", f"{n} chars > {o.max_chars}")
+                raise DropRecord("too_long", f"{n} chars > {o.max_chars}", bad=False)
             text = record[o.field] = text[: o.max_chars]
         if o.min_words is not None or o.max_words is not None:
             words = len(text.split())
             if o.min_words is not None and words < o.min_words:
-                raise DropRecord("too_short", f"{words} words < {o.min_words}")
+                raise DropRecord("too_short", f"{words} words < {o.min_words}", bad=False)
             if o.max_words is not None and words > o.max_words:
-                raise DropRecord("too_long", f"{words} words > {o.max_words}")
+                raise DropRecord("too_long", f"{words} words > {o.max_words}", bad=False)
         return record
 
 
@@ -231,6 +245,9 @@ class LanguageFilter(Cleaner):
     nothing is downloaded). ``min_confidence`` (0-1) drops texts whose best language is
     too uncertain; very short texts are often uncertain, so pair it with a length filter.
     """
+
+    #: A filter on training data: ``privet predict`` still predicts every input.
+    applies_at_inference = False
 
     @attrs.define(frozen=True)
     class Options:
@@ -262,10 +279,11 @@ class LanguageFilter(Cleaner):
         lang, prob = self.detect(field_text(record, o.field))
         if lang not in self._allowed:
             self._dropped[lang] += 1
-            raise DropRecord("wrong_language", f"detected {lang!r} ({prob:.2f})")
+            raise DropRecord("wrong_language", f"detected {lang!r} ({prob:.2f})", bad=False)
         if prob < o.min_confidence:
             self._dropped["uncertain"] += 1
-            raise DropRecord("uncertain_language", f"{lang!r} at {prob:.2f} < {o.min_confidence}")
+            raise DropRecord("uncertain_language", f"{lang!r} at {prob:.2f} < {o.min_confidence}",
+                             bad=False)
         if o.store_as:
             record[o.store_as] = lang
         return record

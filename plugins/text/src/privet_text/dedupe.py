@@ -31,9 +31,14 @@ def canonical(text: str, *, punctuation: bool) -> str:
     return " ".join(text.split())
 
 
+def _area(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0)
+
+
 def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
-    """(bands, rows), bands * rows == num_perm, minimising false positives below the
-    threshold plus false negatives above it (the areas under and over the S-curve)."""
+    """(bands, rows), bands * rows == num_perm, minimising the weighted areas of false
+    candidates below the threshold and missed pairs above it. Missed pairs weigh 3x:
+    candidates are verified on their signatures, so a false candidate costs only time."""
     s = np.linspace(0.0, 1.0, 201)
     below, above = s <= threshold, s >= threshold
     best = None
@@ -41,8 +46,8 @@ def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
         if num_perm % rows:
             continue
         bands = num_perm // rows
-        p = 1.0 - (1.0 - s**rows) ** bands  # probability of becoming a candidate pair
-        error = np.trapezoid(p[below], s[below]) + np.trapezoid(1.0 - p[above], s[above])
+        p = 1.0 - (1.0 - s**rows) ** bands  # probability that a pair becomes a candidate
+        error = 0.25 * _area(p[below], s[below]) + 0.75 * _area(1.0 - p[above], s[above])
         if best is None or error < best[0]:
             best = (error, bands, rows)
     assert best is not None
@@ -85,6 +90,9 @@ class Dedupe(Cleaner):
     an earlier text reaches ``threshold``, found through locality-sensitive hashing.
     """
 
+    #: ``privet predict`` gives every input a prediction, repeated or not.
+    applies_at_inference = False
+
     @attrs.define(frozen=True)
     class Options:
         field: str = "text"
@@ -99,11 +107,16 @@ class Dedupe(Cleaner):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         o = self.options
-        self._exact: set[bytes] = set()
         self._counts = {"exact_duplicates": 0, "near_duplicates": 0}
         if o.method == "minhash":
             self._hasher = MinHasher(o.num_perm, o.shingle, o.seed)
             self._bands, self._rows = lsh_params(o.num_perm, o.threshold)
+        self.start_pass()
+
+    def start_pass(self) -> None:
+        """Forget what was seen: each pass over the data deduplicates from scratch."""
+        self._exact: set[bytes] = set()
+        if self.options.method == "minhash":
             self._buckets: list[dict[bytes, list[int]]] = [{} for _ in range(self._bands)]
             self._signatures: list[np.ndarray] = []
 
@@ -113,7 +126,7 @@ class Dedupe(Cleaner):
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         if digest in self._exact:
             self._counts["exact_duplicates"] += 1
-            raise DropRecord("duplicate")
+            raise DropRecord("duplicate", bad=False)
         if o.method == "minhash":
             self._near(text)
         self._exact.add(digest)
@@ -131,7 +144,7 @@ class Dedupe(Cleaner):
                 similarity = float(np.mean(self._signatures[idx] == sig))
                 if similarity >= self.options.threshold:
                     self._counts["near_duplicates"] += 1
-                    raise DropRecord("near_duplicate", f"estimated Jaccard {similarity:.2f}")
+                    raise DropRecord("near_duplicate", f"estimated Jaccard {similarity:.2f}", bad=False)
         idx = len(self._signatures)
         self._signatures.append(sig)
         for band, key in enumerate(keys):

@@ -10,6 +10,7 @@ so that a label column has one type in the Arrow cache even when a file mixes ``
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -141,12 +142,16 @@ class TextCsv(Source):
         bad_lines: set[int] = set()
 
         def lines() -> Iterator[str]:
-            # Decode line by line so one bad byte taints one row, not the rest of the file.
-            for lineno, text in iter_lines(shard.path):
-                if text is None:
-                    bad_lines.add(lineno)
-                    text = "\n"
-                yield text
+            # Decode line by line so one bad byte taints one row, not the rest of the file;
+            # the line keeps its shape (replacement characters) so quoting stays in step.
+            opener = gzip.open if shard.path.endswith(".gz") else open
+            with opener(shard.path, "rb") as fh:
+                for lineno, raw in enumerate(fh, start=1):
+                    try:
+                        yield raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad_lines.add(lineno)
+                        yield raw.decode("utf-8", errors="replace")
 
         csv.field_size_limit(min(o.max_field_chars, sys.maxsize))
         reader = csv.reader(lines(), delimiter=o.delimiter)
@@ -177,10 +182,10 @@ class TextCsv(Source):
             span = range(first_line, reader.line_num + 1)
             where = f"{name}:{first_line}"
             first_line = reader.line_num + 1
-            if not row:
-                continue
             if any(n in bad_lines for n in span):
                 yield BadRecord("invalid_utf8", where)
+                continue
+            if not row:
                 continue
             if len(row) != len(header):
                 yield BadRecord("wrong_column_count", where, f"{len(row)} cells, header has {len(header)}")

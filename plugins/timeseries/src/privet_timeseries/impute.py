@@ -1,0 +1,98 @@
+"""``timeseries.impute``: fill missing numeric values with a statistic of the training split.
+
+Only record-local methods live here (mean, median, constant): a cleaner sees one record
+at a time. Forward/backward fill and interpolation need a series' neighbours in time
+order, so the window models do them after sorting (their ``fill`` option).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Literal, Optional
+
+import attrs
+
+from privet import Cleaner, DataError, Record
+
+from .columns import fit_pass
+from .sources import SERIES
+from .stats import RunningStats, finite
+
+
+class Impute(Cleaner):
+    """Fill missing, NaN and inf values (mean, median or a constant, fitted on train)."""
+
+    needs_fit = True
+
+    @attrs.define(frozen=True)
+    class Options:
+        #: Columns to fill; ``null`` = every numeric field.
+        columns: Optional[list[str]] = None
+        #: Numeric fields to leave alone when ``columns`` is null (labels, ids).
+        exclude: list[str] = attrs.field(factory=list)
+        method: Literal["mean", "median", "constant"] = "mean"
+        #: The fill value of ``method: constant``.
+        value: float = 0.0
+        #: Fill with the series' own statistic (falls back to the global one).
+        per_series: bool = False
+        #: Add ``<column>_missing`` = 1.0 where a value was filled (0.0 elsewhere).
+        indicator: bool = False
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.fill: dict[str, dict[str, Any]] = {}
+        self.fitted = False
+        self.counts: Counter[str] = Counter()
+
+    def fit(self, records: Any) -> None:
+        o = self.options
+        stats: dict[tuple[str, str | None], RunningStats] = {}
+
+        def observe(record: Record, column: str, value: Any) -> None:
+            v = finite(value)
+            if v is None:
+                return
+            stats.setdefault((column, None), RunningStats()).add(v)
+            if o.per_series and record.get(SERIES) is not None:
+                stats.setdefault((column, str(record[SERIES])), RunningStats()).add(v)
+
+        columns = fit_pass(records, o.columns, o.exclude, observe, who=f"cleaner {self.name}")
+        fill: dict[str, dict[str, Any]] = {}
+        for column in columns:
+            glob = stats.get((column, None))
+            if o.method != "constant" and glob is None:
+                raise DataError(f"cleaner {self.name}: column {column!r} has no finite value in "
+                                f"the training split, so its {o.method} is undefined; use method: "
+                                f"constant or drop the column")
+            per = {s: self._stat(st) for (c, s), st in stats.items() if c == column and s is not None}
+            fill[column] = {"global": self._stat(glob) if glob else o.value, "series": per}
+        self.fill = fill
+        self.fitted = True
+
+    def _stat(self, stats: RunningStats) -> float:
+        m = self.options.method
+        return self.options.value if m == "constant" else stats.mean if m == "mean" else stats.quantile(0.5)
+
+    def clean(self, record: Record) -> Record:
+        if not self.fitted:
+            raise DataError(f"cleaner {self.name} was used before it was fitted")
+        for column, entry in self.fill.items():
+            missing = finite(record.get(column)) is None
+            if missing:
+                series = record.get(SERIES)
+                record[column] = entry["series"].get(str(series), entry["global"]) if series is not None else entry["global"]
+                self.counts[column] += 1
+            if self.options.indicator:
+                record[f"{column}_missing"] = 1.0 if missing else 0.0
+        return record
+
+    def report(self) -> dict[str, int]:
+        return {f"imputed.{c}": n for c, n in sorted(self.counts.items())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fill": self.fill}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fill = {c: {"global": float(v["global"]), "series": dict(v["series"])}
+                     for c, v in state.get("fill", {}).items()}
+        self.fitted = True

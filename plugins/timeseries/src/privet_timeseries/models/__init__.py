@@ -1,0 +1,1 @@
+"""Model components (light: torch is imported inside their methods)."""

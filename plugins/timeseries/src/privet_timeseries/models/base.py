@@ -1,0 +1,515 @@
+"""What the window models (LSTM, TFT) share: fitting, windowing, encoding, loss.
+
+Lifecycle with the engine: ``fit`` on the cleaned training rows learns the columns, the
+series, where training ends in time and the target scaling -> ``examples`` turns each
+split's rows into windows (sorted, de-duplicated, regular, filled; never across series
+or splits) -> ``encode``/``collate`` in workers -> ``step``. The module takes raw
+inputs and returns forecasts in the units of the data: normalisation is inside it, built
+from the fitted state, so an exported model needs nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from typing import Any, Iterable, Iterator, Literal, Optional
+
+import attrs
+import numpy as np
+
+from privet import DataError, DropRecord, Model, Record, StepOutput
+from privet.validators import OptionValueError, positive
+
+from ..categorical import category_of
+from ..columns import RESERVED, is_number
+from ..scaling import ColumnScaler
+from ..series import Duplicates, Fill, SeriesCollector, SeriesRules, regularize
+from ..sources import SERIES, TIME
+from ..stats import RunningStats, finite
+from ..timeparse import parse_frequency
+from ..windows import DTYPE, forecast_window, make_windows, shape_text
+
+#: Above this input length an LSTM's gradient through time tends to vanish.
+LONG_SEQUENCE = 1024
+KNOWN_PREFIX = "cal_"
+
+
+class TimeSeriesWarning(UserWarning):
+    """Something in the data was handled by rule (sorted, merged, filled, skipped)."""
+
+
+class LongSequenceWarning(TimeSeriesWarning):
+    """The input window is long enough for an LSTM's gradients to vanish."""
+
+
+def _check_frequency(_inst: Any, _attr: Any, value: str | None) -> None:
+    if value is not None:
+        try:
+            parse_frequency(value)
+        except ValueError as err:
+            raise OptionValueError(str(err), "frequency") from None
+
+
+def _check_dropout(_inst: Any, attr: Any, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise OptionValueError(f"{attr.name} must be in [0, 1), got {value}", attr.name)
+
+
+@attrs.define(frozen=True)
+class WindowOptions:
+    """Options of every window model."""
+
+    #: Fields to forecast (or, for sequence tasks, to read as input).
+    targets: list[str] = attrs.field(factory=lambda: ["value"])
+    #: Observed covariates (known up to the cut only); ``null`` = every other numeric field.
+    features: Optional[list[str]] = None
+    #: Covariates known in advance for the horizon too; ``null`` = fields named ``cal_*``.
+    known_features: Optional[list[str]] = None
+    #: Numeric fields never used as inputs.
+    exclude: list[str] = attrs.field(factory=list)
+    input_length: int = attrs.field(default=48, validator=positive)
+    horizon: int = attrs.field(default=12, validator=positive)
+    #: Rows between two window starts.
+    stride: int = attrs.field(default=1, validator=positive)
+    #: ``forecast`` the next ``horizon`` steps, or ``classification`` / ``regression`` of
+    #: ``label`` at the last row of each window.
+    task: Literal["forecast", "classification", "regression"] = "forecast"
+    label: str = "label"
+    #: Rows sharing a timestamp (or grid slot): average them, keep the first or last, or fail.
+    duplicates: Duplicates = "mean"
+    #: Put each series on a regular grid (``1h``, ``15min``); empty slots are filled.
+    frequency: Optional[str] = attrs.field(default=None, validator=_check_frequency)
+    #: How gaps (missing values, inserted slots) are filled within a series.
+    fill: Fill = "interpolate"
+    target_scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
+    #: Scale each series by its own statistics (unseen series use the global ones).
+    scale_per_series: bool = True
+    loss: Literal["mse", "mae", "huber", "quantile"] = "mse"
+    #: Quantiles predicted with ``loss: quantile`` (must include 0.5, the point forecast).
+    quantiles: list[float] = attrs.field(factory=lambda: [0.1, 0.5, 0.9])
+    dropout: float = attrs.field(default=0.1, validator=_check_dropout)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.targets:
+            raise OptionValueError("targets must name at least one field", "targets")
+        qs = self.quantiles
+        if self.loss == "quantile":
+            if any(not 0 < q < 1 for q in qs) or sorted(set(qs)) != list(qs):
+                raise OptionValueError(f"quantiles must be increasing and in (0, 1), got {qs}", "quantiles")
+            if 0.5 not in qs:
+                raise OptionValueError("quantiles must include 0.5: the median is the point forecast "
+                                       "that metrics compare", "quantiles")
+        if self.task != "forecast" and self.loss == "quantile":
+            raise OptionValueError(f"loss 'quantile' is for task 'forecast', not {self.task!r}", "loss")
+
+
+class WindowModel(Model):
+    """Base of the window models; subclasses define ``Options`` and ``build``."""
+
+    Options = WindowOptions
+    #: ``privet predict`` reads whole series and predicts one window per series.
+    examples_at_inference = True
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        o = self.options
+        self.task = o.task
+        if o.input_length > LONG_SEQUENCE:
+            warnings.warn(
+                f"model {self.name or type(self).__name__}: input_length {o.input_length} is above "
+                f"{LONG_SEQUENCE}; LSTMs suffer from vanishing gradients over sequences this long "
+                f"(the start of the window barely influences learning). Shorten the window, "
+                f"resample to a coarser frequency, or add calendar/lag features instead",
+                LongSequenceWarning, stacklevel=2)
+        self.state: dict[str, Any] = {}
+        self.prep_report: dict[str, dict[str, int]] = {}
+
+    # -- shapes ------------------------------------------------------------------------------
+
+    @property
+    def horizon(self) -> int:
+        return self.options.horizon if self.task == "forecast" else 0
+
+    @property
+    def n_quantiles(self) -> int:
+        return len(self.options.quantiles) if self.options.loss == "quantile" else 1
+
+    @property
+    def n_targets(self) -> int:
+        return len(self.state["targets"])
+
+    @property
+    def n_observed(self) -> int:
+        return len(self.state["targets"]) + len(self.state["features"])
+
+    @property
+    def n_known(self) -> int:
+        return len(self.state["known"])
+
+    @property
+    def n_series(self) -> int:
+        return len(self.state["series"])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.state.get("labels") or [])
+
+    # -- fit ---------------------------------------------------------------------------------
+
+    def fit(self, records: Iterable[Record]) -> None:
+        """Learn columns, series, the end of training per series, and the scalings."""
+        o = self.options
+        fields: dict[str, RunningStats] = {}
+        present: set[str] = set()
+        scaler = ColumnScaler(o.target_scaling, o.scale_per_series)
+        train_end: dict[str, float] = {}
+        labels: Counter[str] = Counter()
+        label_stats = RunningStats()
+        n = 0
+        for rec in records:
+            n += 1
+            present.update(rec)
+            name = str(rec.get(SERIES, ""))
+            t = finite(rec.get(TIME))
+            if t is not None and t > train_end.get(name, -math.inf):
+                train_end[name] = t
+            for key, value in rec.items():
+                if key in RESERVED or key == o.label or not is_number(value):
+                    continue
+                stats = fields.get(key)
+                if stats is None:
+                    stats = fields[key] = RunningStats()
+                v = finite(value)
+                if v is not None:
+                    stats.add(v)
+            for col in o.targets:
+                v = finite(rec.get(col))
+                if v is not None:
+                    scaler.observe(col, v, name)
+            if self.task == "classification" and rec.get(o.label) is not None:
+                labels[category_of(rec[o.label])] += 1
+            elif self.task == "regression":
+                v = finite(rec.get(o.label))
+                if v is not None:
+                    label_stats.add(v)
+        if n == 0:
+            raise DataError(f"model {self.name}: no training records to fit on")
+        if TIME not in present:
+            raise DataError(f"model {self.name}: the records have no {TIME!r} field; use the "
+                            f"timeseries.csv / timeseries.parquet sources with a time_column")
+        missing = [c for c in o.targets if c not in present]
+        if missing:
+            raise DataError(f"model {self.name}: target(s) {', '.join(map(repr, missing))} not in the "
+                            f"records (fields: {', '.join(sorted(present))}); fix model.options.targets")
+        known = list(o.known_features) if o.known_features is not None else \
+            sorted(k for k in fields if k.startswith(KNOWN_PREFIX) and k not in o.targets)
+        taken = set(o.targets) | set(known) | set(o.exclude)
+        features = list(o.features) if o.features is not None else sorted(k for k in fields if k not in taken)
+        for option, cols in (("features", o.features), ("known_features", o.known_features)):
+            absent = [c for c in cols or () if c not in present]
+            if absent:
+                raise DataError(f"model {self.name}: {option} {', '.join(map(repr, absent))} not in the "
+                                f"records (fields: {', '.join(sorted(present))})")
+        if self.task == "classification" and len(labels) < 2:
+            raise DataError(f"model {self.name}: classification needs at least 2 classes in field "
+                            f"{o.label!r} of the training split, found {len(labels)}")
+        scaler.finish(o.targets)
+
+        def loc_scale(col: str) -> list[float]:
+            st = fields.get(col)
+            if st is None or st.count == 0:
+                return [0.0, 1.0]
+            return [st.mean, st.std if st.std > 1e-12 else 1.0]
+
+        self.state = {
+            "targets": list(o.targets),
+            "features": features,
+            "known": known,
+            "series": sorted(train_end),
+            "train_end": train_end,
+            "target_scaler": scaler.state_dict(),
+            "feature_scaling": [loc_scale(c) for c in features],
+            "known_scaling": [loc_scale(c) for c in known],
+        }
+        if self.task == "classification":
+            self.state["labels"] = sorted(labels)
+        if self.task == "regression":
+            self.state["label_scaling"] = [label_stats.mean, label_stats.std or 1.0] if label_stats.count else [0.0, 1.0]
+        self._derive()
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state, windowing=self.prep_report)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = {k: v for k, v in state.items() if k != "windowing"}
+        self.prep_report = dict(state.get("windowing", {}))
+        self._derive()
+
+    def _derive(self) -> None:
+        """Arrays the workers and the module need, from the JSON state."""
+        st = self.state
+        self._series_index = {name: i + 1 for i, name in enumerate(st["series"])}  # 0: unseen
+        scaler = ColumnScaler.from_state(st["target_scaler"])
+        rows = [None, *st["series"]]
+        self._target_loc = np.array([[scaler.loc_scale(c, s)[0] for c in st["targets"]] for s in rows], np.float32)
+        self._target_scale = np.array([[scaler.loc_scale(c, s)[1] for c in st["targets"]] for s in rows], np.float32)
+        self._label_index = {lab: i for i, lab in enumerate(st.get("labels") or [])}
+        L, H = self.options.input_length, self.horizon
+        self._shape = shape_text(L, H, self.n_targets, self.n_observed, self.n_known)
+        size = L * self.n_observed + H * self.n_targets + (L + H) * self.n_known
+        self._nbytes = size * DTYPE.itemsize
+        self._zeros = np.zeros(size, DTYPE)
+
+    def target_scaler(self) -> ColumnScaler:
+        """The fitted target scaling (inverse: ``scaler.inverse(column, values, series)``)."""
+        return ColumnScaler.from_state(self.state["target_scaler"])
+
+    # -- windows -----------------------------------------------------------------------------
+
+    def examples(self, records: Iterable[Record], split: str) -> Iterator[Record]:
+        """Windows of one split: per series, sorted, cleaned by rule, never crossing splits.
+
+        ``split="predict"`` (inference on new rows) gives one window per series that
+        forecasts past its last observed target instead.
+        """
+        o = self.options
+        st = self.state
+        columns = st["targets"] + st["features"] + st["known"]
+        guard = st["train_end"] if split in ("val", "test") else None
+        collector = SeriesCollector(columns, label=o.label if self.task != "forecast" else None,
+                                    not_before=guard)
+        collector.extend(records)
+        counts = collector.counts
+        rules = SeriesRules(o.duplicates, o.frequency, o.fill)
+        rows = 0
+        shapes = dict(n_targets=self.n_targets, n_observed=self.n_observed, n_known=self.n_known,
+                      length=o.input_length, horizon=self.horizon, counts=counts)
+        for s in collector.series():
+            rows += len(s.times)
+            sid = self._series_index.get(s.name, 0)
+            if split == "predict":
+                observed = np.isfinite(s.values[:, : self.n_targets]).all(axis=1)
+                if not observed.any():
+                    counts["series_without_targets"] += 1
+                    continue
+                last = float(s.times[observed].max())
+                s.values[s.times > last, : self.n_targets] = 0.0  # the unknown future, not a gap
+                window = forecast_window(regularize(s, rules, counts), last_time=last,
+                                         series_index=sid, **shapes)
+                if window is not None:
+                    yield window
+                continue
+            yield from make_windows(regularize(s, rules, counts), stride=o.stride, series_index=sid, **shapes)
+        self.prep_report[split] = dict(sorted(counts.items()))
+        self._announce(split, counts, rows)
+
+    def _announce(self, split: str, counts: Counter[str], rows: int) -> None:
+        notes = {
+            "unsorted_series": "series had unsorted rows (sorted by time)",
+            "duplicate_timestamps": f"rows shared a timestamp (merged: {self.options.duplicates})",
+            "inserted_rows": "empty grid slots were inserted",
+            "filled_values": f"missing values were filled ({self.options.fill})",
+            "windows_with_gaps": "windows were skipped: a gap was left after filling",
+            "windows_without_label": "windows were skipped: no label at their last row",
+            "rows_not_after_training": ("rows were dropped: not strictly after the end of "
+                                        "training in their series (no leakage across the cut; "
+                                        "for forecasting split with data.split method ordered "
+                                        "or field)"),
+            "rows_without_time": "rows were dropped: no time",
+            "series_without_future_covariates": ("series got no forecast: known covariates are "
+                                                 "missing for the horizon after the last target"),
+        }
+        said = [f"{counts[k]} {text}" for k, text in notes.items() if counts.get(k)]
+        if said:
+            warnings.warn(f"model {self.name} split {split!r}: " + "; ".join(said), TimeSeriesWarning,
+                          stacklevel=3)
+        span = self.options.input_length + self.horizon
+        if rows and not counts.get("windows") and split != "predict":
+            msg = (f"model {self.name}: split {split!r} has {rows} rows but no window of "
+                   f"{span} rows (input_length + horizon); ")
+            if split == "train":
+                raise DataError(msg + "shorten input_length/horizon or provide longer series")
+            warnings.warn(msg + "for forecasting, split with data.split: {method: ordered} or "
+                          "{method: field} (e.g. the source's split_time) so that it holds a "
+                          "contiguous later period", TimeSeriesWarning, stacklevel=3)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def encode(self, record: Record) -> tuple[bytes, int, Any]:
+        """Check one window cheaply; the arrays are decoded per batch in :meth:`collate`.
+
+        Per window this costs a length check and one finiteness test (a dot product with
+        zeros is NaN exactly when a value is NaN or infinite), so workers stay as fast as
+        a hand-written numpy loader.
+        """
+        blob = record.get("window")
+        if not isinstance(blob, bytes) or record.get("shape") != self._shape or len(blob) != self._nbytes:
+            raise DropRecord("bad_window", f"shape {record.get('shape')!r}, model expects {self._shape!r}")
+        if math.isnan(float(np.frombuffer(blob, DTYPE) @ self._zeros)):
+            raise DropRecord("non_finite_window", f"series {record.get('series')!r}")
+        sid = record.get("series_index", 0)
+        if not isinstance(sid, int) or not 0 <= sid < len(self._target_loc):
+            sid = 0  # an unseen series: global statistics
+        if self.task == "forecast":
+            return blob, sid, None
+        if self.task == "classification":
+            idx = self._label_index.get(category_of(record.get("label")))
+            if idx is None:
+                raise DropRecord("unknown_label", f"{record.get('label')!r} was not in the training split")
+            return blob, sid, idx
+        v = finite(record.get("label"))
+        if v is None:
+            raise DropRecord("missing_label", f"series {record.get('series')!r}")
+        return blob, sid, v
+
+    def collate(self, items: list[tuple[bytes, int, Any]]) -> dict[str, Any]:
+        """One ``frombuffer`` for the whole batch, then views cut into past/future/known."""
+        import torch
+
+        L, H, T = self.options.input_length, self.horizon, self.n_targets
+        P, K = self.n_observed, self.n_known
+        n = len(items)
+        flat = np.frombuffer(b"".join(it[0] for it in items), DTYPE).reshape(n, -1)
+        a, b = L * P, L * P + H * T
+        series = np.fromiter((it[1] for it in items), np.int64, n)
+        out: dict[str, Any] = {"past": torch.tensor(flat[:, :a].reshape(n, L, P)),
+                               "series": torch.from_numpy(series)}
+        if K:
+            out["known"] = torch.tensor(flat[:, b:].reshape(n, L + H, K))
+        if self.task == "forecast":
+            out["future"] = torch.tensor(flat[:, a:b].reshape(n, H, T))
+            out["loc"] = torch.from_numpy(self._target_loc[series])
+            out["scale"] = torch.from_numpy(self._target_scale[series])
+        else:
+            dtype = torch.int64 if self.task == "classification" else torch.float32
+            out["label"] = torch.tensor([it[2] for it in items], dtype=dtype)
+        return out
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _forward(self, module: Any, batch: dict[str, Any]) -> Any:
+        if "known" in batch:
+            return module(batch["past"], batch["series"], batch["known"])
+        return module(batch["past"], batch["series"])
+
+    def step(self, module: Any, batch: dict[str, Any]) -> StepOutput:
+        import torch
+        import torch.nn.functional as F
+
+        out = self._forward(module, batch)
+        n = batch["past"].shape[0]
+        if self.task == "classification":
+            loss = F.cross_entropy(out.float(), batch["label"], reduction="sum")
+            return StepOutput(loss, n, out, batch["label"])
+        if self.task == "regression":
+            _loc, scale = self.state["label_scaling"]
+            err = (out.float() - batch["label"]) / scale
+            return StepOutput(self._point_loss(err).sum(), n, out, batch["label"])
+        target = batch["future"]
+        loc = batch["loc"][:, None, :]
+        scale = batch["scale"][:, None, :]
+        z_target = (target - loc) / scale
+        if self.options.loss == "quantile":
+            qs = torch.tensor(self.options.quantiles, dtype=torch.float32, device=out.device)
+            z_pred = (out.float() - loc[..., None]) / scale[..., None]
+            diff = z_target[..., None] - z_pred
+            pinball = torch.maximum(qs * diff, (qs - 1) * diff)  # (N, H, T, Q)
+            per_item = pinball.mean(dim=(1, 2)).sum(-1)
+            median = out[..., self.options.quantiles.index(0.5)]
+            return StepOutput(per_item.sum(), n, median, target)
+        err = (out.float() - target) / scale
+        per_item = self._point_loss(err).flatten(1).mean(1)
+        return StepOutput(per_item.sum(), n, out, target)
+
+    def _point_loss(self, err: Any) -> Any:
+        import torch.nn.functional as F
+
+        if self.options.loss == "mae":
+            return err.abs()
+        if self.options.loss == "huber":
+            return F.huber_loss(err, err.new_zeros(()).expand_as(err), reduction="none")
+        return err * err
+
+    # -- export ------------------------------------------------------------------------------
+
+    def example_inputs(self, batch: dict[str, Any]) -> tuple[Any, ...]:
+        inputs = (batch["past"], batch["series"])
+        return inputs + (batch["known"],) if "known" in batch else inputs
+
+    def input_names(self) -> list[str]:
+        return ["past", "series"] + (["known"] if self.n_known else [])
+
+    def output_names(self) -> list[str]:
+        return {"forecast": ["forecast"], "classification": ["logits"]}.get(self.task, ["prediction"])
+
+    # -- inference ---------------------------------------------------------------------------
+
+    def predict(self, module: Any, examples: Iterable[Record], batch_size: int = 256) -> list[dict[str, Any]]:
+        """Predictions for window examples with the eager module, via :meth:`postprocess`.
+
+        For forecasts: one dict per window with ``series``, ``time`` (first forecast
+        step), ``targets`` and ``forecast`` (``horizon`` rows of target values, in the
+        units of the data) and, with ``loss: quantile``, ``quantiles``.
+        """
+        import torch
+
+        out: list[dict[str, Any]] = []
+        pending: list[tuple[Record, Any]] = []
+
+        def flush() -> None:
+            if pending:
+                with torch.no_grad():
+                    pred = self._forward(module, self.collate([item for _, item in pending]))
+                out.extend(self.postprocess([pred.cpu().numpy()], [rec for rec, _ in pending]))
+                pending.clear()
+
+        was_training = module.training
+        module.eval()
+        try:
+            for rec in examples:
+                pending.append((rec, self.encode(rec)))
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
+        finally:
+            module.train(was_training)
+        return out
+
+    def postprocess(self, outputs: list[Any], records: list[Record]) -> list[dict[str, Any]]:
+        """One JSON-able dict per window, forecasts in data units (the module un-scales them)."""
+        first = np.asarray(outputs[0])
+        if self.task != "forecast":
+            base = super().postprocess(outputs, records)
+            return [{"series": r.get("series"), "time": r.get("time"), **b} for b, r in zip(base, records)]
+        qs = list(self.options.quantiles) if self.options.loss == "quantile" else None
+        out = []
+        for row, rec in zip(first, records):
+            entry: dict[str, Any] = {"series": rec.get("series"), "time": rec.get("time"),
+                                     "targets": list(self.state["targets"])}
+            if qs:
+                entry["forecast"] = row[..., qs.index(0.5)].tolist()
+                entry["quantiles"] = {f"{q:g}": row[..., i].tolist() for i, q in enumerate(qs)}
+            else:
+                entry["forecast"] = row.tolist()
+            out.append(entry)
+        return out
+
+    def class_names(self) -> list[str] | None:
+        return list(self.state["labels"]) if self.state.get("labels") else None
+
+    # -- the module's normalisation ------------------------------------------------------------
+
+    def norm_tables(self) -> dict[str, np.ndarray]:
+        """Fitted loc/scale tables the module turns into buffers."""
+        st = self.state
+        feat = np.array(st["feature_scaling"], np.float32).reshape(-1, 2)
+        known = np.array(st["known_scaling"], np.float32).reshape(-1, 2)
+        return {"target_loc": self._target_loc, "target_scale": self._target_scale,
+                "feature_loc": feat[:, 0], "feature_scale": feat[:, 1],
+                "known_loc": known[:, 0], "known_scale": known[:, 1]}
+
+    def _require_fit(self) -> None:
+        if not self.state:
+            raise DataError(f"model {self.name}: build() before fit(); the engine fits the model "
+                            f"on the training split first")

@@ -1,0 +1,1 @@
+"""The torch modules (imported only when a model is built, never at plugin load)."""

@@ -1,0 +1,107 @@
+"""``timeseries.outliers``: clip or drop values outside bounds learned on the training split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Literal, Optional
+
+import attrs
+
+from privet import Cleaner, DataError, DropRecord, Record
+from privet.validators import OptionValueError
+
+from .columns import fit_pass
+from .sources import SERIES
+from .stats import RunningStats, finite
+
+
+def _check_k(_inst: Any, _attr: Any, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise OptionValueError(f"k must be positive, got {value}", "k")
+
+
+class Outliers(Cleaner):
+    """Bound numeric values by 3-sigma (mean ± k·std) or IQR (quartiles ± k·IQR) rules.
+
+    ``action: clip`` moves an outlier to the nearest bound; ``action: drop`` drops the
+    record with reason ``outlier`` (counted, not a bad record). Missing values pass.
+    """
+
+    needs_fit = True
+
+    @attrs.define(frozen=True)
+    class Options:
+        columns: Optional[list[str]] = None
+        exclude: list[str] = attrs.field(factory=list)
+        method: Literal["sigma", "iqr"] = "sigma"
+        #: Width of the band: default 3 for ``sigma``, 1.5 for ``iqr``.
+        k: Optional[float] = attrs.field(default=None, validator=_check_k)
+        action: Literal["clip", "drop"] = "clip"
+        per_series: bool = False
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.bounds: dict[str, dict[str, Any]] = {}
+        self.fitted = False
+        self.counts: Counter[str] = Counter()
+
+    def fit(self, records: Any) -> None:
+        o = self.options
+        stats: dict[tuple[str, str | None], RunningStats] = {}
+
+        def observe(record: Record, column: str, value: Any) -> None:
+            v = finite(value)
+            if v is None:
+                return
+            stats.setdefault((column, None), RunningStats()).add(v)
+            if o.per_series and record.get(SERIES) is not None:
+                stats.setdefault((column, str(record[SERIES])), RunningStats()).add(v)
+
+        columns = fit_pass(records, o.columns, o.exclude, observe, who=f"cleaner {self.name}")
+        self.bounds = {}
+        for column in columns:
+            glob = stats.get((column, None))
+            if glob is None:
+                continue  # nothing to bound: every training value is missing
+            per = {s: self._band(st) for (c, s), st in stats.items()
+                   if c == column and s is not None and st.count >= 4}
+            self.bounds[column] = {"global": self._band(glob), "series": per}
+        self.fitted = True
+
+    def _band(self, stats: RunningStats) -> list[float]:
+        o = self.options
+        if o.method == "sigma":
+            k = 3.0 if o.k is None else o.k
+            return [stats.mean - k * stats.std, stats.mean + k * stats.std]
+        k = 1.5 if o.k is None else o.k
+        q1, q3 = stats.quantile(0.25), stats.quantile(0.75)
+        return [q1 - k * (q3 - q1), q3 + k * (q3 - q1)]
+
+    def clean(self, record: Record) -> Record:
+        if not self.fitted:
+            raise DataError(f"cleaner {self.name} was used before it was fitted")
+        for column, entry in self.bounds.items():
+            v = finite(record.get(column))
+            if v is None:
+                continue
+            series = record.get(SERIES)
+            lo, hi = entry["series"].get(str(series), entry["global"]) if series is not None else entry["global"]
+            if lo <= v <= hi:
+                continue
+            if self.options.action == "drop":
+                self.counts[f"dropped.{column}"] += 1
+                raise DropRecord("outlier", f"{column}={v:g} outside [{lo:g}, {hi:g}]", bad=False)
+            record[column] = lo if v < lo else hi
+            self.counts[f"clipped.{column}"] += 1
+        return record
+
+    def report(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bounds": self.bounds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bounds = {c: {"global": list(v["global"]), "series": {k: list(b) for k, b in v["series"].items()}}
+                       for c, v in state.get("bounds", {}).items()}
+        self.fitted = True

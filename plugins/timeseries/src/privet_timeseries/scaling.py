@@ -1,0 +1,125 @@
+"""Fitted per-column (and per-series) scaling with an exact inverse.
+
+One implementation serves the ``timeseries.scale`` cleaner and the models' own target
+normalisation, so a prediction can always be mapped back to the units of the data with
+the state saved in a checkpoint: ``inverse_transform(state, column, values, series)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+from .stats import RunningStats
+
+METHODS = ("standard", "minmax", "robust", "none")
+#: Series with fewer training values than this use the column's global statistics.
+MIN_SERIES_VALUES = 2
+
+
+def _params(stats: RunningStats, method: str) -> list[float]:
+    """(loc, scale) of one column under ``method``; a zero or undefined scale becomes 1."""
+    if method == "none" or stats.count == 0:
+        return [0.0, 1.0]
+    if method == "standard":
+        loc, scale = stats.mean, stats.std
+    elif method == "minmax":
+        loc, scale = stats.min, stats.max - stats.min
+    elif method == "robust":
+        loc, scale = stats.quantile(0.5), stats.quantile(0.75) - stats.quantile(0.25)
+    else:  # pragma: no cover - Options validate the method
+        raise ValueError(f"unknown scaling method {method!r}")
+    if not math.isfinite(scale) or scale <= 1e-12:
+        scale = 1.0
+    return [float(loc), float(scale)]
+
+
+class ColumnScaler:
+    """``(x - loc) / scale`` per column, with loc/scale per series when asked.
+
+    Fit with :meth:`observe` for each training value, then :meth:`finish`. The state is
+    plain JSON: ``{"method", "per_series", "columns": {col: {"global": [loc, scale],
+    "series": {id: [loc, scale]}}}}``.
+    """
+
+    def __init__(self, method: str = "standard", per_series: bool = False) -> None:
+        if method not in METHODS:
+            raise ValueError(f"scaling method must be one of {', '.join(METHODS)}, got {method!r}")
+        self.method = method
+        self.per_series = per_series
+        self.columns: dict[str, dict[str, Any]] = {}
+        self._stats: dict[tuple[str, str | None], RunningStats] = {}
+
+    # -- fitting ------------------------------------------------------------------------
+
+    def observe(self, column: str, value: float, series: str | None = None) -> None:
+        """Add one finite training value of ``column`` (of ``series``)."""
+        self._get(column, None).add(value)
+        if self.per_series and series is not None:
+            self._get(column, series).add(value)
+
+    def _get(self, column: str, series: str | None) -> RunningStats:
+        key = (column, series)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = RunningStats()
+        return stats
+
+    def finish(self, columns: Iterable[str] = ()) -> None:
+        """Turn what was observed into parameters (columns never seen get loc 0, scale 1)."""
+        out: dict[str, dict[str, Any]] = {c: {"global": [0.0, 1.0], "series": {}} for c in columns}
+        for (column, series), stats in sorted(self._stats.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            entry = out.setdefault(column, {"global": [0.0, 1.0], "series": {}})
+            if series is None:
+                entry["global"] = _params(stats, self.method)
+            elif stats.count >= MIN_SERIES_VALUES:
+                entry["series"][series] = _params(stats, self.method)
+        self.columns = out
+        self._stats = {}
+
+    # -- applying -----------------------------------------------------------------------
+
+    def loc_scale(self, column: str, series: str | None = None) -> tuple[float, float]:
+        entry = self.columns.get(column)
+        if entry is None:
+            raise KeyError(f"column {column!r} was not fitted (fitted: {', '.join(self.columns) or 'none'})")
+        if series is not None and series in entry["series"]:
+            loc, scale = entry["series"][series]
+        else:
+            loc, scale = entry["global"]
+        return float(loc), float(scale)
+
+    def transform(self, column: str, values: Any, series: str | None = None) -> Any:
+        loc, scale = self.loc_scale(column, series)
+        if isinstance(values, (int, float)):
+            return (float(values) - loc) / scale
+        return (np.asarray(values, dtype=np.float64) - loc) / scale
+
+    def inverse(self, column: str, values: Any, series: str | None = None) -> Any:
+        """Map scaled values back to the units of the data."""
+        loc, scale = self.loc_scale(column, series)
+        if isinstance(values, (int, float)):
+            return float(values) * scale + loc
+        return np.asarray(values, dtype=np.float64) * scale + loc
+
+    # -- state --------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "per_series": self.per_series, "columns": self.columns}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ColumnScaler":
+        scaler = cls(state.get("method", "standard"), bool(state.get("per_series", False)))
+        scaler.columns = {c: {"global": list(v["global"]), "series": {k: list(p) for k, p in v["series"].items()}}
+                          for c, v in state.get("columns", {}).items()}
+        return scaler
+
+
+def inverse_transform(state: dict[str, Any], column: str, values: Any, series: str | None = None) -> Any:
+    """Undo a fitted scaling given its saved state (a ``timeseries.scale`` cleaner's
+    ``state_dict()``, or a model's ``state_dict()["target_scaler"]``)."""
+    if "scaler" in state:
+        state = state["scaler"]
+    return ColumnScaler.from_state(state).inverse(column, values, series)

@@ -1,0 +1,379 @@
+"""Sources: CSV and Parquet files of time series (or plain tables), one record per row.
+
+Each record is a flat dict the Arrow cache stores as it is: ``time`` (seconds since the
+epoch, float), ``series`` (str), every target and numeric feature as a float (``None``
+when missing) and text columns as str. Files are streamed: CSV by lines (optionally cut
+into byte-range shards), Parquet by row group, so memory does not grow with file size.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional
+
+import attrs
+
+from privet import BadRecord, DataError, Record, Shard, Source
+from privet.validators import OptionValueError, existing_paths, positive
+
+from .timeparse import parse_time
+
+TIME = "time"
+SERIES = "series"
+SPLIT = "split"
+#: Cell texts read as a missing value (compared case-insensitively).
+MISSING_MARKERS = frozenset({"", "na", "n/a", "null", "none", "nat", "-"})
+
+
+def _check_time_format(_inst: Any, _attr: Any, value: str) -> None:
+    if value not in ("auto", "unix", "unix_ms") and "%" not in value:
+        raise OptionValueError(f"time_format must be auto, unix, unix_ms or a strftime pattern "
+                               f"such as '%Y-%m-%d %H:%M', got {value!r}", "time_format")
+
+
+def _non_negative(_inst: Any, attr: Any, value: float) -> None:
+    if value < 0:
+        raise OptionValueError(f"{attr.name} must be 0 or more, got {value}", attr.name)
+
+
+@attrs.define(frozen=True)
+class SeriesFileOptions:
+    """What the columns of the files mean; shared by the CSV and Parquet sources."""
+
+    paths: list[Path] = attrs.field(validator=existing_paths)
+    #: Column holding the timestamp; ``null`` for plain tables without time.
+    time_column: Optional[str] = "timestamp"
+    #: ``auto`` (ISO 8601 or numbers as they are), ``unix``, ``unix_ms`` or a strftime pattern.
+    time_format: str = attrs.field(default="auto", validator=_check_time_format)
+    #: ``long``: one row per (series, time); ``wide``: one column per series.
+    layout: Literal["long", "wide"] = "long"
+    #: Long layout: column naming the series (many series in one file). Without it the
+    #: series is named after the file.
+    series_column: Optional[str] = None
+    #: Long layout: the value(s) to forecast. Wide layout: the series columns (default:
+    #: every column that is not time or a feature).
+    target_columns: list[str] = attrs.field(factory=list)
+    #: Wide layout: the key each series' value is stored under.
+    value_name: str = "value"
+    #: Numeric covariates; ``null`` = every other column (long layout) or none (wide).
+    feature_columns: Optional[list[str]] = None
+    #: Columns kept as text (categories, labels, a split marker). Parquet string columns
+    #: are text anyway; CSV cells are numbers unless their column is listed here.
+    categorical_columns: list[str] = attrs.field(factory=list)
+    #: NaN / inf in a numeric cell: ``missing`` (stored as None for a cleaner to impute)
+    #: or ``drop`` (the row is dropped with reason ``non_finite_value``).
+    non_finite: Literal["missing", "drop"] = "missing"
+    #: Rows at or after this time get ``split: val`` (and ``test`` after ``test_time``),
+    #: others ``split: train``: use with ``data.split: {method: field, field: split}``.
+    split_time: Optional[str] = None
+    test_time: Optional[str] = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.layout == "long" and not self.target_columns:
+            raise OptionValueError("layout 'long' needs target_columns: the column(s) to "
+                                   "forecast or predict", "target_columns")
+        if self.layout == "wide" and self.series_column:
+            raise OptionValueError("layout 'wide' takes no series_column: each value column "
+                                   "is a series", "series_column")
+        if self.layout == "wide" and self.time_column is None:
+            raise OptionValueError("layout 'wide' needs a time_column", "time_column")
+        for key in ("split_time", "test_time"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if self.time_column is None:
+                raise OptionValueError(f"{key} needs a time_column", key)
+            try:
+                parse_time(value, self.time_format if "%" in self.time_format else "auto")
+            except ValueError as err:
+                raise OptionValueError(f"{key}: {err}", key) from None
+        if self.split_time is None and self.test_time is not None:
+            raise OptionValueError("test_time needs split_time (the start of validation)",
+                                   "test_time")
+
+
+class _RowConverter:
+    """Turns one row (column -> raw cell) into records, by the roles the options give."""
+
+    def __init__(self, options: SeriesFileOptions, columns: list[str], file: str,
+                 text_columns: Iterable[str] = ()) -> None:
+        o = options
+        self.o = o
+        self.file = file
+        present = set(columns)
+
+        def need(col: str, option: str) -> None:
+            if col not in present:
+                raise DataError(f"{file}: no column {col!r} (columns: {', '.join(columns)}); "
+                                f"fix {option} in the source options")
+
+        if o.time_column is not None:
+            need(o.time_column, "time_column")
+        if o.series_column is not None:
+            need(o.series_column, "series_column")
+        self.text = set(o.categorical_columns) | set(text_columns)
+        used = {c for c in (o.time_column, o.series_column) if c is not None}
+        if o.layout == "long":
+            self.targets = list(o.target_columns)
+        else:
+            features = set(o.feature_columns or ()) | set(o.categorical_columns)
+            self.targets = list(o.target_columns) or [c for c in columns if c not in used | features]
+        for col in self.targets:
+            need(col, "target_columns")
+        used |= set(self.targets)
+        if o.feature_columns is not None:
+            for col in o.feature_columns:
+                need(col, "feature_columns")
+            extra = [c for c in o.categorical_columns if c not in o.feature_columns and c not in used]
+            self.features = list(o.feature_columns) + [c for c in extra if c in present]
+        elif o.layout == "long":
+            self.features = [c for c in columns if c not in used]
+        else:
+            self.features = [c for c in o.categorical_columns if c in present]
+        written = {TIME, SERIES} | ({SPLIT} if o.split_time else set())
+        for col in [*self.features, *self.targets]:
+            if col in written and col not in (o.time_column, o.series_column):
+                raise DataError(f"{file}: column {col!r} clashes with the record key {col!r} "
+                                f"this source writes; rename the column or leave it out of "
+                                f"feature_columns")
+        fmt = o.time_format
+        self.time_format = fmt
+        self.split_at = parse_time(o.split_time, fmt if "%" in fmt else "auto") if o.split_time else None
+        self.test_at = parse_time(o.test_time, fmt if "%" in fmt else "auto") if o.test_time else None
+        self.default_series = Path(file).name.split(".")[0]
+
+    def convert(self, row: dict[str, Any], locate: Callable[[], str]) -> list[Record | BadRecord]:
+        """Records of one row; ``locate()`` names the row, called only for a bad one."""
+        o = self.o
+        base: Record = {}
+        if o.time_column is not None:
+            try:
+                t = parse_time(row[o.time_column], self.time_format)
+            except ValueError as err:
+                return [BadRecord("unparseable_timestamp", locate(), str(err))]
+            base[TIME] = t
+            if self.split_at is not None:
+                base[SPLIT] = ("test" if self.test_at is not None and t >= self.test_at
+                               else "val" if t >= self.split_at else "train")
+        if o.layout == "long":
+            if o.series_column is not None:
+                sid = row[o.series_column]
+                if sid is None or (isinstance(sid, str) and not sid.strip()):
+                    return [BadRecord("missing_series_id", locate(), f"column {o.series_column!r} is empty")]
+                base[SERIES] = _series_text(sid)
+            elif o.time_column is not None:
+                base[SERIES] = self.default_series
+        for col in self.features:
+            bad = self._put(base, col, row[col], locate)
+            if bad is not None:
+                return [bad]
+        if o.layout == "long":
+            for col in self.targets:
+                bad = self._put(base, col, row[col], locate)
+                if bad is not None:
+                    return [bad]
+            return [base]
+        out: list[Record | BadRecord] = []
+        for col in self.targets:
+            rec = dict(base)
+            rec[SERIES] = col
+            bad = self._put(rec, o.value_name, row[col], locate, column=col)
+            out.append(bad if bad is not None else rec)
+        return out
+
+    def _put(self, rec: Record, key: str, raw: Any, locate: Callable[[], str],
+             column: str | None = None) -> BadRecord | None:
+        column = column or key
+        if column in self.text:
+            rec[key] = None if _is_missing(raw) else _series_text(raw)
+            return None
+        if _is_missing(raw):
+            rec[key] = None
+            return None
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return BadRecord("unparseable_number", locate(),
+                             f"column {column!r}: {raw!r} (list the column in categorical_columns "
+                             f"if it holds text)")
+        if not math.isfinite(value):
+            if self.o.non_finite == "drop":
+                return BadRecord("non_finite_value", locate(), f"column {column!r}: {raw!r}")
+            value = None
+        rec[key] = value
+        return None
+
+
+def _is_missing(raw: Any) -> bool:
+    return raw is None or (isinstance(raw, str) and raw.strip().lower() in MISSING_MARKERS)
+
+
+def _series_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip() if isinstance(value, str) else str(value)
+
+
+def _expand(paths: list[Path], patterns: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted({str(x) for pat in patterns for x in p.glob(pat)})
+            out.extend(found)
+        else:
+            out.append(str(p))
+    return out
+
+
+class TimeSeriesCsv(Source):
+    """Rows of CSV files as time series records (long or wide layout, many series per file).
+
+    Timestamps are parsed into ``time`` (seconds since the epoch); rows whose timestamp
+    cannot be read are dropped as ``unparseable_timestamp``. With ``chunk_mb`` a big file
+    is read as several byte-range shards (no quoted newlines across a chunk boundary).
+    """
+
+    @attrs.define(frozen=True)
+    class Options(SeriesFileOptions):
+        delimiter: str = ","
+        #: Cut files bigger than this into byte-range shards (0: one shard per file).
+        chunk_mb: float = attrs.field(default=0.0, validator=_non_negative)
+
+    def shards(self) -> list[Shard]:
+        out: list[Shard] = []
+        chunk = int(self.options.chunk_mb * (1 << 20))
+        for path in _expand(self.options.paths, ("*.csv", "*.csv.gz")):
+            size = Path(path).stat().st_size
+            if chunk <= 0 or path.endswith(".gz") or size <= chunk:
+                out.append(Shard(path))
+                continue
+            out.extend(Shard(path, start, min(start + chunk, size)) for start in range(0, size, chunk))
+        return out
+
+    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
+        name = Path(shard.path).name
+        opener = gzip.open if shard.path.endswith(".gz") else open
+        with opener(shard.path, "rb") as fh:
+            header_raw = fh.readline()
+            try:
+                header = next(csv.reader([header_raw.decode("utf-8-sig")], delimiter=self.options.delimiter))
+            except (UnicodeDecodeError, StopIteration, csv.Error) as err:
+                raise DataError(f"{name}:1: unreadable CSV header ({err}); the first line must "
+                                f"name the columns") from None
+            header = [h.strip() for h in header]
+            conv = _RowConverter(self.options, header, name)
+            if shard.start > len(header_raw):
+                fh.seek(shard.start - 1)
+                fh.readline()  # finish the line the byte range starts inside
+            first_pos = fh.tell()
+            bad_lines: list[int] = []
+            undecodable: list[int] = []
+            line_base = _LineBase(shard.path, first_pos)
+
+            def lines() -> Iterator[str]:
+                n = 0
+                while shard.end is None or fh.tell() < shard.end:
+                    raw = fh.readline()
+                    if not raw:
+                        return
+                    n += 1
+                    try:
+                        yield raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        undecodable.append(n)
+                        yield "\n"
+
+            reader = csv.reader(lines(), delimiter=self.options.delimiter)
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    bad_lines.append(reader.line_num)
+                    yield BadRecord("unreadable_row", f"{name}:{line_base() + reader.line_num}", str(err))
+                    continue
+                while undecodable:
+                    yield BadRecord("invalid_utf8", f"{name}:{line_base() + undecodable.pop(0)}")
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != len(header):
+                    yield BadRecord("wrong_column_count", f"{name}:{line_base() + reader.line_num}",
+                                    f"{len(row)} cells, header has {len(header)}")
+                    continue
+                line = reader.line_num
+                yield from conv.convert(dict(zip(header, row)),
+                                        lambda line=line: f"{name}:{line_base() + line}")
+            while undecodable:
+                yield BadRecord("invalid_utf8", f"{name}:{line_base() + undecodable.pop(0)}")
+
+
+class _LineBase:
+    """Number of lines before a byte offset, counted only when a bad row needs it."""
+
+    def __init__(self, path: str, offset: int) -> None:
+        self.path = path
+        self.offset = offset
+        self._value: int | None = None
+
+    def __call__(self) -> int:
+        if self._value is None:
+            opener = gzip.open if self.path.endswith(".gz") else open
+            count = 0
+            left = self.offset
+            with opener(self.path, "rb") as fh:
+                while left > 0:
+                    block = fh.read(min(left, 1 << 20))
+                    if not block:
+                        break
+                    count += block.count(b"\n")
+                    left -= len(block)
+            self._value = count
+        return self._value
+
+
+class TimeSeriesParquet(Source):
+    """Rows of Parquet files as time series records, read one row group at a time.
+
+    Arrow timestamp columns are used as they are; string columns are text features.
+    Each row group is a shard, so big files stream and spread over workers and ranks.
+    """
+
+    @attrs.define(frozen=True)
+    class Options(SeriesFileOptions):
+        #: Rows converted to Python at once inside a row group.
+        batch_rows: int = attrs.field(default=8192, validator=positive)
+
+    def shards(self) -> list[Shard]:
+        import pyarrow.parquet as pq
+
+        out: list[Shard] = []
+        for path in _expand(self.options.paths, ("*.parquet", "*.pq")):
+            try:
+                groups = pq.ParquetFile(path).metadata.num_row_groups
+            except Exception as err:  # pyarrow raises several types for a broken file
+                raise DataError(f"{Path(path).name}: not a readable Parquet file ({err})") from None
+            out.extend(Shard(path, g, g + 1) for g in range(groups))
+        return out
+
+    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        name = Path(shard.path).name
+        pf = pq.ParquetFile(shard.path)
+        schema = pf.schema_arrow
+        text = [f.name for f in schema
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                or pa.types.is_dictionary(f.type)]
+        conv = _RowConverter(self.options, schema.names, name, text_columns=text)
+        group = shard.start
+        offset = sum(pf.metadata.row_group(g).num_rows for g in range(group))
+        row_no = offset
+        for batch in pf.iter_batches(batch_size=self.options.batch_rows, row_groups=[group]):
+            for row in batch.to_pylist():
+                row_no += 1
+                yield from conv.convert(row, lambda n=row_no: f"{name}:row {n}")

@@ -1,0 +1,170 @@
+"""Sliding windows over a clean series, stored as compact examples.
+
+A window example is a flat dict of five fields that the Arrow cache stores as it is:
+``series``, ``series_index``, ``time`` (the first forecast step, or the last input row
+for sequence tasks), ``shape`` (``"L,H,T,P,K"``) and ``window``: the raw little-endian
+float32 bytes of three arrays one after the other,
+
+``past``    (L, P): targets then observed features, up to the cut
+``future``  (H, T): the targets over the horizon (none for sequence tasks)
+``known``   (L+H, K): covariates known in advance (calendar features)
+
+plus ``label`` for sequence classification/regression. One bytes field instead of lists
+of floats (or one field per array) is what keeps loading fast: reading a cached row costs
+per field, and a worker turns the bytes back into arrays with one ``np.frombuffer`` for a
+whole batch, with no Python object per number.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+import attrs
+import numpy as np
+
+from privet import Record
+
+from .series import Series
+
+DTYPE = np.dtype("<f4")
+
+
+def pack(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=DTYPE).tobytes()
+
+
+def shape_text(length: int, horizon: int, n_targets: int, n_observed: int, n_known: int) -> str:
+    return f"{length},{horizon},{n_targets},{n_observed},{n_known}"
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    """``"L,H,T,P,K"`` -> five ints; ``ValueError`` if malformed."""
+    parts = tuple(int(p) for p in str(text).split(","))
+    if len(parts) != 5 or min(parts) < 0:
+        raise ValueError(f"bad window shape {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+@attrs.define
+class Window:
+    """A window example decoded into arrays (what augmenters work on)."""
+
+    past: np.ndarray
+    future: np.ndarray
+    known: np.ndarray
+    n_targets: int
+
+    @classmethod
+    def from_record(cls, rec: Record) -> "Window":
+        L, H, T, P, K = parse_shape(rec["shape"])
+        flat = np.frombuffer(rec["window"], dtype=DTYPE)
+        a, b = L * P, L * P + H * T
+        if flat.size != b + (L + H) * K:
+            raise ValueError(f"window holds {flat.size} values, shape {rec['shape']} needs {b + (L + H) * K}")
+        return cls(flat[:a].reshape(L, P), flat[a:b].reshape(H, T), flat[b:].reshape(L + H, K), T)
+
+    def to_record(self, rec: Record) -> Record:
+        """A copy of ``rec`` holding this window's arrays (same shapes)."""
+        out = dict(rec)
+        out["window"] = pack(self.past) + pack(self.future) + pack(self.known)
+        return out
+
+    @property
+    def length(self) -> int:
+        return len(self.past)
+
+    def joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(targets over length+horizon, past-only features, known) as float64 arrays."""
+        t = self.n_targets
+        targets = np.concatenate([self.past[:, :t], self.future[:, :t]]).astype(np.float64)
+        return targets, self.past[:, t:].astype(np.float64), self.known.astype(np.float64)
+
+    @classmethod
+    def from_joined(cls, targets: np.ndarray, features: np.ndarray, known: np.ndarray,
+                    length: int) -> "Window":
+        past = np.concatenate([targets[:length], features], axis=1).astype(DTYPE)
+        return cls(past, targets[length:].astype(DTYPE), known.astype(DTYPE), targets.shape[1])
+
+
+def _bad_prefix(block: np.ndarray) -> np.ndarray:
+    """Prefix counts of rows holding a non-finite value (O(1) range checks)."""
+    bad = ~np.isfinite(block).all(axis=1) if block.shape[1] else np.zeros(len(block), bool)
+    return np.concatenate([[0], np.cumsum(bad)])
+
+
+def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
+                 horizon: int, stride: int, series_index: int,
+                 counts: Counter[str]) -> Iterator[Record]:
+    """Windows of one series; windows with a gap that filling left are skipped (counted).
+
+    ``values`` columns are ``[targets | observed features | known features]``;
+    ``n_observed`` counts targets plus observed features.
+    """
+    values = s.values
+    n = len(values)
+    span = length + horizon
+    if n < span:
+        counts["series_too_short"] += 1
+        return
+    past_bad = _bad_prefix(values[:, :n_observed])
+    fut_bad = _bad_prefix(values[:, :n_targets])
+    known_bad = _bad_prefix(values[:, n_observed:n_observed + n_known])
+    past_block = values[:, :n_observed]
+    known_block = values[:, n_observed:n_observed + n_known]
+    shape = shape_text(length, horizon, n_targets, n_observed, n_known)
+    for start in range(0, n - span + 1, stride):
+        cut, end = start + length, start + span
+        if (past_bad[cut] - past_bad[start] or fut_bad[end] - fut_bad[cut]
+                or known_bad[end] - known_bad[start]):
+            counts["windows_with_gaps"] += 1
+            continue
+        rec: Record = {
+            "series": s.name,
+            "series_index": series_index,
+            "time": float(s.times[cut] if horizon else s.times[cut - 1]),
+            "shape": shape,
+            "window": pack(past_block[start:cut]) + pack(values[cut:end, :n_targets])
+            + pack(known_block[start:end]),
+        }
+        if s.labels is not None:
+            label = s.labels[cut - 1]
+            if label is None:
+                counts["windows_without_label"] += 1
+                continue
+            rec["label"] = label
+        counts["windows"] += 1
+        yield rec
+
+
+def forecast_window(s: Series, *, last_time: float, n_targets: int, n_observed: int, n_known: int,
+                    length: int, horizon: int, series_index: int, counts: Counter[str]) -> Record | None:
+    """The window that forecasts past the last observed target of a series (for inference).
+
+    Its input is the ``length`` rows up to ``last_time``; known covariates must be given
+    for the ``horizon`` rows after it (rows with a time but no target). The unknown
+    future targets are stored as zeros.
+    """
+    values = s.values
+    cut = int(np.searchsorted(s.times, last_time, side="right"))
+    end = cut + horizon
+    if cut < length:
+        counts["series_too_short"] += 1
+        return None
+    if n_known and end > len(values):
+        counts["series_without_future_covariates"] += 1
+        return None
+    past = values[cut - length:cut, :n_observed]
+    known = values[cut - length:end, n_observed:n_observed + n_known]
+    if not (np.isfinite(past).all() and np.isfinite(known).all()):
+        counts["windows_with_gaps"] += 1
+        return None
+    if cut < len(s.times):
+        first = float(s.times[cut])
+    else:  # no future rows: one typical step after the last
+        step = float(np.median(np.diff(s.times))) if len(s.times) > 1 else 1.0
+        first = float(s.times[cut - 1]) + step
+    counts["windows"] += 1
+    return {"series": s.name, "series_index": series_index, "time": first,
+            "shape": shape_text(length, horizon, n_targets, n_observed, n_known),
+            "window": pack(past) + pack(np.zeros((horizon, n_targets))) + pack(known)}
