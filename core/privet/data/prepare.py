@@ -97,10 +97,21 @@ class Preparer:
 
     # -- fingerprint --------------------------------------------------------------------------
 
-    def fingerprint(self) -> tuple[str, list[dict[str, Any]]]:
-        files = [file_fingerprint(f) for f in self.source.files()]
+    def fingerprint(self) -> tuple[str, Any]:
+        """A key for the cache; content hashes only for small files of small data sets.
+
+        A folder of a million images is keyed by sizes and mtimes, so a second run does
+        not read the whole data set again just to find its cache.
+        """
+        paths = self.source.files()
+        hash_below = (1 << 20) if len(paths) <= 2000 else -1
+        files = [file_fingerprint(f, full_hash_below=hash_below) for f in paths]
         blob = json.dumps({"version": CACHE_VERSION, "files": files, "seed": self.seed,
                            **self.fingerprint_extra}, sort_keys=True, default=str)
+        if len(files) > 1000:  # keep meta.json small: a digest stands for the list
+            listing = json.dumps(files, sort_keys=True, default=str).encode()
+            return hashlib.sha256(blob.encode()).hexdigest()[:20], {
+                "count": len(files), "sha256": hashlib.sha256(listing).hexdigest()}
         return hashlib.sha256(blob.encode()).hexdigest()[:20], files
 
     # -- streaming passes -------------------------------------------------------------------------
@@ -143,17 +154,20 @@ class Preparer:
              *, bad: bool = True) -> None:
         if not bad:
             if drops is not None:
-                drops.add(reason, where, bad=False)
+                drops.add(reason, f"{where}: {detail}" if detail else where, bad=False)
             return
         if self.data.on_error == "fail":
             extra = f" ({detail})" if detail else ""
             raise DataError(f"{where}: bad record: {reason}{extra}; fix the data or set "
                             f"data.on_error: drop")
         if drops is not None:
-            drops.add(reason, where)
+            drops.add(reason, f"{where}: {detail}" if detail else where)
 
     def _clean(self, record: Record, upto: int, drops: DropCounter | None,
                where: str) -> Record | None:
+        path = record.get("path")
+        if isinstance(path, str) and path:  # name the file itself when the record has one
+            where = path
         for cleaner in self.cleaners[:upto]:
             try:
                 out = cleaner.clean(record)

@@ -15,12 +15,12 @@ on untouched: ``model.encode`` drops it with a reason.
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
 import privet
-from privet.validators import positive, probability
+from privet.validators import OptionValueError, positive, probability
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -28,23 +28,25 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _range(_instance: object, attribute: attrs.Attribute, value: list[float]) -> None:
     if len(value) != 2 or not 0 < value[0] <= value[1]:
-        raise ValueError(f"{attribute.name} must be [low, high] with 0 < low <= high, got {value}")
+        raise OptionValueError(f"{attribute.name} must be [low, high] with 0 < low <= high, "
+                               f"got {value}", attribute.name)
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute, value: float) -> None:
     if value < 0:
-        raise ValueError(f"{attribute.name} must be 0 or more, got {value}")
+        raise OptionValueError(f"{attribute.name} must be 0 or more, got {value}", attribute.name)
 
 
 def _hue(_instance: object, attribute: attrs.Attribute, value: float) -> None:
     if not 0 <= value <= 0.5:
-        raise ValueError(f"{attribute.name} must be between 0 and 0.5, got {value}")
+        raise OptionValueError(f"{attribute.name} must be between 0 and 0.5, got {value}",
+                               attribute.name)
 
 
 def _fill(_instance: object, attribute: attrs.Attribute, value: list[int]) -> None:
     if len(value) not in (1, 3) or any(not 0 <= v <= 255 for v in value):
-        raise ValueError(f"{attribute.name} must be one grey value or three RGB values 0-255, "
-                         f"got {value}")
+        raise OptionValueError(f"{attribute.name} must be one grey value or three RGB values "
+                               f"0-255, got {value}", attribute.name)
 
 
 class TorchvisionAugmenter(privet.Augmenter):
@@ -77,7 +79,9 @@ class TorchvisionAugmenter(privet.Augmenter):
             tf = self.__dict__["_transform"] = self.transform()
         seed = int(rng.integers(2**62))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would also format a stack trace to
+            # queue a CUDA seeding on every sample, in workers where CUDA is not started.
+            torch.default_generator.manual_seed(seed)
             out = tf(image)
         return {**record, field: out}
 
@@ -98,7 +102,7 @@ class RandomResizedCrop(TorchvisionAugmenter):
 
         def __attrs_post_init__(self) -> None:
             if self.scale[1] > 1.0:
-                raise ValueError(f"scale must lie within (0, 1], got {self.scale}")
+                raise OptionValueError(f"scale must lie within (0, 1], got {self.scale}", "scale")
 
     def transform(self) -> Any:
         from torchvision.transforms import v2
@@ -115,8 +119,7 @@ class RandomRotation(TorchvisionAugmenter):
     class Options:
         degrees: float = attrs.field(default=15.0, validator=_non_negative)
         fill: list[int] = attrs.field(factory=lambda: [0], validator=_fill)
-        interpolation: str = attrs.field(default="bilinear",
-                                         validator=attrs.validators.in_(["nearest", "bilinear"]))
+        interpolation: Literal["nearest", "bilinear"] = "bilinear"
         image_field: str = "image"
 
     def transform(self) -> Any:
@@ -139,7 +142,8 @@ class RandomFlip(TorchvisionAugmenter):
 
         def __attrs_post_init__(self) -> None:
             if self.horizontal == 0 and self.vertical == 0:
-                raise ValueError("horizontal and vertical are both 0: the flip would do nothing")
+                raise OptionValueError("horizontal and vertical are both 0: the flip would do "
+                                       "nothing", "horizontal")
 
     def transform(self) -> Any:
         from torchvision.transforms import v2

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 import attrs
 
 import privet
-from privet.validators import positive
+from privet.validators import OptionValueError, positive
+
+from .tally import Tally
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -21,13 +23,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _rgb_triple(_instance: object, attribute: attrs.Attribute, value: list[int]) -> None:
     if len(value) != 3 or any(not 0 <= int(v) <= 255 for v in value):
-        raise ValueError(f"{attribute.name} must be three values 0-255 (red, green, blue), "
-                         f"got {value}")
+        raise OptionValueError(f"{attribute.name} must be three values 0-255 (red, green, "
+                               f"blue), got {value}", attribute.name)
 
 
 def _quality(_instance: object, attribute: attrs.Attribute, value: int) -> None:
     if not 1 <= value <= 100:
-        raise ValueError(f"{attribute.name} must be between 1 and 100, got {value}")
+        raise OptionValueError(f"{attribute.name} must be between 1 and 100, got {value}",
+                               attribute.name)
 
 
 class _Rewrite(privet.Cleaner):
@@ -35,10 +38,10 @@ class _Rewrite(privet.Cleaner):
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
-        self.counts = {"rewritten": 0, "unchanged": 0}
+        self.tally = Tally("rewritten", "unchanged")
 
     def report(self) -> dict[str, int]:
-        return dict(self.counts)
+        return self.tally.report()
 
     @abc.abstractmethod
     def transform(self, img: Image.Image) -> Image.Image:
@@ -58,9 +61,9 @@ class _Rewrite(privet.Cleaner):
                                     f"{type(err).__name__}: {err}") from None
         out = self.transform(img)
         if out is img:
-            self.counts["unchanged"] += 1
+            self.tally.add("unchanged", record)
             return record
-        self.counts["rewritten"] += 1
+        self.tally.add("rewritten", record)
         return {**record, field: encode(out, self.options.format, self.options.quality)}
 
 
@@ -113,7 +116,8 @@ class Resize(_Rewrite):
 
         def __attrs_post_init__(self) -> None:
             if self.aspect == "keep" and self.height is not None:
-                raise ValueError("aspect 'keep' scales the shorter side to size; remove height")
+                raise OptionValueError("aspect 'keep' scales the shorter side to size; remove "
+                                       "height", "height")
 
     def transform(self, img: Image.Image) -> Image.Image:
         from PIL import ImageOps

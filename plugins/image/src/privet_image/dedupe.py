@@ -14,17 +14,21 @@ from typing import Any, Iterable
 import attrs
 
 import privet
+from privet.validators import OptionValueError
+
+from .tally import Tally
 
 
 def _hash_size(_instance: object, attribute: attrs.Attribute, value: int) -> None:
     if not 2 <= value <= 8:
-        raise ValueError(f"{attribute.name} must be between 2 and 8 (a hash of at most 64 bits), "
-                         f"got {value}")
+        raise OptionValueError(f"{attribute.name} must be between 2 and 8 (a hash of at most "
+                               f"64 bits), got {value}", attribute.name)
 
 
 def _distance(_instance: object, attribute: attrs.Attribute, value: int) -> None:
     if value < 0:
-        raise ValueError(f"{attribute.name} must be 0 (identical hashes) or more, got {value}")
+        raise OptionValueError(f"{attribute.name} must be 0 (identical hashes) or more, "
+                               f"got {value}", attribute.name)
 
 
 class _HashIndex:
@@ -83,6 +87,8 @@ class Dedupe(privet.Cleaner):
     """
 
     needs_fit = True
+    #: ``privet predict`` skips it: a picture to classify is never a duplicate to drop.
+    applies_at_inference = False
 
     @attrs.define(frozen=True)
     class Options:
@@ -95,7 +101,10 @@ class Dedupe(privet.Cleaner):
         super().__init__(options)
         self._train = _HashIndex(self.options.max_distance)
         self._others = _HashIndex(self.options.max_distance)
-        self.counts = {"hashed": 0, "duplicates": 0}
+        self.tally = Tally("hashed", "duplicates")
+
+    def report(self) -> dict[str, int]:
+        return self.tally.report()
 
     def _hash(self, record: privet.Record) -> tuple[int, str]:
         from .imaging import dhash, open_image
@@ -126,12 +135,13 @@ class Dedupe(privet.Cleaner):
 
     def clean(self, record: privet.Record) -> privet.Record | None:
         h, ident = self._hash(record)
-        self.counts["hashed"] += 1
+        self.tally.add("hashed", record, self.options.path_field)
         for index in (self._train, self._others):
             first = index.find(h)
             if first is not None and first != ident:
-                self.counts["duplicates"] += 1
-                raise privet.DropRecord("duplicate", f"{ident} looks like {first}")
+                self.tally.add("duplicates", record, self.options.path_field)
+                # filtered on purpose, not broken: not counted towards max_bad_fraction
+                raise privet.DropRecord("duplicate", f"{ident} looks like {first}", bad=False)
             if first == ident:
                 return record
         self._others.add(h, ident)

@@ -18,7 +18,7 @@ import attrs
 
 import privet
 from privet.builtins.sources import iter_lines, open_text
-from privet.validators import existing_path, positive
+from privet.validators import OptionValueError, existing_path, positive
 
 #: File suffixes read as images by default (lower case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -29,10 +29,18 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 
 def _suffixes(_instance: object, attribute: attrs.Attribute, value: list[str]) -> None:
     if not value:
-        raise ValueError(f"{attribute.name} must name at least one suffix, e.g. ['.png']")
+        raise OptionValueError(f"{attribute.name} must name at least one suffix, e.g. ['.png']",
+                               attribute.name)
     for s in value:
         if not s.startswith("."):
-            raise ValueError(f"{attribute.name}: suffix {s!r} must start with a dot, e.g. '.png'")
+            raise OptionValueError(f"{attribute.name}: suffix {s!r} must start with a dot, "
+                                   f"e.g. '.png'", attribute.name)
+
+
+def _folder(_instance: object, attribute: attrs.Attribute, value: Path) -> None:
+    if value.exists() and not value.is_dir():
+        raise OptionValueError(f"{str(value)!r} is not a folder; image.folder needs a folder "
+                               f"with one subfolder per class", attribute.name)
 
 
 def _read_bytes(path: Path, limit: int) -> tuple[bytes | None, str]:
@@ -64,18 +72,13 @@ class ImageFolder(privet.Source):
 
     @attrs.define(frozen=True)
     class Options:
-        root: Path = attrs.field(validator=existing_path)
+        root: Path = attrs.field(validator=[existing_path, _folder])
         extensions: list[str] = attrs.field(factory=lambda: list(IMAGE_SUFFIXES),
                                             validator=_suffixes)
         #: Files per shard: shards are the unit the engine spreads over ranks and workers.
         files_per_shard: int = attrs.field(default=1000, validator=positive)
         #: Larger files become ``file_too_large`` bad records instead of filling memory.
         max_file_bytes: int = attrs.field(default=64 * 2**20, validator=positive)
-
-        def __attrs_post_init__(self) -> None:
-            if not self.root.is_dir():
-                raise ValueError(f"root {str(self.root)!r} is not a folder; image.folder needs "
-                                 f"a folder with one subfolder per class")
 
     def _listing(self) -> list[str]:
         """Every non-hidden file under root, as sorted paths relative to root (walked once)."""
@@ -148,8 +151,8 @@ class Manifest(privet.Source):
 
         def __attrs_post_init__(self) -> None:
             if self.format == "auto" and self.kind is None:
-                raise ValueError(f"cannot tell the format of {self.path.name!r} from its suffix; "
-                                 f"set format: csv or format: jsonl")
+                raise OptionValueError(f"cannot tell the format of {self.path.name!r} from its "
+                                       f"suffix; set format: csv or format: jsonl", "format")
 
         @property
         def kind(self) -> str | None:
@@ -185,7 +188,8 @@ class Manifest(privet.Source):
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as err:
-                        yield lineno, privet.BadRecord("malformed_json", f"{name}:{lineno}", str(err))
+                        yield lineno, privet.BadRecord("malformed_json", f"{name}:{lineno}",
+                                                       str(err))
                         continue
                     if isinstance(obj, dict):
                         yield lineno, obj

@@ -19,6 +19,8 @@ import attrs
 import privet
 from privet.validators import positive
 
+from .tally import Tally
+
 #: Pillow's own default for ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels).
 PILLOW_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 
@@ -66,14 +68,14 @@ class Verify(privet.Cleaner):
 
     def __init__(self, options: object = None) -> None:
         super().__init__(options)
-        self.counts = {"checked": 0, "repaired": 0, "quarantined": 0}
+        self.tally = Tally("checked", "repaired", "quarantined")
 
     def report(self) -> dict[str, int]:
-        return dict(self.counts)
+        return self.tally.report()
 
     def clean(self, record: privet.Record) -> privet.Record | None:
         o = self.options
-        self.counts["checked"] += 1
+        self.tally.add("checked", record, o.path_field)
         data = record.get(o.image_field)
         if not isinstance(data, (bytes, bytearray)):
             raise privet.DropRecord("missing_image", f"no bytes in field {o.image_field!r}")
@@ -85,7 +87,7 @@ class Verify(privet.Cleaner):
             if reason == "truncated_image" and o.repair_truncated:
                 repaired = self._repair(bytes(data))
                 if repaired is not None:
-                    self.counts["repaired"] += 1
+                    self.tally.add("repaired", record, o.path_field)
                     return {**record, o.image_field: repaired}
         if reason:
             self._reject(record, reason, detail)
@@ -106,7 +108,10 @@ class Verify(privet.Cleaner):
                 img = Image.open(io.BytesIO(data))
                 width, height = img.size
             except Exception as err:
-                return _classify(err), str(err)
+                reason = _classify(err)
+                if reason == "not_an_image":
+                    return reason, "not in an image format Pillow can read"
+                return reason, f"{type(err).__name__}: {err}"
             if width * height > o.max_pixels:
                 return "decompression_bomb", (f"{width}x{height} = {width * height} pixels > "
                                               f"max_pixels {o.max_pixels}")
@@ -139,6 +144,7 @@ class Verify(privet.Cleaner):
             target = Path(o.quarantine) / reason / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-            self.counts["quarantined"] += 1
+            self.tally.add("quarantined", record, o.path_field)
         where = f"{path}: " if isinstance(path, str) and path else ""
-        raise privet.DropRecord(reason, f"{where}{detail}")
+        # A too-small image is filtered on purpose, not broken: it does not count as bad.
+        raise privet.DropRecord(reason, f"{where}{detail}", bad=reason != "too_small")
