@@ -68,11 +68,27 @@ def teardown(env: DistEnv) -> None:
             dist.destroy_process_group()
 
 
-def barrier(env: DistEnv) -> None:
+def announce(env: DistEnv, key: str) -> None:
+    """Rank 0 tells the others that ``key`` is done (see :func:`wait_for`)."""
     if env.world_size > 1:
-        import torch.distributed as dist
+        from torch.distributed.distributed_c10d import _get_default_store
 
-        dist.barrier()
+        _get_default_store().set(f"privet/{key}", "1")
+
+
+def wait_for(env: DistEnv, key: str) -> None:
+    """Wait on the store for rank 0's :func:`announce`, up to PRIVET_PREPARE_TIMEOUT_S.
+
+    A store wait, unlike a barrier, does not fall under the collectives' timeout (ten
+    minutes for NCCL), so a long data preparation on rank 0 does not kill the job.
+    """
+    if env.world_size > 1:
+        from datetime import timedelta
+
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        timeout = float(os.environ.get("PRIVET_PREPARE_TIMEOUT_S", str(6 * 3600)))
+        _get_default_store().wait([f"privet/{key}"], timedelta(seconds=timeout))
 
 
 def broadcast(value: Any, env: DistEnv) -> Any:

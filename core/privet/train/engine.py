@@ -18,7 +18,7 @@ import attrs
 import yaml
 
 from ..config import LoadedConfig, PipelineConfig
-from ..errors import ConfigError, PrivetError
+from ..errors import ConfigError, PrivetError, TrainingError
 from ..pipeline import prepare_config
 from ..storage import Storage
 
@@ -151,48 +151,57 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
     """Run a pipeline (a file path or a dict shaped like one). Returns (run folder, report)."""
     from . import distributed
 
-    if resume_dir is None:  # a restarted torchrun worker continues its job's run
-        raw_runs = _runs_root(config, base_dir, overrides)
-        found = _elastic_run(raw_runs) if raw_runs is not None else None
-        if found is None and os.environ.get("PRIVET_RUN_DIR"):
-            env_dir = Path(os.environ["PRIVET_RUN_DIR"])
-            found = env_dir if (env_dir / "config.yaml").exists() else None
-        if found is not None and (found / "config.yaml").exists():
+    env = None
+    try:
+        if resume_dir is None:
+            host, loaded = prepare_config(config, host=host, base_dir=base_dir, overrides=list(overrides))
+            env = distributed.setup(loaded.config.train.device)
+            # a restarted torchrun worker continues its job's run: rank 0 decides for all
+            found = distributed.broadcast(_restart_dir(loaded) if env.rank == 0 else None, env)
+            if found is None:
+                return _run(loaded, host, env, name=name, resume_dir=None, progress=progress)
             resume_dir = found
-    if resume_dir is not None:
-        config, base_dir = _resume_source(Path(resume_dir))
-        overrides = ()
-    host, loaded = prepare_config(config, host=host, base_dir=base_dir, overrides=list(overrides))
-    env = distributed.setup(loaded.config.train.device)
-    try:
-        return _run(loaded, host, env, name=name, resume_dir=resume_dir, progress=progress)
+        stored, stored_base = _resume_source(Path(resume_dir))
+        host, loaded = prepare_config(stored, host=host, base_dir=stored_base)
+        if env is None:
+            env = distributed.setup(loaded.config.train.device)
+        _check_world_size(Path(resume_dir), env.world_size)
+        return _run(loaded, host, env, name=None, resume_dir=resume_dir, progress=progress)
     finally:
-        distributed.teardown(env)
+        if env is not None:
+            distributed.teardown(env)
 
 
-def _runs_root(config: Any, base_dir: Any, overrides: Any) -> Path | None:
-    try:
-        if isinstance(config, (str, Path)):
-            from ..config import read_raw
+def _restart_dir(loaded: LoadedConfig) -> Path | None:
+    """The run folder an earlier attempt of this job made (torchrun restart, PRIVET_RUN_DIR)."""
+    runs = Path(loaded.config.runs_dir)
+    runs = runs if runs.is_absolute() else loaded.base_dir / runs
+    found = _elastic_run(runs)
+    env_dir = os.environ.get("PRIVET_RUN_DIR")
+    if found is None and env_dir and (Path(env_dir) / "config.yaml").exists():
+        found = Path(env_dir)
+    return found
 
-            raw, _ = read_raw(config)
-            base = Path(base_dir) if base_dir else Path(config).resolve().parent
-        else:
-            raw, base = config, Path(base_dir or ".").resolve()
-        runs = Path(str(raw.get("runs_dir", "runs")))
-        for item in overrides:
-            if item.startswith("runs_dir="):
-                runs = Path(item.split("=", 1)[1])
-        return runs if runs.is_absolute() else base / runs
-    except PrivetError:
-        return None
+
+def _check_world_size(run_dir: Path, world_size: int) -> None:
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        return
+    import json
+
+    before = json.loads(manifest.read_text()).get("world_size", 1)
+    if before != world_size:
+        raise TrainingError(f"{run_dir} was trained by {before} processes; resuming with "
+                            f"{world_size} would change the data order and the global batch. "
+                            f"Resume it with {before} processes")
 
 
 def _resume_source(run_dir: Path) -> tuple[dict[str, Any], Path]:
     storage = Storage(run_dir)
     if not storage.exists("config.yaml"):
         raise PrivetError(f"{run_dir} is not a Privet run folder (no config.yaml); pass the "
-                          f"folder that 'privet run' printed")
+                          f"folder that 'privet run' printed (in a multi-node run, runs_dir "
+                          f"must be on storage that every node sees)")
     config = yaml.safe_load(storage.read_text("config.yaml"))
     manifest = storage.read_json("manifest.json") if storage.exists("manifest.json") else {}
     return config, Path(manifest.get("pipeline_dir") or run_dir)
@@ -241,8 +250,9 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
         runs_root = run_dir.parent
         if is_main:
             prepared = preparer.prepare(runs_root / ".cache")
-        distributed.barrier(env)
-        if not is_main:
+            distributed.announce(env, "prepared")
+        else:  # waits on the store, not a collective: preparation may outlast NCCL's timeout
+            distributed.wait_for(env, "prepared")
             prepared = preparer.prepare(runs_root / ".cache")
         run.prepared = prepared
         timings["prepare_s"] = round(time.perf_counter() - t0, 3)

@@ -344,10 +344,12 @@ class Trainer:
 
             dist.all_reduce(denom)
             denom = denom / self.run.world_size  # DDP already averaged the gradients
-        scale = float(denom)  # exact: a count of items (over the world size)
-        for p in self._params():
-            if p.grad is not None:
-                p.grad.div_(scale)
+        # exact: a count of items (over the world size). A device tensor avoids a host
+        # sync per step; FSDP's DTensor gradients take a plain number.
+        scale = float(denom) if self.sharded else denom
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        for g in grads:
+            g.div_(scale if self.sharded else scale.to(g.dtype))
         return total_loss, total_count, n_samples
 
     def _optimizer_step(self) -> Any:
