@@ -1,0 +1,195 @@
+"""The data engine: bad records by reason, on_error, max_bad_fraction, the cache, sampling, sharding."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import yaml
+
+import privet
+from engine_support import (TESTS, blobs_pipeline, checkpoints, jsonl_pipeline, kit, read_weights,
+                            write_blobs_jsonl)
+
+BAD_LINES = {3: "{not json", 10: "[1, 2]", 25: '{"x": [1.0, 2.0'}
+
+
+def test_bad_and_filtered_records_are_counted_by_reason_with_their_lines(run, tmp_path):
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 200, bad=BAD_LINES)
+    raw = data.read_bytes().split(b"\n")
+    raw[39:39] = [b"\xff\xfe not utf-8"]  # line 40
+    data.write_bytes(b"\n".join(raw))
+    labels = Counter(json.loads(line)["label"] for line in data.read_bytes().split(b"\n")
+                     if line.startswith(b'{"x"') and line.endswith(b"}"))
+    outcome = run(jsonl_pipeline(data, cleaners=[{"name": "kit.drop_label", "options": {"label": 2}}],
+                                 max_bad_fraction=0.05))
+    outcome.assert_success()
+    d = outcome.report["data"]
+    assert d["dropped"] == {"malformed_json": 2, "not_an_object": 1, "invalid_utf8": 1,
+                            "unwanted_label": labels[2]}
+    assert d["bad"] == 4, "records filtered on purpose are not bad"
+    assert d["read"] == 204
+    assert sum(d["counts"].values()) == 200 - labels[2]
+    # each example is "FILE:LINE" or "FILE record N", then ": detail" when there is one
+    where = {reason: [e.split(": ")[0] for e in found] for reason, found in d["dropped_examples"].items()}
+    assert where["malformed_json"] == ["data.jsonl:3", "data.jsonl:25"]
+    assert where["not_an_object"] == ["data.jsonl:10"]
+    assert where["invalid_utf8"] == ["data.jsonl:40"]
+    assert all(w.startswith("data.jsonl record ") for w in where["unwanted_label"])
+    assert d["dropped_examples"]["unwanted_label"][0].endswith(": label 2")
+
+
+def test_a_cleaner_returning_none_is_counted_as_filtered_by_that_cleaner(run, tmp_path):
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 90)
+    drop_zeros = {"name": "kit.drop_label", "options": {"label": 0, "how": "none"}}
+    outcome = run(jsonl_pipeline(data, cleaners=[drop_zeros]))
+    outcome.assert_success()
+    dropped = outcome.report["data"]["dropped"]
+    assert list(dropped) == ["filtered_by_kit.drop_label"] and dropped["filtered_by_kit.drop_label"] > 0
+
+
+def test_on_error_fail_stops_at_the_first_bad_record_naming_file_and_line(run, tmp_path):
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 50, bad={7: "{oops"})
+    outcome = run(jsonl_pipeline(data, on_error="fail"))
+    assert isinstance(outcome.error, privet.DataError)
+    message = str(outcome.error)
+    assert message.startswith("data.jsonl:7: bad record: malformed_json")
+    assert "data.on_error: drop" in message
+
+
+@pytest.mark.slow
+def test_too_many_bad_records_exit_2_with_one_line_from_the_cli(privet_cli, tmp_path):
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 60, bad={2: "{", 4: "{", 6: "{"})
+    config = jsonl_pipeline(data, max_bad_fraction=0.02)
+    config["plugins"] = {"paths": [str(TESTS)]}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    result = privet_cli("run", "pipeline.yaml")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("privet: error: 3 of 63 records are bad (4.8% > data.max_bad_fraction 0.02")
+    assert "malformed_json: 3" in lines[-1]
+    assert not any("Traceback" in line for line in lines)
+    report = json.loads((tmp_path / "runs" / "jsonl" / "report.json").read_text())
+    assert report["status"] == "failed" and "max_bad_fraction" in report["error"]
+
+
+def test_a_second_run_reuses_the_prepared_cache_until_the_data_changes(run, tmp_path):
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 80)
+    first = run(jsonl_pipeline(data))
+    second = run(jsonl_pipeline(data), overrides=["train.optimizer.lr=0.01", "data.num_workers=0"])
+    first.assert_success()
+    second.assert_success()
+    assert first.report["data"]["cache_reused"] is False
+    assert second.report["data"]["cache_reused"] is True
+    assert second.report["data"]["cache"] == first.report["data"]["cache"]
+    assert second.report["data"]["counts"] == first.report["data"]["counts"]
+
+    write_blobs_jsonl(data, 81)  # new content: a new fingerprint
+    third = run(jsonl_pipeline(data))
+    changed_cleaning = run(jsonl_pipeline(data, cleaners=["tiny.scale"]))
+    assert third.report["data"]["cache_reused"] is False
+    assert third.report["data"]["cache"] != first.report["data"]["cache"]
+    assert changed_cleaning.report["data"]["cache_reused"] is False
+
+
+def test_balanced_sampler_draws_classes_about_equally_from_skewed_data(run, host):
+    captured = []
+
+    class Capture:
+        @privet.hookimpl
+        def before_run(self, run):
+            captured.append(run.components.model)
+
+    host.register_plugin(Capture(), "capture")
+    config = {
+        "name": "skewed", "seed": 1,
+        "data": {"source": {"name": "kit.skewed", "options": {"n": 630}}, "sampler": "balanced"},
+        "model": "kit.probe",
+        "train": {"epochs": 3, "batch_size": 32, "device": "cpu", "progress": "none"},
+    }
+    outcome = run(config)
+    outcome.assert_success()
+    seen = Counter(captured[0].seen_labels)
+    total = sum(seen.values())
+    assert total == 3 * outcome.report["data"]["counts"]["train"]
+    for label in range(3):
+        assert seen[label] / total == pytest.approx(1 / 3, abs=0.05), seen
+    # without balancing, the minority class is 1/21 of what the model sees
+    captured.clear()
+    config["data"]["sampler"] = "shuffle"
+    run(config).assert_success()
+    plain = Counter(captured[0].seen_labels)
+    assert plain[2] / sum(plain.values()) == pytest.approx(1 / 21, abs=0.02)
+
+
+class _IdModel(kit.Probe):
+    """Encodes a record as its id, to see which examples a loader delivers."""
+
+    def encode(self, record):
+        return int(record["id"])
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_example_is_seen_once_per_epoch_across_ranks_and_workers(tmp_path, world_size):
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+    from privet.data.loader import EpochBatchSampler, make_loader
+
+    n = 101
+    writer = ArrowShardWriter(tmp_path, "train", shard_rows=17)  # several shard files
+    for i in range(n):
+        writer.add({"id": i, "x": [float(i)]})
+    table = ArrowTable(writer.close())
+    assert len(table.files) == 6
+    model = _IdModel()
+    for epoch in (0, 1):
+        per_rank = []
+        lengths = set()
+        for rank in range(world_size):
+            loader = make_loader(table, model, [], batch_size=8, seed=3, train=True, shuffle=True,
+                                 num_workers=2, rank=rank, world_size=world_size)
+            sampler = loader.batch_sampler
+            assert isinstance(sampler, EpochBatchSampler)
+            sampler.set_epoch(epoch)
+            batches = [b.batch.tolist() for b in loader]
+            assert len(batches) == len(loader)
+            lengths.add(len(batches))
+            per_rank.append([i for b in batches for i in b])
+        seen = Counter(i for ids in per_rank for i in ids)
+        assert sorted(seen) == list(range(n)) and set(seen.values()) == {1}, f"epoch {epoch}"
+        assert len(lengths) == 1, "every rank takes the same number of steps"
+    assert per_rank[0] != sorted(per_rank[0]), "shuffled"
+
+
+def test_a_sampler_started_mid_epoch_yields_exactly_the_remaining_batches():
+    from privet.data.loader import EpochBatchSampler
+
+    sampler = EpochBatchSampler(50, 8, seed=4, shuffle=True)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    sampler.set_epoch(2, start_batch=3)
+    assert list(sampler) == full[3:]
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+
+
+def test_augmentation_gives_the_same_run_with_or_without_worker_processes(run):
+    import torch
+
+    def train(workers: int, augment: bool):
+        config = blobs_pipeline(epochs=2)
+        config["data"]["num_workers"] = workers
+        if augment:
+            config["data"]["augmenters"] = [{"name": "kit.jitter", "options": {"sigma": 0.2}}]
+        outcome = run(config)
+        outcome.assert_success()
+        return outcome, read_weights(checkpoints(outcome.run_dir)[-1] / "model.safetensors")
+
+    in_process, w0 = train(0, True)
+    in_workers, w2 = train(2, True)
+    plain, w_plain = train(0, False)
+    for name in w0:
+        assert torch.equal(w0[name], w2[name]), name
+    assert in_process.report["history"] == in_workers.report["history"]
+    assert any(not torch.equal(w0[n], w_plain[n]) for n in w0), "the augmenter changed training"
+    assert in_workers.report["data"]["cache_reused"] is True, "augmenters are not part of the cache"
