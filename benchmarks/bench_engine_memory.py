@@ -12,8 +12,8 @@ into private memory (``RssAnon``: what the engine allocates) and mapped file pag
 cache, shared and reclaimable, and bounded by the cache's size). The target: the peak of
 private memory while training grows by less than 10% when the data grows 10x.
 
-    python benchmarks/bench_engine_memory.py                   # 50 MB -> 500 MB of records
-    python benchmarks/bench_engine_memory.py --base-mb 100     # 100 MB -> 1 GB
+    python benchmarks/bench_engine_memory.py                   # 100 MB -> 1 GB of records
+    python benchmarks/bench_engine_memory.py --base-mb 50      # 50 MB -> 500 MB, quicker
     python benchmarks/bench_engine_memory.py --write docs/benchmarks-engine.md
 """
 
@@ -277,7 +277,7 @@ def write(path: Path, section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base-mb", type=int, default=50, help="the smaller size (default 50 MB)")
+    parser.add_argument("--base-mb", type=int, default=100, help="the smaller size (default 100 MB)")
     parser.add_argument("--factor", type=int, default=10, help="how much larger the second is")
     parser.add_argument("--write", type=Path, help="update the memory results of this file")
     parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")

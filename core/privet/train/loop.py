@@ -99,6 +99,8 @@ class Trainer:
     def _to_device(self, batch: Any) -> Any:
         import torch
 
+        if self.device.type == "cpu":  # loaders produce CPU tensors: nothing to move
+            return batch
         if isinstance(batch, torch.Tensor):
             return batch.to(self.device, non_blocking=True)
         if isinstance(batch, dict):
@@ -299,8 +301,8 @@ class Trainer:
                 # 7. checkpoint every N steps (at the end of an epoch or of max_steps,
                 # _end_epoch writes it once validation has run, so it is not written twice)
                 every = cfg.checkpoint.every_n_steps
-                at_end = exhausted or st.batch_in_epoch >= len(loader) or self._done()
-                if every and st.global_step % every == 0 and not at_end:
+                if every and st.global_step % every == 0 and not (
+                        exhausted or st.batch_in_epoch >= len(loader) or self._done()):
                     self.save_checkpoint()
             if exhausted or self._done():
                 self._end_epoch(finished=exhausted)
