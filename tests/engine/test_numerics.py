@@ -30,6 +30,16 @@ def test_fp16_skips_a_step_with_non_finite_gradients_and_completes(run, fault, c
     assert _all_finite(read_weights(checkpoints(outcome.run_dir)[-1] / "model.safetensors"))
 
 
+def test_fp16_stops_when_every_step_is_skipped(run):
+    from privet.train.loop import MAX_SKIPS_IN_A_ROW
+
+    config = probe_pipeline(precision="fp16", model={"fault": "nan_loss_from", "fault_at": 2})
+    config["train"]["epochs"] = 40
+    outcome = run(config)
+    assert isinstance(outcome.error, privet.TrainingError)
+    assert f"{MAX_SKIPS_IN_A_ROW} optimizer steps in a row were skipped" in str(outcome.error)
+
+
 def test_fp32_nan_loss_stops_the_run_and_no_checkpoint_holds_nan(run, tmp_path):
     outcome = run(probe_pipeline(checkpoint={"every_n_steps": 5}, model={"fault": "nan_loss", "fault_at": 7}))
     assert isinstance(outcome.error, privet.TrainingError)

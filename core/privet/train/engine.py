@@ -308,6 +308,7 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
         latest = CheckpointManager(storage).latest() if resume_dir is not None else None
         if resume_dir is not None and is_main:
             storage.clean_partial("checkpoints")
+            storage.clean_partial()  # a killed write of best/ leaves .tmp-best-*
         scalars = Scalars(run_dir / "tensorboard" if is_main else None)
         progress_mode = progress or cfg.train.progress
         bar = Progress(progress_mode, total_steps, enabled=is_main)

@@ -18,6 +18,10 @@ from .checkpoint import CheckpointManager, capture_rng, restore_rng, safe_dcp_re
 from .metrics import MetricAccumulator
 
 
+#: fp16: this many skipped steps in a row (inf/NaN gradients every time) stop the run.
+MAX_SKIPS_IN_A_ROW = 50
+
+
 @attrs.define
 class TrainingObjects:
     """What the ``wrap_training`` hook may replace."""
@@ -83,6 +87,7 @@ class Trainer:
         self.guard_loss = not self.scaler.is_enabled()
         self.check_every_step = self.device.type == "cpu"
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
+        self._skips_in_a_row = 0
         self.steps_per_epoch = math.ceil(len(objects.train_loader) / self.cfg.accumulate)
         total = self.steps_per_epoch * self.cfg.epochs
         self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
@@ -368,6 +373,14 @@ class Trainer:
             self.scaler.update()
             if self.scaler.get_scale() < before:  # inf/NaN gradients: the step was skipped
                 self.state.skipped_steps += 1
+                self._skips_in_a_row += 1
+                if self._skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    raise TrainingError(
+                        f"{self._skips_in_a_row} optimizer steps in a row were skipped for inf/NaN "
+                        f"gradients (step {self.state.global_step + 1}); the model has diverged. "
+                        f"Lower train.optimizer.lr or set train.clip_grad_norm")
+            else:
+                self._skips_in_a_row = 0
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)

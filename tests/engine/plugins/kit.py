@@ -50,14 +50,15 @@ class Probe(privet.Model):
 
     ``fault`` happens on the ``fault_at``-th training call of :meth:`step` (1-based):
     ``nan_loss`` makes that loss NaN, ``inf_grad`` / ``nan_grad`` keep the loss finite but
-    make the gradient of the logits inf / NaN (what an fp16 overflow in backward does).
+    make the gradient of the logits inf / NaN (what an fp16 overflow in backward does);
+    ``nan_loss_from`` makes every loss from that call on NaN (a diverged model).
     """
 
     @attrs.define(frozen=True)
     class Options:
         hidden: int = 16
         dropout: float = 0.0
-        fault: Literal["none", "nan_loss", "inf_grad", "nan_grad"] = "none"
+        fault: Literal["none", "nan_loss", "inf_grad", "nan_grad", "nan_loss_from"] = "none"
         fault_at: int = 0
 
     def __init__(self, options=None) -> None:
@@ -104,6 +105,8 @@ class Probe(privet.Model):
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
         if module.training and self.train_calls == self.options.fault_at and self.options.fault == "nan_loss":
             loss = loss * float("nan")
+        if module.training and self.train_calls >= self.options.fault_at and self.options.fault == "nan_loss_from":
+            loss = loss * float("nan")  # diverged for good: every step from fault_at on
         return privet.StepOutput(loss, y.shape[0], logits, y)
 
     def example_inputs(self, batch):
