@@ -256,7 +256,7 @@ class Trainer:
         st = self.state
         loader = self.objects.train_loader
         sampler = loader.batch_sampler
-        train_metrics = MetricAccumulator(self.model.task, "train")
+        train_metrics = MetricAccumulator(self.model.task, "train", loss_only=True)
         last_log = time.perf_counter()
         samples_since_log = 0
         while st.epoch < cfg.epochs and not st.stopped_early and not self._done():
