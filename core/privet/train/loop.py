@@ -281,7 +281,7 @@ class Trainer:
                     continue
                 # 2. forward + backward, 3. normalise, 4. clip, 5. step
                 loss_sum, count, n_samples = self._forward_backward(window, train_metrics)
-                if self.guard_loss and self.check_every_step and not bool(torch.isfinite(loss_sum)):
+                if self.guard_loss and self.check_every_step and not math.isfinite(loss_sum.item()):
                     self._nonfinite(loss_sum)
                 grad_norm = self._optimizer_step()
                 st.global_step += 1
