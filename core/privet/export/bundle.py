@@ -21,7 +21,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import ConfigError, ExportError, PrivetError, UnknownComponentError
 from .exporters import Runner, _first_line
@@ -422,6 +422,10 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
         "model": {**_component(host, "model", model_spec), "state_file": "model_state.json"},
         "cleaners": [{**_component(host, "cleaner", spec), "state": c.state_dict()}
                      for spec, c in zip(cleaner_specs, cleaners)],
+        # how the run read its data: models that predict from whole series read inputs the same way
+        "source": _component(host, "source", config["data"]["source"]
+                             if isinstance(config["data"]["source"], dict)
+                             else {"name": config["data"]["source"]}),
         "plugin_paths": list((config.get("plugins") or {}).get("paths") or []),
         "inputs": _io_spec(model.input_names(), [np.asarray(v) for v in example.feed.values()], axes),
         "outputs": _io_spec(model.output_names(), eager_example, axes),
@@ -538,6 +542,35 @@ class Bundle:
         model = self._make(host, "model", self.meta["model"])
         model.load_state_dict(self.read_json("model_state"))
         return model
+
+    def read_with_source(self, host: Any, input_path: Path) -> Iterator[tuple[str, Any]]:
+        """Read ``input_path`` with the run's own source component and its options.
+
+        Window models (``Model.examples_at_inference``) need records exactly as training
+        saw them (parsed timestamps, column roles), so their inputs are read by the same
+        source, pointed at the input file instead of the training data.
+        """
+        import attrs
+
+        from ..components import BadRecord
+
+        spec = self.meta.get("source")
+        if not spec:
+            raise ExportError(f"{self.folder}: bundle.json names no source; re-export the run "
+                              f"with this version of privet")
+        source = self._make(host, "source", spec)
+        fields = {f.name for f in attrs.fields(type(source.options))} if attrs.has(type(source.options)) else set()
+        if "paths" not in fields:
+            raise ExportError(f"source {spec['name']!r} has no 'paths' option; it cannot read "
+                              f"{input_path} for prediction")
+        source.options = attrs.evolve(source.options, paths=[Path(input_path)])
+        for shard in source.shards():
+            name = Path(shard.path).name
+            for k, item in enumerate(source.read(shard), start=1):
+                if isinstance(item, BadRecord):
+                    yield item.location or f"{name} record {k}", item
+                else:
+                    yield f"{name} record {k}", item
 
     def load_cleaners(self, host: Any) -> list[Any]:
         cleaners = []

@@ -209,7 +209,10 @@ def predict_path(bundle_dir: str | Path, input_path: str | Path, out: IO[str] | 
     bundle = Bundle.open(bundle_dir)
     predictor = Predictor(bundle, host, artifact=artifact, batch_size=batch_size)
     summary = PredictSummary(predictor.artifact)
-    located = predictor.model.read_inputs(Path(input_path))
+    if predictor.windowed:  # whole series, read as the run read its data
+        located = bundle.read_with_source(host, Path(input_path))
+    else:
+        located = predictor.model.read_inputs(Path(input_path))
     for entry in predictor.predict(iter(located)):
         if "error" in entry:
             summary.errors[entry["error"]] += 1
