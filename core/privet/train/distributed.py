@@ -60,11 +60,19 @@ def _generation_store(rank: int, world: int) -> Any:
     return PrefixStore(f"privet/generation_{generation}", base)
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, *, together: bool = True) -> None:
+    """Leave the group. After a successful run all ranks leave together: a rank that
+    tears its connections down while another still uses them can abort the other
+    (gloo's threads on a reset connection). After a failure, no waiting for peers."""
     if env.initialized_here:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if together:
+                try:
+                    dist.barrier()
+                except Exception:  # a peer failed meanwhile: nothing to wait for
+                    pass
             dist.destroy_process_group()
 
 

@@ -152,6 +152,7 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
     from . import distributed
 
     env = None
+    ok = False
     try:
         if resume_dir is None:
             host, loaded = prepare_config(config, host=host, base_dir=base_dir, overrides=list(overrides))
@@ -159,17 +160,21 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
             # a restarted torchrun worker continues its job's run: rank 0 decides for all
             found = distributed.broadcast(_restart_dir(loaded) if env.rank == 0 else None, env)
             if found is None:
-                return _run(loaded, host, env, name=name, resume_dir=None, progress=progress)
+                result = _run(loaded, host, env, name=name, resume_dir=None, progress=progress)
+                ok = True
+                return result
             resume_dir = found
         stored, stored_base = _resume_source(Path(resume_dir))
         host, loaded = prepare_config(stored, host=host, base_dir=stored_base)
         if env is None:
             env = distributed.setup(loaded.config.train.device)
         _check_world_size(Path(resume_dir), env.world_size)
-        return _run(loaded, host, env, name=None, resume_dir=resume_dir, progress=progress)
+        result = _run(loaded, host, env, name=None, resume_dir=resume_dir, progress=progress)
+        ok = True
+        return result
     finally:
         if env is not None:
-            distributed.teardown(env)
+            distributed.teardown(env, together=ok)
 
 
 def _restart_dir(loaded: LoadedConfig) -> Path | None:
