@@ -49,6 +49,8 @@ import attrs
 
 import privet
 
+from _common import machine, replace_results
+
 WORKLOADS = {  # name -> (features, hidden, default records)
     "mlp": (64, 256, 16_384),
     "wide": (512, 2048, 8_192),
@@ -267,18 +269,6 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, dict[Setup, list[
 # -- reporting -----------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def gpus() -> str:
     import torch
 
@@ -322,16 +312,6 @@ BEGIN = "<!-- results: written by benchmarks/bench_distributed.py --write -->"
 END = "<!-- end of results -->"
 
 
-def write(path: Path, section: str) -> None:
-    """Replace the results between the markers of ``path`` (the prose around them stays)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else f"{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no results markers ({BEGIN} ... {END})")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{section}{END}{tail}", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -354,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(results, args, (load_before, load_after))
     print(section)
     if args.write:
-        write(args.write, section)
+        replace_results(args.write, section, BEGIN, END)
 
 
 if __name__ == "__main__":

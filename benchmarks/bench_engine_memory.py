@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from typing import Any
 import attrs
 
 import privet
+
+from _common import machine, replace_results
 
 FEATURES = 128  # one record: 128 float64 values + a label, about 1 KiB in the cache
 RECORD_BYTES = FEATURES * 8 + 8
@@ -208,18 +209,6 @@ def _mb(value: float) -> str:
     return f"{value / 2**20:.0f} MB"
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def report(results: list[dict[str, Any]]) -> tuple[str, bool]:
     import pyarrow
     import torch
@@ -265,16 +254,6 @@ BEGIN = "<!-- memory results: written by benchmarks/bench_engine_memory.py --wri
 END = "<!-- end of memory results -->"
 
 
-def write(path: Path, section: str) -> None:
-    """Replace the results between the markers of ``path`` (the prose around them stays)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else f"{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: the markers {BEGIN!r} and {END!r} are missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{section}{END}{tail}", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-mb", type=int, default=100, help="the smaller size (default 100 MB)")
@@ -293,7 +272,7 @@ def main() -> None:
     section, ok = report(results)
     print(section)
     if args.write:
-        write(args.write, section)
+        replace_results(args.write, section, BEGIN, END)
         print(f"wrote {args.write}")
     if args.check and not ok:
         sys.exit(1)

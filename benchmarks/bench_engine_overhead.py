@@ -38,7 +38,6 @@ import cProfile
 import datetime
 import io
 import json
-import os
 import platform
 import pstats
 import statistics
@@ -52,6 +51,8 @@ from typing import Any, Literal
 import attrs
 
 import privet
+
+from _common import machine, replace_results
 
 BATCH = 64
 SEED = 0
@@ -377,21 +378,6 @@ def measure(runs: int, workloads: list[str], root: Path, threads: int) -> dict[s
     return results
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f} at the end"
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}{load}"
-
-
 def versions() -> str:
     import torch
 
@@ -410,7 +396,7 @@ def report(results: dict[str, Rates], runs: int, threads: int) -> tuple[str, boo
     ok = True
     lines = [
         f"- Date: {datetime.date.today().isoformat()}",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine(load=True)}",
         f"- Software: {versions()}",
         f"- Method: {runs} interleaved rounds, each loop in a fresh process per round timed on its "
         f"second epoch; one epoch of batch {BATCH}, fp32, CPU, {threads} torch thread(s); rates "
@@ -443,16 +429,6 @@ def report(results: dict[str, Rates], runs: int, threads: int) -> tuple[str, boo
 
 BEGIN = "<!-- overhead results: written by benchmarks/bench_engine_overhead.py --write -->"
 END = "<!-- end of overhead results -->"
-
-
-def write(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the results between the markers of ``path`` (the prose around them stays)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else f"{begin}\n{end}\n"
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path}: the markers {begin!r} and {end!r} are missing")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{section}{end}{tail}", encoding="utf-8")
 
 
 def profile(workload: str, root: Path) -> None:
@@ -500,7 +476,7 @@ def main() -> None:
     section, ok = report(results, args.runs, args.threads)
     print(section)
     if args.write:
-        write(args.write, section)
+        replace_results(args.write, section, BEGIN, END)
         print(f"wrote {args.write}")
     if args.check and not ok:
         sys.exit(1)

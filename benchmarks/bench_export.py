@@ -41,6 +41,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from _common import cpu_name
+
 BATCH = 64
 TARGET = 1.5
 SEED = 0
@@ -180,16 +182,8 @@ def machine() -> str:
     import onnxruntime
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch "
             f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; load average "
             f"{load:.1f} when the run ended")
 

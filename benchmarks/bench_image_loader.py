@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine, replace_results
 
 TARGET = 0.95
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -134,18 +134,6 @@ def measure(n_images: int, width: int, height: int, batch: int, workers: int,
         return rates
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def versions() -> str:
     import PIL
     import torch
@@ -180,14 +168,8 @@ def report(rates: dict[str, list[float]], args: argparse.Namespace) -> tuple[str
     return "\n".join(lines), ok
 
 
-def write_results(path: Path, results: str) -> None:
-    text = path.read_text(encoding="utf-8")
-    start, end = "<!-- results: written by benchmarks/bench_image_loader.py --write -->", \
-        "<!-- end of results -->"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{path}: no results markers ({start} ... {end}) to write between")
-    path.write_text(pattern.sub(lambda _m: f"{start}\n{results}\n{end}", text), encoding="utf-8")
+BEGIN = "<!-- results: written by benchmarks/bench_image_loader.py --write -->"
+END = "<!-- end of results -->"
 
 
 def main() -> None:
@@ -205,7 +187,7 @@ def main() -> None:
     results, ok = report(rates, args)
     print(results)
     if args.write:
-        write_results(args.write, results)
+        replace_results(args.write, results + "\n", BEGIN, END)
     if args.check and not ok:
         sys.exit(1)
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import machine, replace_results
+
 TARGETS = {  # case -> (baseline, maximum ratio)
     "privet --help": ("import click", 1.5),
     "privet plugins": ("import torch", 1.2),
@@ -77,18 +79,6 @@ def installed_plugins() -> list[str]:
             if p["origin"] != "builtin" and p["status"] == "loaded"]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def _version(dist: str) -> str:
     from importlib.metadata import version
 
@@ -136,16 +126,6 @@ BEGIN = "<!-- results: written by benchmarks/bench_startup.py --write -->"
 END = "<!-- end of results -->"
 
 
-def write(path: Path, section: str) -> None:
-    """Replace the results between the markers of ``path`` (the prose around them stays)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else f"{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path}: the markers {BEGIN!r} and {END!r} are missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{section}{END}{tail}", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="timed rounds (default 10)")
@@ -156,7 +136,7 @@ def main() -> None:
     section, ok = report(times, args.runs)
     print(section)
     if args.write:
-        write(args.write, section)
+        replace_results(args.write, section, BEGIN, END)
         print(f"wrote {args.write}")
     if args.check and not ok:
         sys.exit(1)

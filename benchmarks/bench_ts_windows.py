@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -35,11 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import replace_results
+
 
 PRIVET = "privet: cache -> encode -> collate (the engine's loader)"
 PER_ITEM = "numpy, per item: Dataset + DataLoader"
 VECTORISED = "numpy, vectorised gather"
 TARGET = 0.9
+BEGIN = "<!-- results: written by benchmarks/bench_ts_windows.py --write -->"
+END = "<!-- end of results -->"
 
 
 def prepare(rows: int, length: int, horizon: int, folder: Path):
@@ -166,12 +169,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        pattern = re.compile(r"(<!-- results: .*?-->\n).*?(<!-- end of results -->)", re.S)
-        if not pattern.search(doc):
-            raise SystemExit(f"{args.write} has no results markers")
-        args.write.write_text(pattern.sub(lambda m: m.group(1) + text + "\n" + m.group(2), doc),
-                              encoding="utf-8")
+        replace_results(args.write, text + "\n", BEGIN, END)
     ratio = base / results[PER_ITEM]
     if args.check and ratio < TARGET:
         print(f"below target: {ratio:.2f}x < {TARGET}x", file=sys.stderr)
