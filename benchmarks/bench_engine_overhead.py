@@ -135,6 +135,17 @@ class BenchModel(privet.Model):
         pixels = torch.frombuffer(bytearray(record["image"]), dtype=torch.uint8)
         return pixels.view(1, 28, 28).float().div_(255), record["label"]
 
+    def encode_columns(self, batch):
+        """The same batch as ``collate([encode(r) ...])``, straight from the cached columns."""
+        import numpy as np
+        import torch
+
+        labels = torch.from_numpy(batch.numpy("label"))
+        if self.options.workload == "mlp":
+            return torch.from_numpy(batch.numpy("x", np.float32)), labels
+        pixels = torch.from_numpy(batch.numpy("image"))  # rows x 784 bytes
+        return pixels.view(-1, 1, 28, 28).float().div_(255), labels
+
     def step(self, module, batch) -> privet.StepOutput:
         import torch.nn.functional as F
 
@@ -260,18 +271,25 @@ def plain_loop_engine_data(workload: str, cache: Path) -> tuple[float, float, fl
     from torch.utils.data import default_collate
 
     from privet.data.arrow import ArrowTable
-    from privet.data.loader import epoch_order
+    from privet.data.loader import encodes_columns, epoch_order
+    from privet.train.malloc import tune_for_training
 
+    tune_for_training()  # the engine's malloc settings too: the difference is the loop alone
     meta = json.loads((cache / "meta.json").read_text())
     table = ArrowTable([str(cache / f) for f in meta["example_files"]["train"]])
     model = BenchModel(BenchModel.Options(workload=workload))
+    columnar = encodes_columns(model)
     order = epoch_order(len(table), SEED, 0)
     torch.manual_seed(SEED)
     module = model.build()
 
-    def batches():
+    def batches():  # what the engine does: columnar when the model can, else per record
         for start in range(0, len(order), BATCH):
-            yield default_collate([model.encode(r) for r in table.rows(order[start:start + BATCH])])
+            indices = order[start:start + BATCH]
+            if columnar:
+                yield model.encode_columns(table.columns(indices))
+            else:
+                yield default_collate([model.encode(r) for r in table.rows(indices)])
 
     return _train(module, batches())
 
@@ -308,10 +326,14 @@ def lightning_loop(workload: str, data: tuple[Any, Any]) -> tuple[float, float, 
 
 
 def has_lightning() -> bool:
-    try:
-        import lightning  # noqa: F401
-    except ImportError as err:
-        print(f"lightning skipped: cannot import it ({err}); pip install lightning to include it",
+    """Whether lightning is installed, without importing it here: importing it sets
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 in os.environ, which every child would inherit; on
+    a machine without a GPU that makes each optimizer step probe NVML (tens of
+    microseconds a step, and erratic stalls), skewing every loop."""
+    import importlib.util
+
+    if importlib.util.find_spec("lightning") is None:
+        print("lightning skipped: it is not installed; pip install lightning to include it",
               file=sys.stderr)
         return False
     return True
@@ -382,11 +404,11 @@ def versions() -> str:
     import torch
 
     out = f"Python {platform.python_version()}, privet {privet.__version__}, torch {torch.__version__}"
-    try:
-        import lightning
+    from importlib.metadata import PackageNotFoundError, version
 
-        out += f", lightning {lightning.__version__}"
-    except ImportError:
+    try:
+        out += f", lightning {version('lightning')}"
+    except PackageNotFoundError:
         pass
     return out + f", {torch.get_num_threads()} torch threads"
 

@@ -21,7 +21,7 @@ _EXPORTS = {
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
     "DropRecord": "errors", "ExportError": "errors", "PluginError": "errors",
     "PrivetError": "errors", "TrainingError": "errors", "UnknownComponentError": "errors",
-    "UsageError": "errors", "hookimpl": "hookspecs",
+    "UsageError": "errors", "hookimpl": "hookspecs", "Columns": "data.columns",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -45,4 +45,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .errors import (CheckpointError, ConfigError, DataError, DropRecord, ExportError,
                          PluginError, PrivetError, TrainingError, UnknownComponentError,
                          UsageError)
+    from .data.columns import Columns
     from .hookspecs import hookimpl

@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
     import torch
 
+    from .data.columns import Columns
+
 Record = dict[str, Any]
 """One record: a plain dict of JSON-like values (str, int, float, bytes, lists)."""
 
@@ -161,7 +163,8 @@ class Model(Component):
     Lifecycle: :meth:`fit` on the cleaned training records (vocabularies, label maps) ->
     :meth:`examples` turns each split's records into training examples (identity by
     default; packing or windowing otherwise) -> :meth:`build` -> :meth:`encode` per
-    example in DataLoader workers -> :meth:`collate` -> :meth:`step` per batch.
+    example in DataLoader workers -> :meth:`collate` -> :meth:`step` per batch. A model
+    may also define :meth:`encode_columns` to encode a whole batch from Arrow columns.
     """
 
     kind = "model"
@@ -197,6 +200,22 @@ class Model(Component):
         from torch.utils.data import default_collate  # imported lazily
 
         return default_collate(items)
+
+    def encode_columns(self, batch: Columns) -> Any:
+        """Optional fast path: the collated batch of many examples at once, from their
+        columns in the prepared cache.
+
+        Per-example :meth:`encode` turns every cached row into a Python dict first; on a
+        small model that is a large share of the step. Override this to build the batch
+        from :class:`privet.Columns` instead (``batch.numpy("x", np.float32)`` gives a
+        feature-vector field as a rows x features array, gathered straight from the
+        memory-mapped files), and the engine calls it in place of
+        ``collate([encode(r) for r in rows])`` whenever no augmenter is configured. It
+        must return what that expression returns. Raise :class:`~privet.DropRecord` and
+        the engine encodes that batch example by example, so drops are counted per
+        record as usual.
+        """
+        raise NotImplementedError  # the engine only calls it where a model overrides it
 
     @abc.abstractmethod
     def step(self, module: torch.nn.Module, batch: Any) -> StepOutput:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import bisect
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .columns import Columns
 
 _FLUSH_BYTES = 64 << 20
 
@@ -71,8 +74,8 @@ class ArrowShardWriter:
         return list(self._files)
 
 
-def _index_array(indices: list[int]) -> Any:
-    """Indices for ``Table.take`` as an int64 numpy array.
+def _index_array(indices: Any) -> Any:
+    """Indices (a list or an array) for ``Table.take`` as an int64 numpy array.
 
     Given a Python list, pyarrow converts it like any sequence of Python objects, which
     tries ``import dateutil.relativedelta`` on every call (a failing import scans
@@ -90,6 +93,8 @@ class ArrowTable:
         self.files = list(files)
         self._tables: list[Any] | None = None
         self._offsets: list[int] = []
+        #: numpy views of columns, per file (see privet.data.columns.column_views)
+        self._views: dict[str, list[Any] | None] = {}
         self._open()
         self.num_rows = sum(t.num_rows for t in self._tables or [])
 
@@ -114,7 +119,15 @@ class ArrowTable:
     def __getstate__(self) -> dict[str, Any]:  # workers re-map the files themselves
         state = dict(self.__dict__)
         state["_tables"] = None
+        state["_views"] = {}
         return state
+
+    def columns(self, indices: Any) -> Columns:
+        """The examples at ``indices`` (in that order), column by column, gathered only
+        when asked for: what :meth:`privet.Model.encode_columns` is given."""
+        from .columns import Columns
+
+        return Columns(self, _index_array(indices))
 
     def rows(self, indices: list[int]) -> list[dict[str, Any]]:
         """The records at ``indices`` (in that order)."""

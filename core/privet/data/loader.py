@@ -47,8 +47,16 @@ def balanced_weights(labels: Sequence[Any]) -> list[float]:
     return [1.0 / counts[label] for label in labels]
 
 
+class SampledBatch(NamedTuple):
+    """The example indices of one batch (an int64 numpy array) and their epoch, which
+    seeds augmentation. What the batch sampler yields and the dataset receives."""
+
+    epoch: int
+    indices: Any
+
+
 class EpochBatchSampler:
-    """Yields this rank's batches of ``(index, epoch)`` pairs; can start mid-epoch."""
+    """Yields this rank's batches as :class:`SampledBatch`; can start mid-epoch."""
 
     def __init__(self, n: int, batch_size: int, *, seed: int, shuffle: bool,
                  weights: Sequence[float] | None = None, rank: int = 0, world_size: int = 1) -> None:
@@ -87,24 +95,40 @@ class EpochBatchSampler:
     def __len__(self) -> int:
         return self._num_batches()[0]
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        mine = self.indices()
-        bs = self.batch_size
+    def __iter__(self) -> Iterator[SampledBatch]:
+        mine = self.indices().numpy()
+        bs, epoch = self.batch_size, self.epoch
         nb, even_split = self._num_batches()
         for b in range(self.start_batch, nb):
             if even_split:
                 lo, hi = b * len(mine) // nb, (b + 1) * len(mine) // nb
             else:
                 lo, hi = b * bs, (b + 1) * bs
-            yield [(i, self.epoch) for i in mine[lo:hi].tolist()]
+            yield SampledBatch(epoch, mine[lo:hi])
 
 
 class Dropped(NamedTuple):
     reason: str
 
 
+class Encoded(NamedTuple):
+    """A whole batch already encoded and collated by :meth:`Model.encode_columns`."""
+
+    batch: Any
+
+
+def encodes_columns(model: Model) -> bool:
+    """Whether ``model`` defines the columnar fast path :meth:`Model.encode_columns`."""
+    return type(model).encode_columns is not Model.encode_columns
+
+
 class ExampleDataset:
-    """Examples from the cache -> augmenters (training only, per-sample seeds) -> encode."""
+    """Examples from the cache -> augmenters (training only, per-sample seeds) -> encode.
+
+    Without augmenters, a model that defines ``encode_columns`` gets the batch as
+    :class:`~privet.data.columns.Columns` and returns it collated (:class:`Encoded`): no
+    Python object per value on the way.
+    """
 
     def __init__(self, table: ArrowTable, model: Model, augmenters: list[Augmenter], *,
                  seed: int, train: bool) -> None:
@@ -112,16 +136,27 @@ class ExampleDataset:
         self.model = model
         self.augmenters = augmenters if train else []
         self.seed = seed
+        self.columnar = not self.augmenters and encodes_columns(model)
 
     def __len__(self) -> int:
         return len(self.table)
 
-    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+    def __getitems__(self, sampled: SampledBatch) -> Encoded | list[Any]:
+        """The encoded batch (columnar path) or each example encoded, or :class:`Dropped`."""
+        epoch, indices = sampled
+        if self.columnar:
+            try:
+                return Encoded(self.model.encode_columns(self.table.columns(indices)))
+            except DropRecord:
+                pass  # example by example, so each drop is counted with its reason
+        return self._encode_each(epoch, indices.tolist())
+
+    def _encode_each(self, epoch: int, order: list[int]) -> list[Any]:
         import numpy as np
 
-        rows = self.table.rows([i for i, _ in items])
+        rows = self.table.rows(order)
         out: list[Any] = []
-        for (index, epoch), record in zip(items, rows):
+        for index, record in zip(order, rows):
             try:
                 if self.augmenters:
                     rng = np.random.default_rng([self.seed, epoch, index])
@@ -133,7 +168,9 @@ class ExampleDataset:
         return out
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
-        return self.__getitems__([item])[0]
+        """One example, by ``(index, epoch)``: encoded, or :class:`Dropped`."""
+        index, epoch = item
+        return self._encode_each(epoch, [index])[0]
 
 
 class LoadedBatch(NamedTuple):
@@ -149,7 +186,9 @@ class Collate:
     def __init__(self, model: Model) -> None:
         self.model = model
 
-    def __call__(self, items: list[Any]) -> LoadedBatch:
+    def __call__(self, items: Encoded | list[Any]) -> LoadedBatch:
+        if type(items) is Encoded:
+            return LoadedBatch(items.batch, {})
         drops = [i for i in items if type(i) is Dropped]
         if not drops:  # the usual case: one pass, no filtering
             return LoadedBatch(self.model.collate(items), {})

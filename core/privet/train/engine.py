@@ -236,6 +236,10 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
     storage = Storage(run_dir)
     components = _instantiate(loaded, host.catalog)
     device = select_device(cfg.train.device, env.local_rank)
+    if device.type == "cpu":
+        from .malloc import tune_for_training
+
+        tune_for_training()
     run = RunContext(config=cfg, loaded=loaded, run_dir=run_dir, storage=storage, host=host,
                      components=components, rank=env.rank, local_rank=env.local_rank,
                      world_size=env.world_size, device=device)
@@ -334,6 +338,9 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
         t0 = time.perf_counter()
         try:
             state = trainer.fit()
+        except BaseException:
+            trainer.scalars.close()  # what was logged up to the failure is worth seeing
+            raise
         finally:
             bar.close()
         timings["train_s"] = round(time.perf_counter() - t0, 3)

@@ -82,10 +82,13 @@ class Trainer:
         precision = self.cfg.precision
         self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler_enabled = self.scaler.is_enabled()
         # A non-finite loss stops the run, except in fp16 where the GradScaler skips the
-        # step itself (and halves its scale). Checked every step on CPU, where it is cheap.
-        self.guard_loss = not self.scaler.is_enabled()
-        self.check_every_step = self.device.type == "cpu"
+        # step itself (and halves its scale).
+        self.guard_loss = not self.scaler_enabled
+        self.train_metrics = MetricAccumulator(self.model.task, "train", loss_only=True)
+        # one batch per optimizer step on one process: the mean loss's plain backward
+        self.single_batch_steps = self.cfg.accumulate == 1 and run.world_size == 1
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
         self._skips_in_a_row = 0
         self.steps_per_epoch = math.ceil(len(objects.train_loader) / self.cfg.accumulate)
@@ -139,6 +142,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Called on every rank (RNG states are gathered); rank 0 writes."""
+        self._check_losses()
+        self.scalars.flush()  # a resumed run continues the event file from this step
         rng_tensors, rng_plain = capture_rng()
         per_rank = None
         if self.run.world_size > 1:
@@ -250,13 +255,15 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def fit(self) -> LoopState:
-        import torch
-
         cfg = self.cfg
         st = self.state
         loader = self.objects.train_loader
         sampler = loader.batch_sampler
-        train_metrics = MetricAccumulator(self.model.task, "train", loss_only=True)
+        accumulate, log_every = cfg.accumulate, cfg.log_every_n_steps
+        every = cfg.checkpoint.every_n_steps
+        step_scheduler = self.scheduler is not None and self.scheduler_component.interval == "step"
+        losses = self.train_metrics
+        on_cpu = self.device.type == "cpu"  # loaders produce CPU tensors: nothing to move
         last_log = time.perf_counter()
         samples_since_log = 0
         while st.epoch < cfg.epochs and not st.stopped_early and not self._done():
@@ -267,45 +274,43 @@ class Trainer:
             while not exhausted and not self._done():
                 # 1. gather one accumulation window of micro-batches
                 window = []
-                for _ in range(cfg.accumulate):
+                for _ in range(accumulate):
                     loaded = next(batches, None)
                     if loaded is None:
                         exhausted = True
                         break
                     st.batch_in_epoch += 1
-                    for reason, n in loaded.dropped.items():
-                        st.dropped_in_training[reason] = st.dropped_in_training.get(reason, 0) + n
+                    if loaded.dropped:
+                        for reason, n in loaded.dropped.items():
+                            st.dropped_in_training[reason] = st.dropped_in_training.get(reason, 0) + n
                     if loaded.batch is not None:
-                        window.append(self._to_device(loaded.batch))
+                        window.append(loaded.batch if on_cpu else self._to_device(loaded.batch))
                 if not window:
                     continue
                 # 2. forward + backward, 3. normalise, 4. clip, 5. step
-                loss_sum, count, n_samples = self._forward_backward(window, train_metrics)
-                if self.guard_loss and self.check_every_step and not math.isfinite(loss_sum.item()):
-                    self._nonfinite(loss_sum)
+                loss_sum, count, n_samples = self._forward_backward(window)
+                losses.add_loss(loss_sum, count)  # checked for NaN/inf at the next log
                 grad_norm = self._optimizer_step()
                 st.global_step += 1
                 st.samples_seen += n_samples
                 samples_since_log += n_samples
-                if self.scheduler is not None and self.scheduler_component.interval == "step":
+                if step_scheduler:
                     self.scheduler.step()
-                # 6. log every N steps (the only host sync of the hot path)
-                if st.global_step % cfg.log_every_n_steps == 0 or st.global_step == self.total_steps:
-                    if self.guard_loss and not self.check_every_step and not bool(torch.isfinite(loss_sum)):
-                        self._nonfinite(loss_sum)
+                # 6. log every N steps: the one host sync of the hot path
+                if st.global_step % log_every == 0 or st.global_step == self.total_steps:
+                    self._check_losses()
                     now = time.perf_counter()
-                    logged = train_metrics.compute()
+                    logged = losses.compute()
                     logged["train/lr"] = self.objects.optimizer.param_groups[0]["lr"]
                     logged["train/samples_per_s"] = samples_since_log / max(now - last_log, 1e-9)
                     if grad_norm is not None:
                         logged["train/grad_norm"] = float(grad_norm)
                     self.scalars.log(logged, st.global_step)
                     self.progress.update(st.global_step, st.epoch, {"loss": logged.get("train/loss", 0.0)})
-                    train_metrics.reset()
+                    losses.reset()
                     last_log, samples_since_log = now, 0
                 # 7. checkpoint every N steps (at the end of an epoch or of max_steps,
                 # _end_epoch writes it once validation has run, so it is not written twice)
-                every = cfg.checkpoint.every_n_steps
                 if every and st.global_step % every == 0 and not (
                         exhausted or st.batch_in_epoch >= len(loader) or self._done()):
                     self.save_checkpoint()
@@ -316,20 +321,48 @@ class Trainer:
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.state.global_step >= self.cfg.max_steps
 
-    def _forward_backward(self, window: list[Any], metrics: MetricAccumulator) -> tuple[Any, Any, int]:
+    def _check_losses(self) -> None:
+        """Stop on the first non-finite training loss since the last log.
+
+        Checked at each log and before anything is saved, not every step (a host sync
+        per step is a visible cost on small models): a run stops at most
+        ``log_every_n_steps`` steps late, naming the step where it went wrong, and a
+        NaN never reaches a checkpoint. Under fp16 the GradScaler skips such steps.
+        """
+        if not self.guard_loss:
+            return
+        losses = self.train_metrics
+        pos = losses.first_nonfinite()
+        if pos is not None:
+            st = self.state
+            step = st.global_step - len(losses.losses) + pos + 1
+            raise TrainingError(f"loss is {float(losses.losses[pos])} at step {step} (epoch {st.epoch + 1}); "
+                                f"stopping before it reaches a checkpoint. Lower train.optimizer.lr, set "
+                                f"train.clip_grad_norm, or use precision fp16 (skips such steps)")
+
+    def _forward_backward(self, window: list[Any]) -> tuple[Any, Any, int]:
+        """Forward and backward over one accumulation window; returns the window's summed
+        loss (detached), its item count and its number of samples."""
         import torch
 
         module = self.objects.module
         model = self.model
-        n_samples = 0
-        distributed = self.run.world_size > 1
-        if len(window) == 1 and self.cfg.accumulate == 1 and not distributed:
+        if self.single_batch_steps:
             # the plain-loop path: mean loss, one backward (bit-identical to a hand-written loop)
-            with self._autocast():
-                out = model.step(module, window[0])
-            self.scaler.scale(out.loss_sum / out.count).backward()
-            metrics.update(out)
-            return out.loss_sum.detach(), out.count, model.batch_size_of(window[0])
+            batch = window[0]
+            if self.amp_dtype is None:
+                out = model.step(module, batch)
+            else:
+                with self._autocast():
+                    out = model.step(module, batch)
+            loss_sum = out.loss_sum
+            if self.scaler_enabled:
+                self.scaler.scale(loss_sum / out.count).backward()
+            else:  # d(mean)/d(sum) = 1/count, without a division node in the graph
+                loss_sum.backward(self._inverse(loss_sum, out.count))
+            return loss_sum.detach(), out.count, model.batch_size_of(batch)
+        distributed = self.run.world_size > 1
+        n_samples = 0
         total_loss: Any = 0.0
         total_count: Any = 0
         for i, batch in enumerate(window):
@@ -340,7 +373,6 @@ class Trainer:
                 with self._autocast():
                     out = model.step(module, batch)
                 self.scaler.scale(out.loss_sum).backward()
-            metrics.update(out)
             total_loss = total_loss + out.loss_sum.detach()
             total_count = total_count + out.count
             n_samples += model.batch_size_of(batch)
@@ -359,15 +391,27 @@ class Trainer:
             g.div_(scale if self.sharded else scale.to(g.dtype))
         return total_loss, total_count, n_samples
 
-    def _optimizer_step(self) -> Any:
+    @staticmethod
+    def _inverse(like: Any, count: Any) -> Any:
+        """``1 / count`` as a 0-d tensor like ``like``, rounded as a float32 division
+        would be (so the gradients are bit-identical to those of a mean loss)."""
         import torch
 
+        if type(count) is int and 0 < count < 1 << 24 and like.dtype == torch.float32:
+            # 1/n rounded to double, then to float32, equals 1/n rounded to float32 once:
+            # the binary expansion of 1/n has no run of identical bits longer than log2(n)
+            return torch.full((), 1.0 / count, dtype=like.dtype, device=like.device)
+        return torch.ones_like(like).div_(count)
+
+    def _optimizer_step(self) -> Any:
         optimizer = self.objects.optimizer
         grad_norm = None
         if self.cfg.clip_grad_norm:
+            import torch
+
             self.scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.clip_grad_norm)
-        if self.scaler.is_enabled():
+        if self.scaler_enabled:
             before = self.scaler.get_scale()
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -386,18 +430,14 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def _nonfinite(self, loss: Any) -> None:
-        st = self.state
-        raise TrainingError(f"loss is {float(loss)} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
-                            f"stopping before it reaches a checkpoint. Lower train.optimizer.lr, set "
-                            f"train.clip_grad_norm, or use precision fp16 (skips such steps)")
-
     def _end_epoch(self, *, finished: bool) -> None:
+        self._check_losses()
         st = self.state
         metrics = self.validate()
         metrics["epoch"] = st.epoch + 1
         st.history.append(metrics)
         self.scalars.log({k: v for k, v in metrics.items() if k != "epoch"}, st.global_step)
+        self.scalars.flush()
         self.progress.message(f"epoch {st.epoch + 1}: " + " ".join(
             f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/")))
         if self.scheduler is not None:

@@ -24,6 +24,9 @@ class MetricAccumulator:
         self.reset()
 
     def reset(self) -> None:
+        #: each step's loss (:meth:`add_loss`), summed at :meth:`compute`: an append per
+        #: step instead of two tensor ops
+        self.losses: list[Any] = []
         self.loss_sum: Any = 0.0
         self.count: Any = 0
         self.confusion: Any = None
@@ -35,9 +38,12 @@ class MetricAccumulator:
     def update(self, out: StepOutput) -> None:
         import torch
 
-        self.loss_sum = self.loss_sum + out.loss_sum.detach().float()
+        if self.loss_only:
+            self.add_loss(out.loss_sum, out.count)
+            return
         self.count = self.count + out.count
-        if self.loss_only or out.predictions is None or out.targets is None:
+        self.loss_sum = self.loss_sum + out.loss_sum.detach().float()
+        if out.predictions is None or out.targets is None:
             return
         pred = out.predictions.detach()
         target = out.targets.detach()
@@ -55,11 +61,36 @@ class MetricAccumulator:
             self.smape = self.smape + (2 * diff.abs() / denom).sum()
             self.n_values = self.n_values + target.numel()
 
+    def add_loss(self, loss_sum: Any, count: Any) -> None:
+        """One optimizer step's summed loss and item count (training: loss only)."""
+        self.losses.append(loss_sum.detach())
+        self.count = self.count + count
+
+    def _fold_losses(self) -> None:
+        if self.losses:
+            import torch
+
+            self.loss_sum = self.loss_sum + torch.stack(self.losses).float().sum()
+            self.losses = []
+
+    def first_nonfinite(self) -> int | None:
+        """Position (0-based, among the losses added since :meth:`reset`) of the first
+        non-finite one, or None. One host sync for all the steps of a log interval."""
+        import torch
+
+        if not self.losses:
+            return None
+        finite = torch.isfinite(torch.stack(self.losses).float())
+        if bool(finite.all()):
+            return None
+        return int((~finite).nonzero()[0, 0])
+
     def all_reduce(self) -> None:
         """Sum the accumulators over all ranks (a no-op outside a distributed run)."""
         import torch
         import torch.distributed as dist
 
+        self._fold_losses()
         if not (dist.is_available() and dist.is_initialized()):
             return
         for name in ("loss_sum", "count", "abs_err", "sq_err", "smape", "n_values", "confusion"):
@@ -71,6 +102,7 @@ class MetricAccumulator:
             setattr(self, name, t)
 
     def compute(self) -> dict[str, float]:
+        self._fold_losses()
         p = self.prefix
         count = float(self.count)
         if count == 0:

@@ -18,10 +18,10 @@ def wrap_training(run, objects):
     original = dataset.__getitems__
     path = os.path.join(folder, f"rank{run.rank}.txt")
 
-    def logged(items):
+    def logged(sampled):
         with open(path, "a", encoding="utf-8") as fh:
-            fh.writelines(f"{epoch} {index}\n" for index, epoch in items)
-        return original(items)
+            fh.writelines(f"{sampled.epoch} {index}\n" for index in sampled.indices.tolist())
+        return original(sampled)
 
     dataset.__getitems__ = logged  # the DataLoader fetcher looks it up on the instance
 
