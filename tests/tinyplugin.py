@@ -112,6 +112,32 @@ class MLP(privet.Model):
         return (batch[0],)
 
 
+class ColumnarMLP(MLP):
+    """:class:`MLP` with the columnar fast path: whole batches from ``privet.Columns``.
+
+    ``drop_label`` >= 0 makes examples of that label undecodable (``DropRecord``), both
+    one by one and, for any batch holding one, in :meth:`encode_columns`.
+    """
+
+    @attrs.define(frozen=True)
+    class Options(MLP.Options):
+        drop_label: int = -1
+
+    def encode(self, record):
+        if int(record["label"]) == self.options.drop_label:
+            raise privet.DropRecord("undecodable")
+        return super().encode(record)
+
+    def encode_columns(self, batch):
+        import numpy as np
+        import torch
+
+        labels = batch.numpy("label")
+        if (labels == self.options.drop_label).any():
+            raise privet.DropRecord("undecodable")
+        return torch.from_numpy(batch.numpy("x", np.float32)), torch.from_numpy(labels)
+
+
 class Half(privet.Cleaner):
     """Scales every feature by a factor fitted as 1/max|x| on the training split."""
 
@@ -141,6 +167,7 @@ def register_sources(register):
 @privet.hookimpl
 def register_models(register):
     register("tiny.mlp", MLP)
+    register("tiny.mlp_columns", ColumnarMLP)
 
 
 @privet.hookimpl

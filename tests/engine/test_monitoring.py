@@ -119,3 +119,27 @@ def test_manifest_json_records_config_data_plugins_and_host(run, tmp_path):
     assert manifest["data_cache"] == outcome.report["data"]["cache"]
     assert manifest["user"] and manifest["host"]
     assert manifest["started"] <= manifest["ended"]
+
+
+def test_buffered_scalars_keep_their_time_and_reach_the_file_on_flush_and_close(tmp_path):
+    import time
+
+    from privet.monitor.tensorboard import Scalars
+
+    scalars = Scalars(tmp_path / "a", flush_secs=3600)
+    scalars.log({"train/loss": 1.5}, 1)
+    time.sleep(0.3)
+    scalars.log({"train/loss": 1.25, "train/lr": 0.1}, 2)
+    scalars.flush()
+    flushed = _events(tmp_path / "a")
+    assert [(e.step, e.value) for e in flushed.Scalars("train/loss")] == [(1, 1.5), (2, 1.25)]
+    first, second = flushed.Scalars("train/loss")
+    assert second.wall_time - first.wall_time >= 0.25, "logged time, not the time of the flush"
+    scalars.log({"train/loss": 1.0}, 3)
+    scalars.close()
+    assert [e.step for e in _events(tmp_path / "a").Scalars("train/loss")] == [1, 2, 3]
+
+    eager = Scalars(tmp_path / "b", flush_secs=0)  # every log goes straight to the file
+    eager.log({"val/loss": 0.5}, 7)
+    assert [(e.step, e.value) for e in _events(tmp_path / "b").Scalars("val/loss")] == [(7, 0.5)]
+    eager.close()

@@ -92,3 +92,19 @@ def test_clipping_bounds_the_update_and_logs_the_unclipped_norm(run):
     logged = events.Scalars("train/grad_norm")
     assert [e.step for e in logged] == [1]
     assert logged[0].value == pytest.approx(float(norm), rel=1e-5)
+
+
+def test_a_nan_loss_between_logs_stops_the_run_at_the_next_log_naming_its_step(run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # losses are checked once per log interval (one host sync), not every step
+    outcome = run(probe_pipeline(log_every_n_steps=4, model={"fault": "nan_loss", "fault_at": 6}))
+    assert isinstance(outcome.error, privet.TrainingError)
+    assert "loss is nan at step 6 (epoch 1)" in str(outcome.error)
+    run_dir = tmp_path / "runs" / "blobs"
+    assert checkpoints(run_dir) == []
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    # what was logged before the failure is in the event file; the poisoned interval is not
+    assert [e.step for e in events.Scalars("train/loss")] == [4]
+    assert math.isfinite(events.Scalars("train/loss")[0].value)

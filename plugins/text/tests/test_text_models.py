@@ -159,6 +159,37 @@ def test_classifier_collate_pads_and_masks(classifier):
     assert batch["labels"].tolist() == [0, 0]
 
 
+def test_classifier_encode_columns_builds_the_batch_collate_would(classifier, corpora, tmp_path):
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+
+    writer = ArrowShardWriter(tmp_path, "train", shard_rows=7)
+    rows = corpora.sentiment(20) + [{"text": "great " * 40, "label": "pos"}]  # truncated
+    for row in rows:
+        writer.add(row)
+    table = ArrowTable(writer.close())
+    order = [20, 3, 11, 0, 7, 19]
+    fast = classifier.encode_columns(table.columns(order))
+    slow = classifier.collate([classifier.encode(r) for r in table.rows(order)])
+    assert set(fast) == set(slow)
+    for key in slow:
+        assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key
+    assert fast["input_ids"].shape[1] == TINY_CLF["max_length"]
+
+
+def test_classifier_encode_columns_hands_unusable_batches_back_to_encode(classifier, tmp_path):
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+
+    writer = ArrowShardWriter(tmp_path, "train", shard_rows=10)
+    for row in [{"text": "great film", "label": "pos"}, {"text": "great film", "label": "meh"},
+                {"text": "", "label": "neg"}]:
+        writer.add(row)
+    table = ArrowTable(writer.close())
+    for order in ([0, 1], [0, 2]):
+        with pytest.raises(DropRecord):
+            classifier.encode_columns(table.columns(order))
+    assert classifier.encode_columns(table.columns([0]))["labels"].tolist() == [1]
+
+
 @pytest.mark.parametrize("arch", ["transformer", "bag"])
 def test_classifier_output_does_not_depend_on_padding(arch):
     torch.manual_seed(0)
