@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 from privet import DataError, Record
 
 from .sources import SERIES, SPLIT, TIME
+from .stats import RunningStats, finite
 
 #: Keys never treated as numeric features (they are bookkeeping written by the sources).
 RESERVED = frozenset({TIME, SERIES, SPLIT})
@@ -47,3 +48,24 @@ def fit_pass(records: Iterable[Record], columns: list[str] | None, exclude: Iter
         raise DataError(f"{who}: column(s) {', '.join(map(repr, missing))} not found in the "
                         f"training records (fields: {', '.join(sorted(fields))}); fix 'columns'")
     return list(columns)
+
+
+#: Running statistics of a column, overall (series ``None``) or of one series.
+ColumnStats = dict[tuple[str, "str | None"], RunningStats]
+
+
+def column_stats(records: Iterable[Record], columns: list[str] | None, exclude: Iterable[str], *,
+                 per_series: bool, who: str) -> tuple[list[str], ColumnStats]:
+    """One :func:`fit_pass` collecting each selected column's finite values into
+    :class:`RunningStats`: overall, and per series (``per_series``)."""
+    stats: ColumnStats = {}
+
+    def observe(record: Record, column: str, value: Any) -> None:
+        v = finite(value)
+        if v is None:
+            return
+        stats.setdefault((column, None), RunningStats()).add(v)
+        if per_series and record.get(SERIES) is not None:
+            stats.setdefault((column, str(record[SERIES])), RunningStats()).add(v)
+
+    return fit_pass(records, columns, exclude, observe, who=who), stats

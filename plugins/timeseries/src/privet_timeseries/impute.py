@@ -14,7 +14,7 @@ import attrs
 
 from privet import Cleaner, DataError, Record
 
-from .columns import fit_pass
+from .columns import column_stats
 from .sources import SERIES
 from .stats import RunningStats, finite
 
@@ -46,17 +46,8 @@ class Impute(Cleaner):
 
     def fit(self, records: Any) -> None:
         o = self.options
-        stats: dict[tuple[str, str | None], RunningStats] = {}
-
-        def observe(record: Record, column: str, value: Any) -> None:
-            v = finite(value)
-            if v is None:
-                return
-            stats.setdefault((column, None), RunningStats()).add(v)
-            if o.per_series and record.get(SERIES) is not None:
-                stats.setdefault((column, str(record[SERIES])), RunningStats()).add(v)
-
-        columns = fit_pass(records, o.columns, o.exclude, observe, who=f"cleaner {self.name}")
+        columns, stats = column_stats(records, o.columns, o.exclude, per_series=o.per_series,
+                                      who=f"cleaner {self.name}")
         fill: dict[str, dict[str, Any]] = {}
         for column in columns:
             glob = stats.get((column, None))
