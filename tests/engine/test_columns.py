@@ -122,3 +122,18 @@ def _train_labels(run_dir) -> list[int]:
     table = ArrowTable([str(cache / f) for f in meta["example_files"]["train"]])
     return table.column("label")
 
+
+
+def test_columnar_batches_come_the_same_from_worker_processes(run):
+    import torch
+
+    weights = []
+    for workers in (0, 2):
+        config = blobs_pipeline(epochs=1)
+        config["model"] = {"name": "tiny.mlp_columns", "options": {"hidden": 16}}
+        config["data"]["num_workers"] = workers
+        outcome = run(config)
+        outcome.assert_success()
+        weights.append(read_weights(checkpoints(outcome.run_dir)[-1] / "model.safetensors"))
+    for name, value in weights[0].items():
+        assert torch.equal(weights[1][name], value), name
