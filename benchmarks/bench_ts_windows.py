@@ -5,7 +5,8 @@ torch tensors ready for a model:
 
 * ``privet``: window examples prepared by ``timeseries.lstm``'s ``examples()`` into the
   engine's memory-mapped Arrow cache, read through the engine's own loader
-  (``privet.data.loader.make_loader``: sampler -> cache rows -> ``encode`` -> ``collate``).
+  (``privet.data.loader.make_loader``: sampler -> the batch's columns -> the model's
+  ``encode_columns``, one numpy gather of the windows' bytes per batch).
 * ``numpy, per item``: the loader people usually write: a ``Dataset`` whose
   ``__getitem__`` slices one window out of the series array, batched by a ``DataLoader``
   with the default collate.
@@ -37,7 +38,7 @@ import torch
 from _common import replace_results
 
 
-PRIVET = "privet: cache -> encode -> collate (the engine's loader)"
+PRIVET = "privet: cache -> encode_columns (the engine's loader)"
 PER_ITEM = "numpy, per item: Dataset + DataLoader"
 VECTORISED = "numpy, vectorised gather"
 TARGET = 0.9

@@ -153,3 +153,44 @@ def test_mlp_inference_encoding_needs_no_label_and_names_classes(host):
     m.fit(recs)
     assert m.class_names() == ["x", "y"]
     assert m.encode_inputs({"a": 3.0})["x"].tolist() == [3.0]
+
+
+def _cached(examples, folder):
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+
+    writer = ArrowShardWriter(folder, "train", shard_rows=25)  # several shard files
+    for example in examples:
+        writer.add(example)
+    return ArrowTable(writer.close())
+
+
+@pytest.mark.parametrize("task_options", [
+    {},  # forecast, with known covariates
+    {"task": "regression", "label": "target"},
+    {"task": "classification", "label": "target"},
+])
+def test_encode_columns_builds_the_batch_collate_would(host, series_records, tmp_path, task_options):
+    from privet import DropRecord
+
+    records = [dict(r, target=(r["value"] > 500) if task_options.get("task") == "classification"
+                    else r["value"] * 2) for r in series_records]
+    opts = {"input_length": 12, "horizon": 1 if task_options else 4, "hidden_size": 8,
+            "num_layers": 1, **task_options}
+    m = host.make("model", "timeseries.lstm", opts)
+    m.fit(records)
+    table = _cached(list(m.examples(records, "train")), tmp_path)
+    order = [len(table) - 1, 0, 30, 31, 7, 60, 2]
+    fast = m.encode_columns(table.columns(order))
+    slow = m.collate([m.encode(r) for r in table.rows(order)])
+    assert set(fast) == set(slow)
+    for key in slow:
+        assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key
+
+    broken = list(m.examples(records, "train"))[:3]
+    window = np.frombuffer(broken[1]["window"], np.float32).copy()
+    window[0] = np.nan
+    broken[1]["window"] = window.tobytes()
+    bad = _cached(broken, tmp_path / "bad")
+    with pytest.raises(DropRecord):  # the engine then encodes the batch window by window
+        m.encode_columns(bad.columns([0, 1, 2]))
+    assert len(m.encode_columns(bad.columns([0, 2]))["past"]) == 2

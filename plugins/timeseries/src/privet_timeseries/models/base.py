@@ -363,18 +363,57 @@ class WindowModel(Model):
             raise DropRecord("missing_label", f"series {record.get('series')!r}")
         return blob, sid, v
 
+    def encode_columns(self, batch: Any) -> dict[str, Any]:
+        """The batch of :meth:`collate` straight from the cached columns: the windows'
+        bytes as one array, checked for shape and finiteness at once. Anything
+        :meth:`encode` would drop sends the batch back to it, to be counted by reason."""
+        names = batch.names
+        shapes = batch.arrow("shape")
+        if shapes.null_count or shapes.unique().to_pylist() != [self._shape]:
+            raise DropRecord("bad_window")
+        try:
+            raw = batch.numpy("window")
+        except DataError:  # bytes of different lengths, or missing
+            raise DropRecord("bad_window") from None
+        if raw.shape[1] != self._nbytes:
+            raise DropRecord("bad_window")
+        flat = raw.view(DTYPE)
+        if not np.isfinite(flat).all():
+            raise DropRecord("non_finite_window")
+        n = len(batch)
+        series = np.zeros(n, np.int64)
+        if "series_index" in names:
+            try:
+                series = batch.numpy("series_index").astype(np.int64, copy=False)
+            except DataError:  # nulls: encode() gives those windows the global statistics
+                raise DropRecord("bad_window") from None
+            series = np.where((series >= 0) & (series < len(self._target_loc)), series, 0)
+        labels: list[Any] | None = None
+        if self.task == "classification":
+            labels = [self._label_index.get(category_of(v)) for v in batch.arrow("label").to_pylist()]
+        elif self.task != "forecast":
+            labels = [finite(v) for v in batch.arrow("label").to_pylist()]
+        if labels is not None and None in labels:
+            raise DropRecord("bad_label")
+        return self._batch(flat, series, labels)
+
     def collate(self, items: list[tuple[bytes, int, Any]]) -> dict[str, Any]:
         """One ``frombuffer`` for the whole batch, then views cut into past/future/known."""
+        n = len(items)
+        flat = np.frombuffer(b"".join(it[0] for it in items), DTYPE).reshape(n, -1)
+        series = np.fromiter((it[1] for it in items), np.int64, n)
+        labels = None if self.task == "forecast" else [it[2] for it in items]
+        return self._batch(flat, series, labels)
+
+    def _batch(self, flat: Any, series: Any, labels: list[Any] | None) -> dict[str, Any]:
         import torch
 
         L, H, T = self.options.input_length, self.horizon, self.n_targets
         P, K = self.n_observed, self.n_known
-        n = len(items)
-        flat = np.frombuffer(b"".join(it[0] for it in items), DTYPE).reshape(n, -1)
+        n = len(flat)
         a, b = L * P, L * P + H * T
-        series = np.fromiter((it[1] for it in items), np.int64, n)
         out: dict[str, Any] = {"past": torch.tensor(flat[:, :a].reshape(n, L, P)),
-                               "series": torch.from_numpy(series)}
+                               "series": torch.from_numpy(np.ascontiguousarray(series))}
         if K:
             out["known"] = torch.tensor(flat[:, b:].reshape(n, L + H, K))
         if self.task == "forecast":
@@ -383,7 +422,7 @@ class WindowModel(Model):
             out["scale"] = torch.from_numpy(self._target_scale[series])
         else:
             dtype = torch.int64 if self.task == "classification" else torch.float32
-            out["label"] = torch.tensor([it[2] for it in items], dtype=dtype)
+            out["label"] = torch.tensor(labels, dtype=dtype)
         return out
 
     # -- training ----------------------------------------------------------------------------
