@@ -214,8 +214,11 @@ class Model(Component):
         must return what that expression returns. Raise :class:`~privet.DropRecord` and
         the engine encodes that batch example by example, so drops are counted per
         record as usual.
+
+        This default is that expression itself; the engine takes the columnar path only
+        for models that override it.
         """
-        raise NotImplementedError  # the engine only calls it where a model overrides it
+        return self.collate([self.encode(record) for record in batch.to_pylist()])
 
     @abc.abstractmethod
     def step(self, module: torch.nn.Module, batch: Any) -> StepOutput:

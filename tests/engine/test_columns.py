@@ -137,3 +137,19 @@ def test_columnar_batches_come_the_same_from_worker_processes(run):
         weights.append(read_weights(checkpoints(outcome.run_dir)[-1] / "model.safetensors"))
     for name, value in weights[0].items():
         assert torch.equal(weights[1][name], value), name
+
+
+def test_the_default_encode_columns_is_collate_of_encode(tmp_path):
+    import torch
+
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+
+    writer = ArrowShardWriter(tmp_path, "train", shard_rows=4)
+    for i in range(10):
+        writer.add({"x": [float(i), i / 2], "label": i % 3})
+    table = ArrowTable(writer.close())
+    model = tinyplugin.MLP()  # no encode_columns of its own
+    order = [9, 0, 5, 4]
+    x, y = model.encode_columns(table.columns(order))
+    ex, ey = model.collate([model.encode(r) for r in table.rows(order)])
+    assert torch.equal(x, ex) and torch.equal(y, ey) and y.tolist() == [0, 0, 2, 1]

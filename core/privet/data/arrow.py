@@ -6,7 +6,6 @@ DataLoader workers share the pages with the main process.
 
 from __future__ import annotations
 
-import bisect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -129,18 +128,29 @@ class ArrowTable:
 
         return Columns(self, _index_array(indices))
 
+    def by_file(self, indices: Any) -> Iterator[tuple[int, Any, Any]]:
+        """For each file holding some of ``indices``: its number, the positions in
+        ``indices`` it holds (int64 array) and their row numbers within the file."""
+        import numpy as np
+
+        idx = _index_array(indices)
+        if len(self._open()) == 1:
+            yield 0, np.arange(len(idx)), idx
+            return
+        offsets = np.asarray(self._offsets)
+        which = np.searchsorted(offsets, idx, side="right") - 1
+        for t in np.unique(which).tolist():
+            positions = np.flatnonzero(which == t)
+            yield t, positions, idx[positions] - offsets[t]
+
     def rows(self, indices: list[int]) -> list[dict[str, Any]]:
         """The records at ``indices`` (in that order)."""
         tables = self._open()
         if len(tables) == 1:
             return tables[0].take(_index_array(indices)).to_pylist()
         out: list[Any] = [None] * len(indices)
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for pos, idx in enumerate(indices):
-            t = bisect.bisect_right(self._offsets, idx) - 1
-            groups.setdefault(t, []).append((pos, idx - self._offsets[t]))
-        for t, items in groups.items():
-            for (pos, _), row in zip(items, tables[t].take(_index_array([i for _, i in items])).to_pylist()):
+        for t, positions, local in self.by_file(indices):
+            for pos, row in zip(positions.tolist(), tables[t].take(local).to_pylist()):
                 out[pos] = row
         return out
 

@@ -99,7 +99,8 @@ class Columns:
 
     @property
     def names(self) -> list[str]:
-        return list(self._table._open()[0].column_names)
+        tables = self._table._open()
+        return list(tables[0].column_names) if tables else []
 
     def _missing(self, name: str) -> DataError:
         return DataError(f"the prepared examples have no field {name!r} (fields: "
@@ -124,13 +125,9 @@ class Columns:
         if len(views) == 1:
             out = views[0][idx]  # fancy indexing copies: the result is writable
         else:
-            offsets = np.asarray(self._table._offsets)
-            which = np.searchsorted(offsets, idx, side="right") - 1
-            local = idx - offsets[which]
             out = np.empty((len(idx), *views[0].shape[1:]), dtype=views[0].dtype)
-            for t in np.unique(which).tolist():
-                picked = which == t
-                out[picked] = views[t][local[picked]]
+            for t, positions, local in self._table.by_file(idx):
+                out[positions] = views[t][local]
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def arrow(self, name: str) -> pa.Array:
@@ -144,12 +141,9 @@ class Columns:
         idx = self.indices
         if len(tables) == 1:
             return tables[0].column(name).take(idx).combine_chunks()
-        offsets = np.asarray(self._table._offsets)
-        which = np.searchsorted(offsets, idx, side="right") - 1
         parts, positions = [], []
-        for t in np.unique(which).tolist():
-            picked = np.flatnonzero(which == t)
-            parts.append(tables[t].column(name).take(idx[picked] - offsets[t]).combine_chunks())
+        for t, picked, local in self._table.by_file(idx):
+            parts.append(tables[t].column(name).take(local).combine_chunks())
             positions.append(picked)
         joined = pa.concat_arrays(parts)
         # joined holds the values grouped by file; argsort of their positions restores the order

@@ -144,12 +144,16 @@ class ExampleDataset:
     def __getitems__(self, sampled: SampledBatch) -> Encoded | list[Any]:
         """The encoded batch (columnar path) or each example encoded, or :class:`Dropped`."""
         epoch, indices = sampled
-        if self.columnar:
-            try:
-                return Encoded(self.model.encode_columns(self.table.columns(indices)))
-            except DropRecord:
-                pass  # example by example, so each drop is counted with its reason
-        return self._encode_each(epoch, indices.tolist())
+        encoded = self._encode_columns(indices) if self.columnar else None
+        return encoded if encoded is not None else self._encode_each(epoch, indices.tolist())
+
+    def _encode_columns(self, indices: Any) -> Encoded | None:
+        """The model's columnar batch, or None if it holds an example to drop: the batch
+        is then encoded example by example, so each drop is counted with its reason."""
+        try:
+            return Encoded(self.model.encode_columns(self.table.columns(indices)))
+        except DropRecord:
+            return None
 
     def _encode_each(self, epoch: int, order: list[int]) -> list[Any]:
         import numpy as np

@@ -86,7 +86,7 @@ class Trainer:
         # A non-finite loss stops the run, except in fp16 where the GradScaler skips the
         # step itself (and halves its scale).
         self.guard_loss = not self.scaler_enabled
-        self.train_metrics = MetricAccumulator(self.model.task, "train", loss_only=True)
+        self.train_metrics = MetricAccumulator(self.model.task, "train")
         # one batch per optimizer step on one process: the mean loss's plain backward
         self.single_batch_steps = self.cfg.accumulate == 1 and run.world_size == 1
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"

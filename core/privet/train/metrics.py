@@ -15,17 +15,14 @@ class MetricAccumulator:
     host synchronisation.
     """
 
-    def __init__(self, task: str, prefix: str, *, loss_only: bool = False) -> None:
+    def __init__(self, task: str, prefix: str) -> None:
         self.task = task
         self.prefix = prefix
-        #: Training logs only the loss (and perplexity): per-step confusion matrices cost
-        #: tens of microseconds, a visible share of a small model's step.
-        self.loss_only = loss_only
         self.reset()
 
     def reset(self) -> None:
-        #: each step's loss (:meth:`add_loss`), summed at :meth:`compute`: an append per
-        #: step instead of two tensor ops
+        #: each batch's (or step's) loss, summed at :meth:`compute`: an append per step
+        #: instead of two tensor ops
         self.losses: list[Any] = []
         self.loss_sum: Any = 0.0
         self.count: Any = 0
@@ -38,11 +35,7 @@ class MetricAccumulator:
     def update(self, out: StepOutput) -> None:
         import torch
 
-        if self.loss_only:
-            self.add_loss(out.loss_sum, out.count)
-            return
-        self.count = self.count + out.count
-        self.loss_sum = self.loss_sum + out.loss_sum.detach().float()
+        self.add_loss(out.loss_sum, out.count)
         if out.predictions is None or out.targets is None:
             return
         pred = out.predictions.detach()
@@ -62,7 +55,9 @@ class MetricAccumulator:
             self.n_values = self.n_values + target.numel()
 
     def add_loss(self, loss_sum: Any, count: Any) -> None:
-        """One optimizer step's summed loss and item count (training: loss only)."""
+        """A summed loss and its item count. Training calls only this, once per optimizer
+        step: per-step confusion matrices would cost tens of microseconds, a visible
+        share of a small model's step, so task metrics are computed on validation."""
         self.losses.append(loss_sum.detach())
         self.count = self.count + count
 
