@@ -78,7 +78,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the head of stderr holds the workers' own errors, its tail torchrun's summary
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[:6000] + proc.stderr[-3000:]
     return proc
 
 

@@ -55,7 +55,8 @@ def env_for(tmp: Path, **extra: str) -> dict[str, str]:
 
 def run(cmd: list[str], env: dict[str, str], timeout: int = 240) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the head of stderr holds the workers' own errors, its tail torchrun's summary
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[:6000] + proc.stderr[-3000:]
     return proc
 
 

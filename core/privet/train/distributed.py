@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from typing import Any
 
@@ -26,6 +27,10 @@ def setup(device_name: str) -> DistEnv:
 
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not faulthandler.is_enabled():
+        # a worker killed by a fatal signal (a C++ abort in a communication thread, say)
+        # leaves its Python stacks in its log instead of only torchrun's "Signal 6"
+        faulthandler.enable()
     if dist.is_initialized():
         return DistEnv(rank, local_rank, world, False)
     use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda") or device_name.startswith("cuda")
