@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 from typing import Any
 
@@ -78,6 +79,12 @@ def teardown(env: DistEnv, *, together: bool = True) -> None:
                     dist.barrier()
                 except Exception:  # a peer failed meanwhile: nothing to wait for
                     pass
+            # The run's objects are unreachable now, but a reference cycle can keep the
+            # DDP reducer, and with it the process group, alive until the interpreter
+            # exits; gloo's threads are then torn down during finalization, which aborts
+            # the process ("terminate called without an active exception"). Free them
+            # while the interpreter is whole, then leave the group.
+            gc.collect()
             dist.destroy_process_group()
 
 
