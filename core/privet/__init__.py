@@ -22,6 +22,10 @@ _EXPORTS = {
     "DropRecord": "errors", "ExportError": "errors", "PluginError": "errors",
     "PrivetError": "errors", "TrainingError": "errors", "UnknownComponentError": "errors",
     "UsageError": "errors", "hookimpl": "hookspecs", "Columns": "data.columns",
+    "OptionValueError": "validators", "existing_path": "validators",
+    "existing_paths": "validators", "positive": "validators", "probability": "validators",
+    "RunContext": "train.context", "TrainingObjects": "train.context",
+    "load_trained": "train.loading",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -47,3 +51,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
                          UsageError)
     from .data.columns import Columns
     from .hookspecs import hookimpl
+    from .train.context import RunContext, TrainingObjects
+    from .train.loading import load_trained
+    from .validators import (OptionValueError, existing_path, existing_paths, positive,
+                             probability)

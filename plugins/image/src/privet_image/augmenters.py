@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 import privet
-from privet.validators import OptionValueError, positive, probability
+from privet import OptionValueError, positive, probability
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 import attrs
 
 import privet
-from privet.validators import OptionValueError, positive
+from privet import OptionValueError, positive
 
 from .tally import Tally
 

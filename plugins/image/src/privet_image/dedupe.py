@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import attrs
 
 import privet
-from privet.validators import OptionValueError
+from privet import OptionValueError
 
 from .tally import Tally
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Optional
 import attrs
 
 import privet
-from privet.validators import OptionValueError, existing_path, positive
+from privet import OptionValueError, existing_path, positive
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -18,7 +18,7 @@ import attrs
 
 import privet
 from privet.builtins.sources import iter_lines, open_text
-from privet.validators import OptionValueError, existing_path, positive
+from privet import OptionValueError, existing_path, positive
 
 #: File suffixes read as images by default (lower case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import attrs
 
 import privet
-from privet.validators import positive
+from privet import positive
 
 from .tally import Tally
 

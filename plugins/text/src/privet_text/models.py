@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 
 import attrs
 from privet import ConfigError, DropRecord, Model, Record, StepOutput, TrainingError
-from privet.validators import positive
+from privet import positive
 
 from .tokenizer import TextTokenizer, TokenizerOptions
 

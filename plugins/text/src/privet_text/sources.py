@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 import attrs
 from privet import BadRecord, Record, Shard, Source
 from privet.builtins.sources import iter_lines
-from privet.validators import existing_path, existing_paths
+from privet import existing_path, existing_paths
 
 
 def _expand(paths: list[Path], patterns: tuple[str, ...]) -> list[str]:

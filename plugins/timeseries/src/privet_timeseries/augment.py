@@ -16,7 +16,7 @@ import attrs
 import numpy as np
 
 from privet import Augmenter, Record
-from privet.validators import OptionValueError, positive, probability
+from privet import OptionValueError, positive, probability
 
 from .windows import Window, parse_shape
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import attrs
 
 from privet import Cleaner, DropRecord, Record
-from privet.validators import OptionValueError
+from privet import OptionValueError
 
 from .sources import TIME
 from .stats import finite

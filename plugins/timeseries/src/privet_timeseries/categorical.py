@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import attrs
 
 from privet import Cleaner, DataError, Record
-from privet.validators import OptionValueError, positive
+from privet import OptionValueError, positive
 
 from .columns import fit_pass
 

@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 import attrs
 
 from privet import Cleaner, DataError, DropRecord, Record
-from privet.validators import OptionValueError
+from privet import OptionValueError
 
 from .columns import column_stats
 from .sources import SERIES

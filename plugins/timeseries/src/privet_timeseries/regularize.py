@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 import attrs
 
 from privet import Cleaner, DropRecord, Record
-from privet.validators import OptionValueError
+from privet import OptionValueError
 
 from .sources import TIME
 from .stats import finite

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 import attrs
 
 from privet import BadRecord, DataError, Record, Shard, Source
-from privet.validators import OptionValueError, existing_paths, positive
+from privet import OptionValueError, existing_paths, positive
 
 from .timeparse import parse_time
 

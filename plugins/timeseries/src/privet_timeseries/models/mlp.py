@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 
 from privet import DataError, DropRecord, Model, Record, StepOutput
-from privet.validators import OptionValueError, positive
+from privet import OptionValueError, positive
 
 from ..categorical import category_of
 from ..columns import RESERVED, is_number

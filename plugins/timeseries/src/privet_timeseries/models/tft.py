@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import attrs
 
-from privet.validators import OptionValueError, positive
+from privet import OptionValueError, positive
 
 from .base import WindowModel, WindowOptions
 
