@@ -183,7 +183,7 @@ def starter_pipeline(modality: str) -> str | None:
 def before_run(run: Any) -> None:
     """Called once the run folder, data and model are ready, before the first step.
 
-    :param run: the :class:`privet.train.RunContext` (config, paths, rank, catalog).
+    :param run: the :class:`privet.RunContext` (config, paths, rank, catalog).
 
     Called in every process; ``run.is_main`` is true on rank 0 only.
 
@@ -199,8 +199,8 @@ def before_run(run: Any) -> None:
 def wrap_training(run: Any, objects: Any) -> None:
     """Replace or wrap the model, optimizer or loader before training starts.
 
-    :param run: the :class:`privet.train.RunContext`.
-    :param objects: a :class:`privet.train.TrainingObjects` with mutable ``module``,
+    :param run: the :class:`privet.RunContext`.
+    :param objects: a :class:`privet.TrainingObjects` with mutable ``module``,
         ``optimizer`` and ``train_loader`` attributes; assign to them to wrap.
 
     Called once per process after the optimizer is built and before a checkpoint is
@@ -220,7 +220,7 @@ def wrap_training(run: Any, objects: Any) -> None:
 def after_epoch(run: Any, epoch: int, metrics: dict[str, float]) -> None:
     """Called after each epoch's validation.
 
-    :param run: the :class:`privet.train.RunContext`.
+    :param run: the :class:`privet.RunContext`.
     :param epoch: the 0-based epoch that just ended.
     :param metrics: the epoch's validation metrics (``val/loss``, ``val/accuracy`` ...)
         and ``epoch`` (1-based).
@@ -237,7 +237,7 @@ def after_epoch(run: Any, epoch: int, metrics: dict[str, float]) -> None:
 def after_checkpoint(run: Any, path: Any, step: int) -> None:
     """Called on rank 0 after a checkpoint was written completely (after the rename).
 
-    :param run: the :class:`privet.train.RunContext`.
+    :param run: the :class:`privet.RunContext`.
     :param path: the checkpoint folder.
     :param step: the global optimizer step it holds.
 
@@ -253,7 +253,7 @@ def after_checkpoint(run: Any, path: Any, step: int) -> None:
 def after_run(run: Any, report: dict[str, Any]) -> None:
     """Called once when a run ends normally (completed or stopped early).
 
-    :param run: the :class:`privet.train.RunContext`.
+    :param run: the :class:`privet.RunContext`.
     :param report: the content of ``report.json``.
 
     Example::
@@ -268,7 +268,7 @@ def after_run(run: Any, report: dict[str, Any]) -> None:
 def on_run_error(run: Any, error: BaseException) -> None:
     """Called when a run fails with an exception, before it propagates.
 
-    :param run: the :class:`privet.train.RunContext`.
+    :param run: the :class:`privet.RunContext`.
     :param error: the exception.
 
     Example::

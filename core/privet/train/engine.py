@@ -21,43 +21,8 @@ from ..config import LoadedConfig, PipelineConfig
 from ..errors import ConfigError, PrivetError, TrainingError
 from ..pipeline import prepare_config
 from ..storage import Storage
-
-SCHEDULER_ALIASES: dict[str, str] = {}
-
-
-@attrs.define
-class Components:
-    source: Any
-    cleaners: list[Any]
-    augmenters: list[Any]
-    model: Any
-    scheduler: Any | None
-
-
-@attrs.define
-class RunContext:
-    """What run hooks receive: the config, the run folder, the rank, the components."""
-
-    config: PipelineConfig
-    loaded: LoadedConfig
-    run_dir: Path
-    storage: Storage
-    host: Any
-    components: Components
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    device: Any = None
-    prepared: Any = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def catalog(self) -> Any:
-        return self.host.catalog
-
+from ..runs import check_world_size, load_run, restart_dir
+from .context import Components, RunContext
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     import numpy as np
@@ -92,30 +57,6 @@ def select_device(name: str, local_rank: int = 0) -> Any:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
-
-
-def _elastic_run(runs: Path) -> Path | None:
-    """The run folder an earlier attempt of this torchrun job created, if any.
-
-    torchrun restarts every worker after a failure with the same TORCHELASTIC_RUN_ID;
-    the restarted workers must continue that run, not start another.
-    """
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    # Restart counts can differ between agents (a membership change does not count),
-    # so only the job's run id decides; "none" is torchrun's default for no --rdzv-id.
-    if not run_id or run_id == "none" or not runs.is_dir():
-        return None
-    for child in sorted(runs.iterdir()):
-        manifest = child / "manifest.json"
-        if manifest.is_file():
-            try:
-                import json
-
-                if json.loads(manifest.read_text()).get("elastic_run_id") == run_id:
-                    return child
-            except (OSError, ValueError):
-                continue
-    return None
 
 
 def _run_folder(config: PipelineConfig, base_dir: Path, name: str | None) -> Path:
@@ -158,58 +99,24 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
             host, loaded = prepare_config(config, host=host, base_dir=base_dir, overrides=list(overrides))
             env = distributed.setup(loaded.config.train.device)
             # a restarted torchrun worker continues its job's run: rank 0 decides for all
-            found = distributed.broadcast(_restart_dir(loaded) if env.rank == 0 else None, env)
+            found = distributed.broadcast(
+                restart_dir(loaded.config, loaded.base_dir) if env.rank == 0 else None, env)
             if found is None:
                 result = _run(loaded, host, env, name=name, resume_dir=None, progress=progress)
                 ok = True
                 return result
             resume_dir = found
-        stored, stored_base = _resume_source(Path(resume_dir))
-        host, loaded = prepare_config(stored, host=host, base_dir=stored_base)
+        stored = load_run(resume_dir)
+        host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
         if env is None:
             env = distributed.setup(loaded.config.train.device)
-        _check_world_size(Path(resume_dir), env.world_size)
+        check_world_size(stored, env.world_size)
         result = _run(loaded, host, env, name=None, resume_dir=resume_dir, progress=progress)
         ok = True
         return result
     finally:
         if env is not None:
             distributed.teardown(env, together=ok)
-
-
-def _restart_dir(loaded: LoadedConfig) -> Path | None:
-    """The run folder an earlier attempt of this job made (torchrun restart, PRIVET_RUN_DIR)."""
-    runs = Path(loaded.config.runs_dir)
-    runs = runs if runs.is_absolute() else loaded.base_dir / runs
-    found = _elastic_run(runs)
-    env_dir = os.environ.get("PRIVET_RUN_DIR")
-    if found is None and env_dir and (Path(env_dir) / "config.yaml").exists():
-        found = Path(env_dir)
-    return found
-
-
-def _check_world_size(run_dir: Path, world_size: int) -> None:
-    manifest = run_dir / "manifest.json"
-    if not manifest.is_file():
-        return
-    import json
-
-    before = json.loads(manifest.read_text()).get("world_size", 1)
-    if before != world_size:
-        raise TrainingError(f"{run_dir} was trained by {before} processes; resuming with "
-                            f"{world_size} would change the data order and the global batch. "
-                            f"Resume it with {before} processes")
-
-
-def _resume_source(run_dir: Path) -> tuple[dict[str, Any], Path]:
-    storage = Storage(run_dir)
-    if not storage.exists("config.yaml"):
-        raise PrivetError(f"{run_dir} is not a Privet run folder (no config.yaml); pass the "
-                          f"folder that 'privet run' printed (in a multi-node run, runs_dir "
-                          f"must be on storage that every node sees)")
-    config = yaml.safe_load(storage.read_text("config.yaml"))
-    manifest = storage.read_json("manifest.json") if storage.exists("manifest.json") else {}
-    return config, Path(manifest.get("pipeline_dir") or run_dir)
 
 
 def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
@@ -223,7 +130,8 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
     from ..monitor.tensorboard import Scalars
     from . import distributed
     from .checkpoint import CheckpointManager
-    from .loop import Trainer, TrainingObjects, build_optimizer
+    from .context import TrainingObjects
+    from .loop import Trainer, build_optimizer
 
     cfg = loaded.config
     started = time.time()

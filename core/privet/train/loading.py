@@ -21,11 +21,11 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
 
     from .checkpoint import CheckpointManager
     from ..pipeline import prepare_config
-    from .engine import _resume_source
+    from ..runs import load_run
 
-    run_dir = Path(run_dir)
-    config, base_dir = _resume_source(run_dir)
-    host, loaded = prepare_config(config, host=host, base_dir=base_dir)
+    stored = load_run(run_dir)
+    run_dir = stored.run_dir
+    host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
     storage = Storage(run_dir)
     if not storage.exists("state/components.json"):
         raise PrivetError(f"{run_dir}: no state/components.json; the run did not finish preparing "
@@ -54,11 +54,11 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
 def load_cleaners(run_dir: str | Path, host: Any | None = None) -> list[Any]:
     """The run's cleaners with their fitted state (for preprocessing at inference)."""
     from ..pipeline import prepare_config
-    from .engine import _resume_source
+    from ..runs import load_run
 
-    config, base_dir = _resume_source(Path(run_dir))
-    host, loaded = prepare_config(config, host=host, base_dir=base_dir)
-    state = Storage(run_dir).read_json("state/components.json")
+    stored = load_run(run_dir)
+    host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
+    state = stored.storage.read_json("state/components.json")
     cleaners = []
     for i, item in enumerate(state["cleaners"]):
         cleaner = loaded.instantiate(host.catalog, f"data.cleaners.{i}")

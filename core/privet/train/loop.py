@@ -15,20 +15,12 @@ import attrs
 
 from ..errors import TrainingError
 from .checkpoint import CheckpointManager, capture_rng, restore_rng, safe_dcp_reader
+from .context import TrainingObjects
 from .metrics import MetricAccumulator
 
 
 #: fp16: this many skipped steps in a row (inf/NaN gradients every time) stop the run.
 MAX_SKIPS_IN_A_ROW = 50
-
-
-@attrs.define
-class TrainingObjects:
-    """What the ``wrap_training`` hook may replace."""
-
-    module: Any
-    optimizer: Any
-    train_loader: Any
 
 
 @attrs.define
