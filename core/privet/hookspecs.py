@@ -22,9 +22,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import click
 
     from .components import Component
+    from .train.context import RunContext, TrainingObjects
 
 PROJECT = "privet"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -99,6 +102,25 @@ def register_models(register: Register) -> None:
         @privet.hookimpl
         def register_models(register):
             register("acme.mlp", MLP)
+    """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Register optimizers (subclasses of :class:`privet.Optimizer`).
+
+    :param register: ``register(name, cls)``.
+
+    Called once when the catalog is built. ``train.optimizer.name`` picks one; the other
+    keys of ``train.optimizer`` besides ``lr`` are its ``Options``. Its
+    ``build(params, lr)`` returns a ``torch.optim.Optimizer``. The core registers
+    ``adamw``, ``adam`` and ``sgd`` this way.
+
+    Example::
+
+        @privet.hookimpl
+        def register_optimizers(register):
+            register("acme.lion", Lion)
     """
 
 
@@ -180,10 +202,11 @@ def starter_pipeline(modality: str) -> str | None:
 
 
 @hookspec
-def before_run(run: Any) -> None:
+def before_run(run: RunContext) -> None:
     """Called once the run folder, data and model are ready, before the first step.
 
-    :param run: the :class:`privet.RunContext` (config, paths, rank, catalog).
+    :param run: the :class:`privet.RunContext` (``config``, ``run_dir``, ``storage``,
+        ``rank``, ``catalog``, ``config_hash`` ...).
 
     Called in every process; ``run.is_main`` is true on rank 0 only.
 
@@ -191,12 +214,13 @@ def before_run(run: Any) -> None:
 
         @privet.hookimpl
         def before_run(run):
-            audit_log.write(run.config_hash)
+            if run.is_main:
+                audit_log.write(run.config_hash)
     """
 
 
 @hookspec
-def wrap_training(run: Any, objects: Any) -> None:
+def wrap_training(run: RunContext, objects: TrainingObjects) -> None:
     """Replace or wrap the model, optimizer or loader before training starts.
 
     :param run: the :class:`privet.RunContext`.
@@ -217,13 +241,13 @@ def wrap_training(run: Any, objects: Any) -> None:
 
 
 @hookspec
-def after_epoch(run: Any, epoch: int, metrics: dict[str, float]) -> None:
+def after_epoch(run: RunContext, epoch: int, metrics: dict[str, float]) -> None:
     """Called after each epoch's validation.
 
     :param run: the :class:`privet.RunContext`.
     :param epoch: the 0-based epoch that just ended.
-    :param metrics: the epoch's validation metrics (``val/loss``, ``val/accuracy`` ...)
-        and ``epoch`` (1-based).
+    :param metrics: the epoch's validation metrics: ``val/loss`` and ``val/NAME`` for each
+        of the model's ``metric_names()`` (``val/accuracy`` ...), and ``epoch`` (1-based).
 
     Example::
 
@@ -234,7 +258,7 @@ def after_epoch(run: Any, epoch: int, metrics: dict[str, float]) -> None:
 
 
 @hookspec
-def after_checkpoint(run: Any, path: Any, step: int) -> None:
+def after_checkpoint(run: RunContext, path: Path, step: int) -> None:
     """Called on rank 0 after a checkpoint was written completely (after the rename).
 
     :param run: the :class:`privet.RunContext`.
@@ -250,7 +274,7 @@ def after_checkpoint(run: Any, path: Any, step: int) -> None:
 
 
 @hookspec
-def after_run(run: Any, report: dict[str, Any]) -> None:
+def after_run(run: RunContext, report: dict[str, Any]) -> None:
     """Called once when a run ends normally (completed or stopped early).
 
     :param run: the :class:`privet.RunContext`.
@@ -265,7 +289,7 @@ def after_run(run: Any, report: dict[str, Any]) -> None:
 
 
 @hookspec
-def on_run_error(run: Any, error: BaseException) -> None:
+def on_run_error(run: RunContext, error: BaseException) -> None:
     """Called when a run fails with an exception, before it propagates.
 
     :param run: the :class:`privet.RunContext`.

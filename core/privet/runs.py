@@ -98,3 +98,119 @@ def check_world_size(stored: StoredRun, world_size: int) -> None:
         raise TrainingError(f"{stored.run_dir} was trained by {before} processes; resuming with "
                             f"{world_size} would change the data order and the global batch. "
                             f"Resume it with {before} processes")
+
+
+# -- names, creation and locking ---------------------------------------------------------------
+
+#: Longest run name: a folder name, with room for the ``-N`` suffix.
+MAX_NAME = 100
+
+
+def check_run_name(name: str, *, key: str = "name") -> str:
+    """A run name is a plain folder name: it can never point outside ``runs_dir``."""
+    from .errors import ConfigError
+
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("a run name must be a non-empty string", path=key)
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"a run name is at most {MAX_NAME} characters (got {len(name)})", path=key)
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or "\0" in name:
+        raise ConfigError(f"run name {name!r} must be a plain name: no '/', '\\', or leading '.'",
+                          path=key)
+    return name
+
+
+class RunLock:
+    """An exclusive advisory lock on ``RUN/.lock``, held for the life of the process.
+
+    The kernel releases it when the process dies, even by SIGKILL, so a killed run can be
+    resumed at once while a running one cannot be resumed (or written) by a second process.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; documented
+            return self
+        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            from .errors import UsageError
+
+            raise UsageError(f"{self.run_dir} is in use by another privet process (a run or "
+                             f"resume still running); wait for it to end or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _failed_without_checkpoint(folder: Path) -> bool:
+    """A run that failed before its first checkpoint: nothing in it can be resumed."""
+    storage = Storage(folder)
+    try:
+        report = storage.read_json("report.json") if storage.exists("report.json") else {}
+    except (OSError, ValueError):
+        return False
+    steps = [n for n in storage.listdir("checkpoints") if n.startswith("step-")]
+    return isinstance(report, dict) and report.get("status") == "failed" and not steps
+
+
+def _set_aside(folder: Path) -> bool:
+    """Rename a failed run out of the way (``NAME.failed-K``), keeping its report."""
+    lock = RunLock(folder)
+    try:
+        lock.acquire()
+    except Exception:
+        return False  # someone is using it (a resume): leave it alone
+    try:
+        k = 1
+        while True:
+            target = folder.with_name(f"{folder.name}.failed-{k}")
+            try:
+                os.rename(folder, target)  # fails if the target exists
+                return True
+            except OSError:
+                if not target.exists():
+                    return False
+                k += 1
+    finally:
+        lock.release()
+
+
+def create_run_folder(runs: Path, stem: str) -> Path:
+    """Atomically claim ``runs/stem`` (or ``stem-2``, ``stem-3`` ...): two runs started at
+    the same moment never share a folder. A run of that name that failed before its first
+    checkpoint is set aside as ``stem.failed-K`` so the name goes to the new run."""
+    check_run_name(stem)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from .storage import StorageError
+
+        raise StorageError(f"cannot create {runs}: {err.strerror or err}") from err
+    k = 1
+    while True:
+        candidate = runs / (stem if k == 1 else f"{stem}-{k}")
+        if candidate.exists() and k == 1 and _failed_without_checkpoint(candidate):
+            _set_aside(candidate)
+        try:
+            candidate.mkdir(mode=0o700)
+            return candidate
+        except FileExistsError:
+            k += 1
+        except OSError as err:
+            from .storage import StorageError
+
+            raise StorageError(f"cannot create {candidate}: {err.strerror or err}") from err

@@ -15,7 +15,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PrivetError
+
+
+class StorageError(PrivetError, OSError):
+    """A run folder or cache cannot be read or written (read-only, full disk, damaged).
+
+    Also an ``OSError``, so code that handles I/O errors keeps handling it.
+    """
+
+
+def _fail(action: str, path: Path, err: OSError) -> StorageError:
+    return StorageError(f"cannot {action} {path}: {err.strerror or err}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,8 +56,12 @@ class Storage:
         return self.path(rel).exists()
 
     def makedirs(self, rel: str = "") -> Path:
+        """Create ``rel`` (owner-only: run folders hold data derived from private data)."""
         p = self.path(rel)
-        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise _fail("create", p, err) from err
         return p
 
     def listdir(self, rel: str = "") -> list[str]:
@@ -64,22 +79,37 @@ class Storage:
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_text(rel))
 
+    def read_json_object(self, rel: str, *, what: str = "file") -> dict[str, Any]:
+        """A JSON object, or one clear error naming the file when it is damaged."""
+        try:
+            value = self.read_json(rel)
+        except (OSError, ValueError) as err:
+            raise StorageError(f"{self.path(rel)}: cannot read the {what} ({err})") from err
+        if not isinstance(value, dict):
+            raise StorageError(f"{self.path(rel)}: the {what} is not a JSON object; the file is damaged")
+        return value
+
     # -- writes ---------------------------------------------------------------------------
 
     def write_bytes(self, rel: str, data: bytes) -> Path:
         """Atomically replace ``rel`` with ``data``."""
         target = self.path(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        except OSError as err:
+            raise _fail("write", target, err) from err
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as err:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(err, OSError):
+                raise _fail("write", target, err) from err
             raise
         _fsync_dir(target.parent)
         return target
@@ -98,11 +128,15 @@ class Storage:
         :meth:`clean_partial` removes and readers ignore.
         """
         target = self.path(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(mode=0o700)
+        except OSError as err:
+            raise CheckpointError(f"cannot write {target}: {err.strerror or err}; "
+                                  f"the previous files are intact") from err
         try:
             yield tmp
             for child in tmp.iterdir():
@@ -113,13 +147,31 @@ class Storage:
                 shutil.rmtree(target)
             os.replace(tmp, target)
             _fsync_dir(target.parent)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
+            # torch.save reports a full disk as RuntimeError (inline_container.cc), safetensors
+            # as its own error: anything failing inside the write leaves the old files intact
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"cannot write {target}: {err.strerror or err}; "
+            if not isinstance(err, OSError) and not _is_write_failure(err):
+                raise
+            raise CheckpointError(f"cannot write {target}: {_reason(err)}; "
                                   f"the previous files are intact") from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def symlink(self, rel: str, target: str | os.PathLike[str]) -> None:
+        """Point ``rel`` at ``target`` (a folder), replacing a link to somewhere else."""
+        link = self.path(rel)
+        try:
+            if link.is_symlink():
+                if Path(os.readlink(link)) == Path(target):
+                    return
+                link.unlink()
+            elif link.exists():
+                return  # a real folder of that name: leave it
+            link.symlink_to(target, target_is_directory=True)
+        except OSError as err:
+            raise _fail("link", link, err) from err
 
     def clean_partial(self, rel: str = "") -> None:
         """Remove ``.tmp-*`` folders and files left by a killed writer."""
@@ -128,9 +180,29 @@ class Storage:
                 p = self.path(rel) / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
+    def rename(self, rel: str, new_rel: str) -> None:
+        """Atomically move ``rel`` to ``new_rel`` (same folder tree), then fsync the folder."""
+        target = self.path(new_rel)
+        try:
+            os.replace(self.path(rel), target)
+        except OSError as err:
+            raise _fail("rename", self.path(rel), err) from err
+        _fsync_dir(target.parent)
+
     def remove(self, rel: str) -> None:
         p = self.path(rel)
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    text = str(err).lower()
+    return any(w in text for w in ("write", "no space", "file", "disk", "quota", "errno"))
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return str(err.strerror or err)
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,8 +1,8 @@
-"""A run from pipeline file to report: the engine's entry points.
+"""A run from pipeline file to report: the engine's entry point and its recipe.
 
-``run_from_config`` creates (or resumes) a run folder, prepares the data, builds the model
-and optimizer, calls the run hooks, trains and writes the report. ``privet run`` and
-``privet resume`` are thin wrappers around it.
+``run_from_config`` picks a new run or the one to resume, then runs a :class:`Recipe`:
+the order of work of one run, as named steps a reader follows top to bottom (the shape
+of a torchtune recipe). ``privet run`` and ``privet resume`` are thin wrappers around it.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import attrs
-import yaml
-
-from ..config import LoadedConfig, PipelineConfig
-from ..errors import ConfigError, PrivetError, TrainingError
+from ..config import LoadedConfig
+from ..errors import ConfigError
 from ..pipeline import prepare_config
+from ..runs import (RunLock, check_world_size, create_run_folder, load_run, restart_dir,
+                    runs_root)
 from ..storage import Storage
-from ..runs import check_world_size, load_run, restart_dir
-from .context import Components, RunContext
+from .context import Components, RunContext, RunPlan, TrainingObjects
+from .optim import check_monitor
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     import numpy as np
@@ -59,21 +58,6 @@ def select_device(name: str, local_rank: int = 0) -> Any:
     return device
 
 
-def _run_folder(config: PipelineConfig, base_dir: Path, name: str | None) -> Path:
-    runs = Path(config.runs_dir)
-    runs = runs if runs.is_absolute() else base_dir / runs
-    env_dir = os.environ.get("PRIVET_RUN_DIR")
-    if env_dir:
-        return Path(env_dir)
-    stem = name or config.name
-    candidate = runs / stem
-    k = 2
-    while candidate.exists():
-        candidate = runs / f"{stem}-{k}"
-        k += 1
-    return candidate
-
-
 def _instantiate(loaded: LoadedConfig, catalog: Any) -> Components:
     c = loaded.config
     return Components(
@@ -93,6 +77,7 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
     from . import distributed
 
     env = None
+    lock = None
     ok = False
     try:
         if resume_dir is None:
@@ -107,142 +92,260 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
                 return result
             resume_dir = found
         stored = load_run(resume_dir)
+        if int(os.environ.get("RANK", "0")) == 0:  # first: a running run is not touched at all
+            lock = RunLock(stored.run_dir).acquire()
         host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
         if env is None:
             env = distributed.setup(loaded.config.train.device)
         check_world_size(stored, env.world_size)
-        result = _run(loaded, host, env, name=None, resume_dir=resume_dir, progress=progress)
+        result = _run(loaded, host, env, name=None, resume_dir=resume_dir, progress=progress,
+                      lock=lock)
         ok = True
         return result
     finally:
+        if lock is not None:
+            lock.release()
         if env is not None:
             distributed.teardown(env, together=ok)
 
 
 def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
-         resume_dir: str | Path | None, progress: str | None) -> tuple[Path, dict[str, Any]]:
-    import torch
+         resume_dir: str | Path | None, progress: str | None,
+         lock: RunLock | None = None) -> tuple[Path, dict[str, Any]]:
+    recipe = Recipe(loaded, host, env, progress=progress)
+    recipe.lock = lock
+    return recipe.run(name=name, resume_dir=resume_dir)
 
-    from ..data.loader import balanced_weights, make_loader
-    from ..data.prepare import Preparer
-    from ..monitor.manifest import build_manifest
-    from ..monitor.progress import Progress
-    from ..monitor.tensorboard import Scalars
-    from . import distributed
-    from .checkpoint import CheckpointManager
-    from .context import TrainingObjects
-    from .loop import Trainer, build_optimizer
 
-    cfg = loaded.config
-    started = time.time()
-    timings: dict[str, float] = {}
-    # -- the run folder (rank 0 decides, the others follow) ------------------------------------
-    if resume_dir is not None:
-        run_dir = Path(resume_dir).resolve()
-    else:
-        run_dir = distributed.broadcast(_run_folder(cfg, loaded.base_dir, name) if env.rank == 0 else None, env)
-    storage = Storage(run_dir)
-    components = _instantiate(loaded, host.catalog)
-    device = select_device(cfg.train.device, env.local_rank)
-    if device.type == "cpu":
-        from .malloc import tune_for_training
+class Recipe:
+    """One run, in the order of its work.
 
-        tune_for_training()
-    run = RunContext(config=cfg, loaded=loaded, run_dir=run_dir, storage=storage, host=host,
-                     components=components, rank=env.rank, local_rank=env.local_rank,
-                     world_size=env.world_size, device=device)
-    seed_everything(cfg.seed, cfg.train.deterministic)
-    is_main = env.rank == 0
-    if is_main and resume_dir is None:
-        storage.makedirs()
+    :meth:`run` reads as the table of contents: the run folder, the data, the training
+    objects, the checkpoint to continue from, the loggers, ``fit``, then the report and
+    the export. Each step is a method small enough to read (and test) alone; what a
+    step makes for later ones lives on ``self`` or on the :class:`RunContext`.
+    """
+
+    def __init__(self, loaded: LoadedConfig, host: Any, env: Any, *, progress: str | None) -> None:
+        self.loaded = loaded
+        self.cfg = loaded.config
+        self.host = host
+        self.env = env
+        self.is_main = env.rank == 0
+        self.progress_mode = progress or self.cfg.train.progress
+        self.started = time.time()
+        self.timings: dict[str, float] = {}
+        self.lock: RunLock | None = None
+        self.run_ctx: RunContext | None = None
+        self.trainer: Any = None
+        self.lr: float | None = None
+
+    def run(self, *, name: str | None, resume_dir: str | Path | None) -> tuple[Path, dict[str, Any]]:
+        self.setup_run_folder(name, resume_dir)
+        try:
+            self.setup_data()
+            self.setup_training()
+            self.restore_checkpoint()
+            self.setup_loggers()
+            state = self.fit()
+            report = self.finish(state)
+            self.host.after_run(self.run_ctx, report)
+        except BaseException as err:
+            self.fail(err)
+            raise
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        return self.run_ctx.run_dir, report
+
+    # -- 1. the run folder (rank 0 decides, the others follow) ----------------------------------
+
+    def setup_run_folder(self, name: str | None, resume_dir: str | Path | None) -> None:
+        from . import distributed
+
+        cfg, env = self.cfg, self.env
+        components = _instantiate(self.loaded, self.host.catalog)
+        check_monitor(self.loaded, components.model, components.scheduler)
+        if resume_dir is not None:
+            run_dir = Path(resume_dir).resolve()
+        else:
+            run_dir = distributed.broadcast(self._new_folder(name) if self.is_main else None, env)
+        if self.is_main and self.lock is None:  # before anything is written: a second
+            self.lock = RunLock(run_dir).acquire()  # process is refused here
+        device = select_device(cfg.train.device, env.local_rank)
+        if device.type == "cpu":
+            from .malloc import tune_for_training
+
+            tune_for_training()
+        self.run_ctx = RunContext(config=cfg, loaded=self.loaded, run_dir=run_dir,
+                                  storage=Storage(run_dir), host=self.host, components=components,
+                                  rank=env.rank, local_rank=env.local_rank,
+                                  world_size=env.world_size, device=device,
+                                  resumed=resume_dir is not None)
+        seed_everything(cfg.seed, cfg.train.deterministic)
+        if self.is_main and resume_dir is None:
+            self._write_config_and_manifest()
+
+    def _new_folder(self, name: str | None) -> Path:
+        env_dir = os.environ.get("PRIVET_RUN_DIR")
+        if env_dir:
+            Storage(env_dir).makedirs()
+            return Path(env_dir).resolve()
+        runs = runs_root(self.cfg, self.loaded.base_dir)
+        return create_run_folder(runs, name or self.cfg.name).resolve()
+
+    def _write_config_and_manifest(self) -> None:
+        """Written first, so that a run killed at any later point can be resumed."""
+        import yaml
+
+        from ..monitor.manifest import build_manifest
+        from .report import plugin_versions
+
+        run, loaded, cfg = self.run_ctx, self.loaded, self.cfg
         resolved = loaded.resolved()
         resolved["plugins"]["paths"] = [str((loaded.base_dir / p).resolve()) for p in cfg.plugins.paths]
-        storage.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    try:
-        # -- data ----------------------------------------------------------------------------
+        run.storage.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        manifest = build_manifest(config_hash=loaded.config_hash(),
+                                  data_files=run.components.source.files(),
+                                  plugins=plugin_versions(self.host), pipeline_dir=loaded.base_dir,
+                                  world_size=self.env.world_size)
+        manifest.update(pipeline_dir=str(loaded.base_dir), pipeline_file=loaded.file,
+                        elastic_run_id=os.environ.get("TORCHELASTIC_RUN_ID"))
+        run.storage.write_json("manifest.json", manifest)
+
+    # -- 2. the data ----------------------------------------------------------------------------------
+
+    def setup_data(self) -> None:
+        from ..data.prepare import Preparer
+        from . import distributed
+
+        run, is_main = self.run_ctx, self.is_main
+        c = run.components
         t0 = time.perf_counter()
-        preparer = Preparer(cfg.data, components.source, components.cleaners, components.model,
-                            seed=cfg.seed, fingerprint_extra=_fingerprint_extra(loaded),
+        preparer = Preparer(self.cfg.data, c.source, c.cleaners, c.model, seed=self.cfg.seed,
+                            fingerprint_extra=_fingerprint_extra(self.loaded),
                             log=lambda m: print(m, file=sys.stderr) if is_main else None)
-        runs_root = run_dir.parent
+        cache_root = run.run_dir.parent / ".cache"
         if is_main:
-            prepared = preparer.prepare(runs_root / ".cache")
-            distributed.announce(env, "prepared")
+            run.prepared = preparer.prepare(cache_root)
+            distributed.announce(self.env, "prepared")
         else:  # waits on the store, not a collective: preparation may outlast NCCL's timeout
-            distributed.wait_for(env, "prepared")
-            prepared = preparer.prepare(runs_root / ".cache")
-        run.prepared = prepared
-        timings["prepare_s"] = round(time.perf_counter() - t0, 3)
+            distributed.wait_for(self.env, "prepared")
+            run.prepared = preparer.prepare(cache_root)
+        self.timings["prepare_s"] = round(time.perf_counter() - t0, 3)
         if is_main:
-            link = run_dir / "cache"
-            if not link.exists():
-                link.symlink_to(prepared.cache.root.resolve(), target_is_directory=True)
-            storage.write_json("state/components.json", {
-                "cleaners": [{"name": c.name, "state": c.state_dict()} for c in components.cleaners],
-                "model": {"name": components.model.name, "state": components.model.state_dict()},
-            })
-            if resume_dir is None:
-                manifest = build_manifest(config_hash=loaded.config_hash(),
-                                          data_files=components.source.files(),
-                                          plugins=_plugin_versions(host), pipeline_dir=loaded.base_dir,
-                                          world_size=env.world_size)
-                manifest["pipeline_dir"] = str(loaded.base_dir)
-                manifest["pipeline_file"] = loaded.file
-                manifest["data_cache"] = str(prepared.cache.root)
-                manifest["global_batch"] = cfg.train.batch_size * cfg.train.accumulate * env.world_size
-                manifest["elastic_run_id"] = os.environ.get("TORCHELASTIC_RUN_ID")
-                storage.write_json("manifest.json", manifest)
-        # -- model, optimizer, loaders -------------------------------------------------------------
+            self._record_prepared()
+
+    def _record_prepared(self) -> None:
+        """The cache link, the fitted component state and the cache in the manifest."""
+        run = self.run_ctx
+        c, storage, cache = run.components, run.storage, run.prepared.cache.root.resolve()
+        storage.symlink("cache", cache)
+        storage.write_json("state/components.json", {
+            "cleaners": [{"name": x.name, "state": x.state_dict()} for x in c.cleaners],
+            "model": {"name": c.model.name, "state": c.model.state_dict()},
+        })
+        manifest = storage.read_json_object("manifest.json", what="run manifest")
+        if manifest.get("data_cache") != str(run.prepared.cache.root):
+            manifest["data_cache"] = str(run.prepared.cache.root)
+            manifest["global_batch"] = self.cfg.train.batch_size * self.cfg.train.accumulate * self.env.world_size
+            storage.write_json("manifest.json", manifest)
+
+    # -- 3. model, optimizer, loaders, scheduler, trainer ----------------------------------------
+
+    def setup_training(self) -> None:
+        import torch
+
+        from . import distributed
+        from .checkpoint import CheckpointManager
+        from .loop import Trainer
+
+        run, cfg, env = self.run_ctx, self.cfg, self.env
         torch.manual_seed(cfg.seed)
-        raw_module = components.model.build().to(device)
-        module = distributed.wrap_module(raw_module, cfg.train.strategy, env, device)
+        raw_module = run.components.model.build().to(run.device)
+        module = distributed.wrap_module(raw_module, cfg.train.strategy, env, run.device)
         if cfg.train.compile:
             module = torch.compile(module)
-        optimizer = build_optimizer(cfg.train.optimizer, module.parameters())
+        optimizer = self._optimizer(module)
+        train_loader, val_loader = self._loaders()
+        objects = TrainingObjects(module=module, optimizer=optimizer, train_loader=train_loader)
+        self.host.wrap_training(run, objects)
+        run.plan = RunPlan.from_loader(cfg.train, len(objects.train_loader), env.world_size)
+        scheduler = None
+        if run.components.scheduler is not None:
+            scheduler = run.components.scheduler.build(objects.optimizer, run.plan.total_steps,
+                                                       run.plan.steps_per_epoch)
+        checkpoints = CheckpointManager(run.storage, cfg.train.checkpoint.keep_last,
+                                        is_main=self.is_main)
+        self.trainer = Trainer(run, objects, val_loader=val_loader, scheduler=scheduler,
+                               scheduler_component=run.components.scheduler,
+                               raw_module=raw_module, checkpoints=checkpoints)
+
+    def _optimizer(self, module: Any) -> Any:
+        from .optim import build_optimizer
+
+        model = self.run_ctx.components.model
+        optimizer, self.lr = build_optimizer(self.cfg.train.optimizer, module.parameters(),
+                                             self.host.catalog, model.default_lr())
+        return optimizer
+
+    def _loaders(self) -> tuple[Any, Any]:
+        from ..data.loader import balanced_weights, make_loader
+
+        run, cfg, env = self.run_ctx, self.cfg, self.env
+        tables = run.prepared.tables
         weights = None
         if cfg.data.sampler == "balanced":
-            weights = balanced_weights(prepared.tables["train"].column(cfg.data.label_field))
-        nw = cfg.data.num_workers
-        train_loader = make_loader(prepared.tables["train"], components.model, components.augmenters,
-                                   batch_size=cfg.train.batch_size, seed=cfg.seed, train=True,
-                                   shuffle=cfg.data.sampler != "sequential", num_workers=nw,
-                                   weights=weights, rank=env.rank, world_size=env.world_size,
-                                   pin_memory=device.type == "cuda")
-        val_loader = make_loader(prepared.tables["val"], components.model, [],
-                                 batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
-                                 seed=cfg.seed, train=False, shuffle=False, num_workers=nw,
-                                 rank=env.rank, world_size=env.world_size)
-        objects = TrainingObjects(module=module, optimizer=optimizer, train_loader=train_loader)
-        host.wrap_training(run, objects)
-        steps_per_epoch = -(-len(objects.train_loader) // cfg.train.accumulate)
-        total_steps = steps_per_epoch * cfg.train.epochs
-        if cfg.train.max_steps:
-            total_steps = min(total_steps, cfg.train.max_steps)
-        scheduler = None
-        if components.scheduler is not None:
-            scheduler = components.scheduler.build(objects.optimizer, total_steps, steps_per_epoch)
-        checkpoints = CheckpointManager(storage, cfg.train.checkpoint.keep_last) if is_main else None
-        latest = CheckpointManager(storage).latest() if resume_dir is not None else None
-        if resume_dir is not None and is_main:
-            storage.clean_partial("checkpoints")
-            storage.clean_partial()  # a killed write of best/ leaves .tmp-best-*
-        scalars = Scalars(run_dir / "tensorboard" if is_main else None)
-        progress_mode = progress or cfg.train.progress
-        bar = Progress(progress_mode, total_steps, enabled=is_main)
-        trainer = Trainer(run, objects, val_loader=val_loader, scheduler=scheduler,
-                          scheduler_component=components.scheduler, raw_module=raw_module,
-                          scalars=scalars, progress=bar, checkpoints=checkpoints)
+            weights = balanced_weights(tables["train"].column(cfg.data.label_field))
+        common = dict(seed=cfg.seed, num_workers=cfg.data.num_workers, rank=env.rank,
+                      world_size=env.world_size)
+        train = make_loader(tables["train"], run.components.model, run.components.augmenters,
+                            batch_size=cfg.train.batch_size, train=True,
+                            shuffle=cfg.data.sampler != "sequential", weights=weights,
+                            pin_memory=run.device.type == "cuda", **common)
+        val = make_loader(tables["val"], run.components.model, [],
+                          batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
+                          train=False, shuffle=False, **common)
+        return train, val
+
+    # -- 4. the checkpoint to continue from ------------------------------------------------------
+
+    def restore_checkpoint(self) -> None:
+        run = self.run_ctx
+        if not run.resumed:
+            return
+        checkpoints = self.trainer.checkpoints
+        if self.is_main:
+            checkpoints.clean_partial()  # killed writes of a checkpoint or of best/
+        latest = checkpoints.latest()
         if latest is not None:
-            trainer.restore(latest)
-            if is_main:
-                scalars.close()
-                # events after the checkpoint's step are from the lost attempt; the
-                # checkpoint's own step was logged before it was written and stays
-                scalars = Scalars(run_dir / "tensorboard", purge_step=trainer.state.global_step + 1)
-                trainer.scalars = scalars
-            bar.message(f"resuming from {latest.name} (epoch {trainer.state.epoch + 1}, "
-                        f"step {trainer.state.global_step})")
-        host.before_run(run)
+            self.trainer.restore(latest)
+            self.resumed_from = latest
+
+    # -- 5. loggers ------------------------------------------------------------------------------
+
+    def setup_loggers(self) -> None:
+        from ..monitor.progress import Progress
+        from ..monitor.tensorboard import Scalars
+
+        run, trainer = self.run_ctx, self.trainer
+        purge = trainer.state.global_step + 1 if trainer.state.global_step else None
+        # events after the checkpoint's step are from the lost attempt; the checkpoint's own
+        # step was logged before it was written and stays
+        trainer.scalars = Scalars(run.storage.path("tensorboard") if self.is_main else None,
+                                  purge_step=purge)
+        trainer.progress = Progress(self.progress_mode, run.plan.total_steps, enabled=self.is_main)
+        latest = getattr(self, "resumed_from", None)
+        if latest is not None:
+            st = trainer.state
+            trainer.progress.message(f"resuming from {latest.name} (epoch {st.epoch + 1}, "
+                                     f"step {st.global_step})")
+
+    # -- 6. train ----------------------------------------------------------------------------------
+
+    def fit(self) -> Any:
+        trainer = self.trainer
+        self.host.before_run(self.run_ctx)
         t0 = time.perf_counter()
         try:
             state = trainer.fit()
@@ -250,89 +353,51 @@ def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,
             trainer.scalars.close()  # what was logged up to the failure is worth seeing
             raise
         finally:
-            bar.close()
-        timings["train_s"] = round(time.perf_counter() - t0, 3)
-        report = _report(run, trainer, prepared, started, timings)
-        if is_main:
-            scalars.hparams(_hparams(cfg, env), {k: v for k, v in (state.best_metrics or {}).items()
-                                                 if k.startswith("val/")})
-            scalars.close()
-            storage.write_json("report.json", report)
-            manifest = storage.read_json("manifest.json")
-            manifest["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            storage.write_json("manifest.json", manifest)
-            if cfg.export is not None:
-                from ..export.bundle import export_run
+            trainer.progress.close()
+        self.timings["train_s"] = round(time.perf_counter() - t0, 3)
+        return state
 
-                report["export"] = export_run(run_dir, host=host, formats=cfg.export.formats,
-                                              quantize=cfg.export.quantize)
-                storage.write_json("report.json", report)
-        host.after_run(run, report)
-        return run_dir, report
-    except BaseException as err:
-        host.on_run_error(run, err)
-        if is_main and storage.exists("config.yaml"):
-            _write_failure(storage, err, started)
-        raise
+    # -- 7. report and export ----------------------------------------------------------------------
 
+    def finish(self, state: Any) -> dict[str, Any]:
+        from .report import build_report, hparams
 
-def _write_failure(storage: Storage, err: BaseException, started: float) -> None:
-    report = storage.read_json("report.json") if storage.exists("report.json") else {}
-    report.update({"status": "failed", "error": f"{type(err).__name__}: {err}",
-                   "timings": {"total_s": round(time.time() - started, 3)}})
-    try:
-        storage.write_json("report.json", report)
-    except OSError:
-        pass
+        run, trainer = self.run_ctx, self.trainer
+        samples = trainer.sync_samples()  # a collective: the samples of every rank
+        report = build_report(run, state, self.started, self.timings, samples_seen=samples)
+        if not self.is_main:
+            return report
+        best = {k: v for k, v in (state.best_metrics or {}).items() if k.startswith("val/")}
+        trainer.scalars.hparams(hparams(run, self.lr), best)
+        trainer.scalars.close()
+        run.storage.write_json("report.json", report)
+        manifest = run.storage.read_json_object("manifest.json", what="run manifest")
+        manifest["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        run.storage.write_json("manifest.json", manifest)
+        export = self.cfg.export
+        if export is not None and export.formats:  # formats: [] means no export
+            from ..export.bundle import export_run
 
+            report["export"] = export_run(run.run_dir, host=self.host, formats=export.formats,
+                                          quantize=export.quantize)
+            run.storage.write_json("report.json", report)
+        return report
 
-def _report(run: RunContext, trainer: Any, prepared: Any, started: float,
-            timings: dict[str, float]) -> dict[str, Any]:
-    st = trainer.state
-    meta = prepared.meta
-    timings["total_s"] = round(time.time() - started, 3)
-    final = st.history[-1] if st.history else {}
-    cfg = run.config.train
-    return {
-        "status": "stopped_early" if st.stopped_early else "completed",
-        "epochs": st.epoch if st.batch_in_epoch == 0 else st.epoch + 1,
-        "steps": st.global_step,
-        "samples_seen": st.samples_seen,
-        "global_batch": cfg.batch_size * cfg.accumulate * run.world_size,
-        "world_size": run.world_size,
-        "final": {k: v for k, v in final.items() if k != "epoch"},
-        "best": st.best_metrics,
-        "monitor": cfg.early_stopping.monitor if cfg.early_stopping else "val/loss",
-        "history": st.history,
-        "skipped_steps": st.skipped_steps,
-        "model": run.components.model.report(),
-        "data": {
-            "read": meta["read"],
-            "counts": meta["counts"],
-            "examples": meta["examples"],
-            "dropped": meta["dropped"],
-            "dropped_examples": meta["dropped_examples"],
-            "bad": meta.get("bad", 0),
-            "dropped_in_training": st.dropped_in_training,
-            "cleaners": meta["cleaners"],
-            "cache": str(prepared.cache.root),
-            "cache_reused": prepared.reused,
-        },
-        "timings": timings,
-    }
+    def fail(self, err: BaseException) -> None:
+        """Record the failure first, then tell the plugins: a hook that raises cannot hide
+        the run's own error or keep report.json from saying ``failed``."""
+        from .report import write_failure
 
-
-def _hparams(cfg: PipelineConfig, env: Any) -> dict[str, Any]:
-    t = cfg.train
-    return {"model": cfg.model.name, "epochs": t.epochs, "batch_size": t.batch_size,
-            "accumulate": t.accumulate, "global_batch": t.batch_size * t.accumulate * env.world_size,
-            "lr": t.optimizer.lr, "optimizer": t.optimizer.name, "precision": t.precision,
-            "seed": cfg.seed}
-
-
-def _plugin_versions(host: Any) -> list[dict[str, Any]]:
-    return [{"name": n, "distribution": i.distribution, "version": i.version, "status": i.status}
-            for n, i in sorted(host.infos.items())]
+        run = self.run_ctx
+        if run is None:
+            return
+        if self.is_main and run.storage.exists("config.yaml"):
+            write_failure(run.storage, err, self.started, run.prepared)
+        try:
+            self.host.on_run_error(run, err)
+        except Exception as hook_err:  # noqa: BLE001 - reported, and the run's error wins
+            print(f"privet: warning: an on_run_error hook raised {type(hook_err).__name__}: "
+                  f"{hook_err}; the run's own error follows", file=sys.stderr)
 
 
 def _fingerprint_extra(loaded: LoadedConfig) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 import attrs
 
 from ..errors import TrainingError
-from .checkpoint import CheckpointManager, capture_rng, restore_rng, safe_dcp_reader
+from ..errors import CheckpointError
+from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .context import TrainingObjects
 from .metrics import MetricAccumulator
 
@@ -40,22 +41,12 @@ class LoopState:
     samples_seen: int = 0
 
 
-def build_optimizer(cfg: Any, params: Any) -> Any:
-    import torch
-
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-
-
 class Trainer:
-    """Runs epochs for a :class:`privet.train.engine.RunContext`."""
+    """Runs epochs for a :class:`privet.RunContext`; checkpoint I/O is the
+    :class:`CheckpointManager`'s, logging the loggers' (set by the recipe before ``fit``)."""
 
     def __init__(self, run: Any, objects: TrainingObjects, *, val_loader: Any, scheduler: Any,
-                 scheduler_component: Any, raw_module: Any, scalars: Any, progress: Any,
-                 checkpoints: CheckpointManager | None) -> None:
+                 scheduler_component: Any, raw_module: Any, checkpoints: CheckpointManager) -> None:
         import torch
 
         self.run = run
@@ -66,8 +57,8 @@ class Trainer:
         self.scheduler = scheduler
         self.scheduler_component = scheduler_component
         self.raw_module = raw_module
-        self.scalars = scalars
-        self.progress = progress
+        self.scalars: Any = None
+        self.progress: Any = None
         self.checkpoints = checkpoints
         self.state = LoopState()
         self.device = run.device
@@ -83,9 +74,8 @@ class Trainer:
         self.single_batch_steps = self.cfg.accumulate == 1 and run.world_size == 1
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
         self._skips_in_a_row = 0
-        self.steps_per_epoch = math.ceil(len(objects.train_loader) / self.cfg.accumulate)
-        total = self.steps_per_epoch * self.cfg.epochs
-        self.total_steps = min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+        self._local_samples = 0  # this rank's samples since the last sync_samples
+        self.total_steps = run.plan.total_steps
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -116,21 +106,28 @@ class Trainer:
 
     def restore(self, path: Any) -> None:
         if self.sharded:
-            tensors, plain = self._restore_sharded(path)
+            tensors, plain = CheckpointManager.load_sharded(path, self.objects.module,
+                                                            self.objects.optimizer)
         else:
             tensors, plain = CheckpointManager.load(path, self.raw_module)
-            self.objects.optimizer.load_state_dict(tensors["optimizer"])
-        if self.scheduler is not None and "scheduler" in tensors:
-            self.scheduler.load_state_dict(tensors["scheduler"])
-        if "scaler" in tensors:
-            self.scaler.load_state_dict(tensors["scaler"])
-        rank, world = self.run.rank, self.run.world_size
-        per_rank = plain["rng"].get("per_rank")
-        if per_rank is not None and len(per_rank) == world and "rng_per_rank" in tensors:
-            restore_rng(tensors["rng_per_rank"][rank], per_rank[rank])
-        else:
-            restore_rng(tensors["rng"], plain["rng"])
-        self.state = LoopState(**plain["loop"])
+        try:
+            if not self.sharded:
+                self.objects.optimizer.load_state_dict(tensors["optimizer"])
+            if self.scheduler is not None and "scheduler" in tensors:
+                self.scheduler.load_state_dict(tensors["scheduler"])
+            if "scaler" in tensors:
+                self.scaler.load_state_dict(tensors["scaler"])
+            rank, world = self.run.rank, self.run.world_size
+            per_rank = plain["rng"].get("per_rank")
+            if per_rank is not None and len(per_rank) == world and "rng_per_rank" in tensors:
+                restore_rng(tensors["rng_per_rank"][rank], per_rank[rank])
+            else:
+                restore_rng(tensors["rng"], plain["rng"])
+            self.state = LoopState(**plain["loop"])
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise CheckpointError(f"{path}: the checkpoint's state does not fit this run "
+                                  f"({type(err).__name__}: {err}); it is damaged or from another "
+                                  f"pipeline") from err
 
     def save_checkpoint(self) -> None:
         """Called on every rank (RNG states are gathered); rank 0 writes."""
@@ -145,12 +142,8 @@ class Trainer:
             per_rank = [None] * self.run.world_size
             dist.all_gather_object(per_rank, (rng_tensors, rng_plain))
         self._check_finite_weights()
-        if self.sharded:
-            self._save_sharded(rng_tensors, rng_plain, per_rank)
-            return
-        if self.checkpoints is None:
-            return
-        tensors: dict[str, Any] = {"optimizer": self.objects.optimizer.state_dict(), "rng": rng_tensors}
+        self.sync_samples()
+        tensors: dict[str, Any] = {"rng": rng_tensors}
         if per_rank is not None:
             tensors["rng_per_rank"] = [t for t, _ in per_rank]
             rng_plain = dict(rng_plain, per_rank=[p for _, p in per_rank])
@@ -159,71 +152,32 @@ class Trainer:
         if self.scaler.is_enabled():
             tensors["scaler"] = self.scaler.state_dict()
         plain = {"rng": rng_plain, "loop": attrs.asdict(self.state)}
-        path = self.checkpoints.save(self.state.global_step, self.raw_module, tensors, plain)
-        self.run.host.after_checkpoint(self.run, path, self.state.global_step)
-
-    def _save_sharded(self, rng_tensors: dict[str, Any], rng_plain: dict[str, Any],
-                      per_rank: list[Any] | None) -> None:
-        """FSDP: every rank writes its shards with torch.distributed.checkpoint into a new
-        step folder; rank 0 adds the rest and renames it, so a folder without
-        ``state.json`` (the marker, written last) is never taken as complete."""
-        import torch
-        import torch.distributed as dist
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         step = self.state.global_step
-        folder = self.run.storage.path("checkpoints")
-        tmp = folder / f".tmp-step-{step:08d}"
+        if self.sharded:
+            path = self.checkpoints.save_sharded(step, self.objects.module, self.objects.optimizer,
+                                                 tensors, plain)
+        elif self.run.is_main:
+            tensors["optimizer"] = self.objects.optimizer.state_dict()
+            path = self.checkpoints.save(step, self.raw_module, tensors, plain)
+        else:
+            return
         if self.run.is_main:
-            self.run.storage.clean_partial("checkpoints")
-            tmp.mkdir(parents=True)
-        dist.barrier()
-        model_sd, optim_sd = get_state_dict(self.objects.module, self.objects.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "sharded"))
-        dist.barrier()
-        if self.run.is_main:
-            import json
-            import os
+            self.run.host.after_checkpoint(self.run, path, step)
 
-            tensors: dict[str, Any] = {"rng": rng_tensors}
-            if per_rank is not None:
-                tensors["rng_per_rank"] = [t for t, _ in per_rank]
-                rng_plain = dict(rng_plain, per_rank=[p for _, p in per_rank])
-            if self.scheduler is not None:
-                tensors["scheduler"] = self.scheduler.state_dict()
-            if self.scaler.is_enabled():
-                tensors["scaler"] = self.scaler.state_dict()
-            torch.save(tensors, tmp / "state.pt")
-            (tmp / "state.json").write_text(json.dumps({"rng": rng_plain, "loop": attrs.asdict(self.state),
-                                                        "sharded": True}), encoding="utf-8")
-            final = folder / f"step-{step:08d}"
-            if final.exists():
-                self.run.storage.remove(f"checkpoints/{final.name}")
-            os.replace(tmp, final)
-            assert self.checkpoints is not None
-            for old in self.checkpoints.steps()[: -self.checkpoints.keep_last]:
-                self.run.storage.remove(f"checkpoints/step-{old:08d}")
-            self.run.host.after_checkpoint(self.run, final, step)
-        dist.barrier()
+    def sync_samples(self) -> int:
+        """Add every rank's samples since the last call to ``state.samples_seen`` (a
+        collective in a distributed run), so the count is the world's on every rank."""
+        local = self._local_samples
+        self._local_samples = 0
+        if self.run.world_size > 1:
+            import torch
+            import torch.distributed as dist
 
-    def _restore_sharded(self, path: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        import json
-        from pathlib import Path
-
-        import torch
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        path = Path(path)
-        model_sd, optim_sd = get_state_dict(self.objects.module, self.objects.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, storage_reader=safe_dcp_reader(str(path / "sharded")))
-        set_state_dict(self.objects.module, self.objects.optimizer,
-                       model_state_dict=state["model"], optim_state_dict=state["optim"])
-        tensors = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        plain = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        return tensors, plain
+            box = torch.tensor([local], dtype=torch.int64)
+            dist.all_reduce(box)
+            local = int(box.item())
+        self.state.samples_seen += local
+        return self.state.samples_seen
 
     def full_state_dict(self) -> dict[str, Any] | None:
         """The whole model's weights on rank 0 (a collective under FSDP)."""
@@ -284,7 +238,7 @@ class Trainer:
                 losses.add_loss(loss_sum, count)  # checked for NaN/inf at the next log
                 grad_norm = self._optimizer_step()
                 st.global_step += 1
-                st.samples_seen += n_samples
+                self._local_samples += n_samples
                 samples_since_log += n_samples
                 if step_scheduler:
                     self.scheduler.step()
@@ -476,18 +430,11 @@ class Trainer:
                 self.progress.message(f"early stopping: {key} has not improved for {st.bad_epochs} epochs")
 
     def _save_best(self) -> None:
-        """The best epoch's full weights, for export and ``load_trained`` (rank 0 writes)."""
-        from safetensors.torch import save_file, save_model
-
+        """The best epoch's full weights, for export and ``load_trained``."""
         self._check_finite_weights()
         full = self.full_state_dict()  # collective: every rank takes part
-        if not self.run.is_main:
-            return
-        with self.run.storage.atomic_dir("best") as tmp:
-            if full is not None:
-                save_file({k: v.contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"))
-            else:
-                save_model(self.raw_module, str(tmp / "model.safetensors"))
+        if self.run.is_main:
+            self.checkpoints.save_best(self.raw_module, full)
 
     def validate(self) -> dict[str, float]:
         import torch

@@ -187,3 +187,36 @@ def test_normalize_collapses_unicode_spaces_even_without_nfkc(host):
     cleaner = host.make("cleaner", "text.normalize", {"form": None})
     assert clean(cleaner, "a\xa0\xa0b\u3000c\u2009 d\r\ne") == "a b c d\ne"
     assert clean(cleaner, "plain printable text") == "plain printable text"
+
+
+# --- user-supplied regexes run in linear time (RE2) ------------------------------------------
+
+#: Catastrophic backtracking: with Python's ``re`` this takes about 2**40 steps (hours).
+EVIL_PATTERN = r"(a+)+$"
+EVIL_TEXT = "a" * 40 + "!"
+
+
+def test_normalize_a_catastrophic_replace_pattern_finishes(host):
+    cleaner = host.make("cleaner", "text.normalize", {"replace": {EVIL_PATTERN: "X"}})
+    assert cleaner.clean({"text": EVIL_TEXT})["text"] == EVIL_TEXT  # no match, and no hang
+    assert cleaner.clean({"text": "x aaa"})["text"] == "x X"
+    remover = host.make("cleaner", "text.normalize", {"remove": EVIL_PATTERN})
+    assert remover.clean({"text": EVIL_TEXT})["text"] == EVIL_TEXT
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"replace": {r"(a)\1": "b"}}, r"text.normalize.*replace.*replace\.\(a\)\\1: invalid regular expression"),
+    ({"remove": r"(?<!x)y"}, r"text.normalize.*remove.*remove: invalid regular expression.*RE2"),
+    ({"replace": {r"(a)": r"[\2]"}}, r"replace\.\(a\): replacement .* refers to group '2'"),
+    ({"replace": {r"(?P<w>a)": r"\g<x>"}}, r"refers to group 'x'"),
+])
+def test_normalize_patterns_re2_cannot_run_are_one_line_config_errors(host, options, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        host.make("cleaner", "text.normalize", options)
+    assert "\n" not in str(err.value)
+
+
+def test_normalize_accepts_python_unicode_escapes_and_group_references(host):
+    cleaner = host.make("cleaner", "text.normalize", {
+        "remove": r"[\u200b\U0001F600]", "replace": {r"(\w+)@(\w+)": r"\2 at \1", r"\p{Nd}+": "#"}})
+    assert cleaner.clean({"text": "a\u200bb\U0001F600 joe@host ٣٤ 12"})["text"] == "ab host at joe # #"

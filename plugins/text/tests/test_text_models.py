@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from privet import ConfigError, DropRecord, TrainingError
-from privet_text.nn import GPT, TextClassifierNet, sample_next
+from privet_text.networks import GPT, TextClassifierNet, sample_next
 
 TINY_GPT = {"layers": 1, "hidden": 32, "heads": 2, "context_length": 8,
             "tokenizer": {"vocab_size": 120, "min_frequency": 1}}
@@ -209,3 +209,13 @@ def test_classifier_step_returns_logits_and_targets(classifier):
     assert out.count == 2 and out.predictions.shape == (2, 2) and out.targets.tolist() == [1, 0]
     assert classifier.example_inputs(batch)[1] is batch["attention_mask"]
     assert classifier.input_names() == ["input_ids", "attention_mask"]
+
+
+@pytest.mark.parametrize("name,options,lr", [
+    ("text.classifier", {"arch": "bag"}, 1e-2),
+    ("text.classifier", {"arch": "transformer"}, 1e-3),
+    ("text.gpt", {}, 1e-3),
+    ("text.gpt", {"hidden": 768, "heads": 12}, 6e-4),
+])
+def test_models_supply_the_learning_rate_used_when_the_pipeline_sets_none(host, name, options, lr):
+    assert host.make("model", name, options).default_lr() == pytest.approx(lr)

@@ -100,3 +100,62 @@ def test_digits_of_other_scripts_are_checked_and_redacted_too(redactor):
     out = redactor.clean({"text": "卡号 ４１１１ １１１１ １１１１ １１１１，电话 +８６ １３８ ００１３ ８０００。"
                                   "订单 ４１１１ １１１１ １１１１ １１１２"})
     assert out["text"] == "卡号 <CARD>，电话 <PHONE>。订单 ４１１１ １１１１ １１１１ １１１２"
+
+
+# --- every string field that reaches the cache -------------------------------------------------
+
+
+def test_every_string_field_is_redacted_by_default(redactor):
+    out = redactor.clean({
+        "text": "write to a@b.org", "label": "ask c@d.net", "author": "Eve <eve@corp.example>",
+        "messages": [{"role": "user", "content": "call +44 20 7946 0958"},
+                     {"role": "assistant", "content": "ok, e@f.io"}],
+        "tags": ["x", "10.20.30.40"], "score": 3, "missing": None})
+    assert out == {
+        "text": "write to <EMAIL>", "label": "ask <EMAIL>", "author": "Eve <<EMAIL>>",
+        "messages": [{"role": "user", "content": "call <PHONE>"},
+                     {"role": "assistant", "content": "ok, <EMAIL>"}],
+        "tags": ["x", "<IP>"], "score": 3, "missing": None}
+    assert redactor.report() == {"EMAIL": 4, "IP": 1, "PHONE": 1}
+
+
+def test_a_field_left_alone_that_holds_pii_is_warned_about_once_and_counted(host):
+    from privet_text.pii import PiiWarning
+
+    cleaner = host.make("cleaner", "text.redact_pii", {"skip_fields": ["author"]})
+    with pytest.warns(PiiWarning, match=r"field 'author' holds PII \(EMAIL\).*skip_fields") as caught:
+        for i in range(3):
+            out = cleaner.clean({"text": f"mail {i}@x.org", "author": f"a{i}@corp.example"})
+            assert out["author"] == f"a{i}@corp.example" and out["text"] == "mail <EMAIL>"
+        cleaner.clean({"text": "hi", "author": "nobody"})
+    assert len([w for w in caught if issubclass(w.category, PiiWarning)]) == 1
+    assert cleaner.report() == {"EMAIL": 3, "unredacted.author": 3}
+
+
+def test_fields_named_explicitly_leave_the_others_alone_with_a_warning(host):
+    from privet_text.pii import PiiWarning
+
+    cleaner = host.make("cleaner", "text.redact_pii", {"fields": ["text"]})
+    with pytest.warns(PiiWarning, match=r"field 'label' .*not listed in fields"):
+        out = cleaner.clean({"text": "a@b.org", "label": "c@d.net"})
+    assert out == {"text": "<EMAIL>", "label": "c@d.net"}
+
+
+def test_fields_and_skip_fields_together_are_a_config_error(host):
+    with pytest.raises(ConfigError, match="set fields .* or skip_fields"):
+        host.make("cleaner", "text.redact_pii", {"fields": ["text"], "skip_fields": ["author"]})
+
+
+def test_counts_start_again_on_each_pass_over_the_data(redactor):
+    """The engine streams the source once more per fitting cleaner: count the last pass only."""
+    for _ in range(2):
+        redactor.start_pass()
+        redactor.clean({"text": "a@b.org and c@d.net", "author": "e@f.io"})
+    assert redactor.report() == {"EMAIL": 3}
+
+
+def test_a_catastrophic_custom_pattern_finishes_and_backreferences_are_refused(host):
+    cleaner = host.make("cleaner", "text.redact_pii", {"patterns": {"EVIL": r"(a+)+$"}})
+    assert cleaner.clean({"text": "a" * 40 + "!"})["text"] == "a" * 40 + "!"
+    with pytest.raises(ConfigError, match=r"patterns\.ID: invalid regular expression.*RE2"):
+        host.make("cleaner", "text.redact_pii", {"patterns": {"ID": r"(\d)\1{3}"}})

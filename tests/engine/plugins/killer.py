@@ -6,6 +6,8 @@ Inert unless one of these variables is set in the environment of ``privet run``:
   (after the weights were updated, before the step is counted or checkpointed).
 * ``PRIVET_TEST_KILL_IN_CHECKPOINT=K``: die during the K-th checkpoint write of this
   process, after ``model.safetensors`` is in the temp folder and before the rename.
+* ``PRIVET_TEST_KILL_IN_PREPARE=R``: the cleaner ``killer.passthrough`` dies at the R-th
+  record it cleans, that is while the data is being prepared.
 
 SIGKILL cannot be caught: nothing of the engine's cleanup runs, as after an OOM kill.
 """
@@ -19,6 +21,7 @@ import privet
 
 KILL_AFTER_STEPS = "PRIVET_TEST_KILL_AFTER_STEPS"
 KILL_IN_CHECKPOINT = "PRIVET_TEST_KILL_IN_CHECKPOINT"
+KILL_IN_PREPARE = "PRIVET_TEST_KILL_IN_PREPARE"
 
 
 def _die() -> None:
@@ -52,3 +55,24 @@ def wrap_training(run, objects):
                     _die()
 
         safetensors.torch.save_model = save_model
+
+
+class Passthrough(privet.Cleaner):
+    """Returns each record unchanged; with PRIVET_TEST_KILL_IN_PREPARE=R, dies at record R."""
+
+    Options = privet.NoOptions
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.seen = 0
+
+    def clean(self, record):
+        self.seen += 1
+        if self.seen == int(os.environ.get(KILL_IN_PREPARE, "0")):
+            _die()
+        return record
+
+
+@privet.hookimpl
+def register_cleaners(register):
+    register("killer.passthrough", Passthrough)

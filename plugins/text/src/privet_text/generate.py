@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from privet import UsageError
+from privet import UsageError, load_trained
 
 
 @click.command()
@@ -24,10 +24,9 @@ from privet import UsageError
 def generate(ctx: click.Context, run: str, prompt: str, max_new_tokens: int, temperature: float,
              top_k: int | None, top_p: float | None, seed: int | None, num_samples: int) -> None:
     """Continue PROMPT with the text.gpt model trained in run folder RUN."""
-    from privet.cli import get_host  # imported lazily: torch loads with the run
-    from privet.train.loading import load_trained
-
-    model, module = load_trained(run, host=get_host(ctx))
+    # load_trained builds the plugin host itself (honouring PRIVET_*_PLUGINS); torch is
+    # imported inside it, so this command stays cheap to register
+    model, module = load_trained(run)
     if not hasattr(model, "generate"):
         raise UsageError(f"run {run} trained model {model.name!r}, which does not generate text; "
                          f"privet generate works with text.gpt runs")

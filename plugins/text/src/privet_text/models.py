@@ -128,8 +128,13 @@ class GPTModel(_TokenizedModel):
         if not emitted and len(buffer) >= 2:  # a split shorter than one block: one short block
             yield {"ids": list(buffer)}
 
+    def default_lr(self) -> float | None:
+        """1e-3 for the small CPU-sized defaults (nanoGPT's small models train at 1e-3), 6e-4
+        from hidden 768 on (GPT-2 small's rate); used when ``train.optimizer.lr`` is unset."""
+        return 1e-3 if self.options.hidden < 768 else 6e-4
+
     def build(self) -> torch.nn.Module:
-        from .nn import GPT
+        from .networks import GPT
 
         o = self.options
         return GPT(self._require_tokenizer().vocab_size, context_length=o.context_length,
@@ -273,8 +278,13 @@ class ClassifierModel(_TokenizedModel):
         self.labels = list(state["labels"])
         self._index = {label: i for i, label in enumerate(self.labels)}
 
+    def default_lr(self) -> float | None:
+        """1e-2 for ``bag`` (measured: 0.75 validation accuracy in 9 s on 2.7k quotes, where
+        1e-3 reached 0.64), 1e-3 for the transformer; used when ``train.optimizer.lr`` is unset."""
+        return 1e-2 if self.options.arch == "bag" else 1e-3
+
     def build(self) -> torch.nn.Module:
-        from .nn import TextClassifierNet
+        from .networks import TextClassifierNet
 
         o = self.options
         if not self.labels:

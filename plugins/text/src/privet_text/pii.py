@@ -15,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+import warnings
 from collections import Counter
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import attrs
-from privet import Cleaner, Record
+from privet import Cleaner, OptionValueError, Record
 
-from .cleaners import _nonempty, field_text
+from .cleaners import field_text
+from .safe_regex import compile_regex
 
 #: A validator gets the regex match and returns the span to claim, or None to ignore
 #: it; ``replace=False`` claims the span but leaves the text as it is.
@@ -124,7 +126,7 @@ class Detector:
     """
 
     kind: str
-    pattern: re.Pattern[str]
+    pattern: Any  # a compiled ``re`` (built-ins) or RE2 (user patterns) pattern
     validate: Callable[[re.Match[str]], Validated] = _always
     scope: str = "text"
     min_digits: int = 0
@@ -162,7 +164,9 @@ class Redactor:
                  placeholder: str = "<{type}>") -> None:
         wanted = set(types)
         builtin = [d for d in BUILTIN if d.kind in wanted]
-        custom = [Detector(name, re.compile(rx)) for name, rx in (patterns or {}).items()]
+        # user patterns run on RE2 (linear time): a crafted one cannot hang a run or predict
+        custom = [Detector(name, compile_regex(rx, f"patterns.{name}"))
+                  for name, rx in (patterns or {}).items()]
         # Custom ID patterns go before phones (a national ID is often phone-shaped).
         self.detectors = builtin[:-1] + custom + builtin[-1:] if "PHONE" in wanted else builtin + custom
         self._custom = bool(custom)
@@ -234,23 +238,51 @@ def _patterns(_instance: Any, attribute: Any, value: dict[str, str]) -> None:
     for name, rx in value.items():
         if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
             raise ValueError(f"patterns: name {name!r} must be UPPER_CASE (it becomes <{name}>)")
-        try:
-            re.compile(rx)
-        except re.error as err:
-            raise ValueError(f"patterns.{name}: invalid regular expression: {err}") from None
+        compile_regex(rx, f"patterns.{name}")
+
+
+class PiiWarning(UserWarning):
+    """A field that reaches the cache holds PII that ``text.redact_pii`` was told to leave alone."""
+
+
+def _some_fields(_instance: Any, attribute: Any, value: Optional[list[str]]) -> None:
+    if value is not None and not value:
+        raise OptionValueError(f"{attribute.name} must name at least one field, or be null to "
+                               f"redact every string field", attribute.name)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in ``value``, including those nested in lists and mappings."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
 
 
 class RedactPii(Cleaner):
     """Replace emails, phones, card numbers (Luhn-checked), IBANs (mod-97-checked), IP
     addresses and your own ID patterns by typed placeholders such as ``<EMAIL>``.
 
-    ``patterns`` adds detectors by regex, e.g. ``{SSN: '\\b\\d{3}-\\d{2}-\\d{4}\\b'}`` gives
-    ``<SSN>``. Replacement counts by type appear in the run report.
+    By default every string of the record is redacted: the text, the label, the fields a
+    source keeps beside them (``keep_fields``) and strings nested in lists and mappings
+    (chat ``messages[*].content``). ``fields`` limits redaction to the fields named;
+    ``skip_fields`` leaves the fields named alone. A field left alone is still searched:
+    the first record where it holds PII raises a :class:`PiiWarning` naming the field, and
+    the report counts such records as ``unredacted.FIELD``. ``patterns`` adds detectors by
+    regex (RE2 syntax), e.g. ``{SSN: '\\b\\d{3}-\\d{2}-\\d{4}\\b'}`` gives ``<SSN>``.
+    Replacement counts by type appear in the run report.
     """
 
     @attrs.define(frozen=True)
     class Options:
-        fields: list[str] = attrs.field(factory=lambda: ["text"], validator=_nonempty)
+        #: Fields to redact; ``null``: every field that holds strings.
+        fields: Optional[list[str]] = attrs.field(default=None, validator=_some_fields)
+        #: Fields to leave as they are (with ``fields: null``); PII found there is warned about.
+        skip_fields: list[str] = attrs.field(factory=list)
         types: list[str] = attrs.field(factory=lambda: list(BUILTIN_TYPES), validator=_types)
         patterns: dict[str, str] = attrs.field(factory=dict, validator=_patterns)
         placeholder: str = attrs.field(default="<{type}>")
@@ -260,18 +292,64 @@ class RedactPii(Cleaner):
             if "{type}" not in value:
                 raise ValueError("placeholder must contain {type}, e.g. '<{type}>'")
 
+        def __attrs_post_init__(self) -> None:
+            if self.fields is not None and self.skip_fields:
+                raise OptionValueError("set fields (what to redact) or skip_fields (what to "
+                                       "leave alone), not both", "skip_fields")
+
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         o = self.options
         self.redactor = Redactor(o.types, o.patterns, o.placeholder)
+        self._skip = frozenset(o.skip_fields)
+        self._unredacted: Counter[str] = Counter()
+        self._warned: set[str] = set()
+
+    def start_pass(self) -> None:
+        # The engine streams the source again for each fitting cleaner: the counts of the
+        # last pass are the replacements that reached the cache, so each pass starts at 0.
+        self.redactor.counts.clear()
+        self._unredacted.clear()
 
     def clean(self, record: Record) -> Record | None:
-        for field in self.options.fields:
-            record[field] = self.redactor.redact(field_text(record, field))
+        fields = self.options.fields
+        if fields is not None:
+            for field in fields:
+                if not isinstance(record.get(field), (str, list, dict)):
+                    field_text(record, field)  # raises DropRecord naming the field
+        for key in list(record):
+            covered = key not in self._skip if fields is None else key in fields
+            if covered:
+                record[key] = self._redact(record[key])
+            else:
+                self._check_left_alone(key, record[key])
         return record
 
+    def _redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redactor.redact(value)
+        if isinstance(value, (list, tuple)):
+            return [self._redact(item) for item in value]
+        if isinstance(value, dict):
+            return {k: self._redact(v) for k, v in value.items()}
+        return value  # numbers, booleans, null: nothing to redact
+
+    def _check_left_alone(self, key: str, value: Any) -> None:
+        kinds = {kind for text in _strings(value) for _s, _e, kind in self.redactor.spans(text)}
+        if not kinds:
+            return
+        self._unredacted[key] += 1
+        if key not in self._warned:
+            self._warned.add(key)
+            why = "listed in skip_fields" if key in self._skip else "not listed in fields"
+            warnings.warn(f"text.redact_pii: field {key!r} holds PII ({', '.join(sorted(kinds))}) "
+                          f"and is left unredacted ({why}); it reaches the prepared cache as it "
+                          f"is: redact it or stop keeping it (keep_fields)", PiiWarning, stacklevel=2)
+
     def report(self) -> dict[str, int]:
-        return dict(sorted(self.redactor.counts.items()))
+        counts = dict(sorted(self.redactor.counts.items()))
+        counts.update({f"unredacted.{k}": n for k, n in sorted(self._unredacted.items())})
+        return counts
 
 
-__all__ = ["BUILTIN_TYPES", "Detector", "RedactPii", "Redactor", "iban_ok", "luhn_ok"]
+__all__ = ["BUILTIN_TYPES", "Detector", "PiiWarning", "RedactPii", "Redactor", "iban_ok", "luhn_ok"]

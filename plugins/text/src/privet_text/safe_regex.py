@@ -1,0 +1,61 @@
+"""User-supplied regular expressions, compiled with RE2 so matching takes linear time.
+
+Python's ``re`` backtracks: ``(a+)+$`` against ``"a" * 40 + "!"`` runs for hours. Patterns
+come from a pipeline file and also from bundles and run folders someone else made (cleaner
+options travel with every export and are rebuilt by ``privet predict``), so every pattern a
+user can write (``text.normalize`` ``remove``/``replace``, ``text.redact_pii`` ``patterns``)
+is compiled here with google-re2, whose automaton never backtracks. RE2 has no
+backreferences and no lookaround; such a pattern is a one-line config error naming the
+option. Python-style ``\\uXXXX`` / ``\\UXXXXXXXX`` escapes are accepted (RE2 spells them
+``\\x{XXXX}``). Unlike ``re``, RE2's ``\\d``, ``\\w`` and ``\\s`` are ASCII only: write
+``\\p{Nd}``, ``[\\p{L}\\p{N}_]`` or ``\\p{Z}`` for other scripts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import re2
+from privet import OptionValueError
+
+# An even run of backslashes (kept), then \uXXXX or \UXXXXXXXX: a Python escape.
+_PY_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\(?:u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8}))")
+# Group references in a replacement string: \1 .. \99 and \g<name or number>.
+_GROUP_REF = re.compile(r"\\\\|\\(\d{1,2})|\\g<([^>]*)>")
+
+
+def _re2_syntax(pattern: str) -> str:
+    return _PY_ESCAPE.sub(lambda m: f"{m.group(1)}\\x{{{m.group(2) or m.group(3)}}}", pattern)
+
+
+def compile_regex(pattern: str, option: str) -> Any:
+    """``pattern`` compiled by RE2, or an OptionValueError naming ``option``."""
+    if not isinstance(pattern, str):
+        raise OptionValueError(f"{option}: expected a regular expression string, got "
+                               f"{type(pattern).__name__}", option.split(".")[0])
+    options = re2.Options()
+    options.log_errors = False  # the error goes to the user as one line, not to stderr
+    try:
+        return re2.compile(_re2_syntax(pattern), options)
+    except re2.error as err:
+        why = err.args[0] if err.args else err  # RE2 gives the reason as bytes
+        why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+        raise OptionValueError(
+            f"{option}: invalid regular expression {pattern!r}: {why}; patterns run on RE2 "
+            f"(linear time: no backreferences, no lookaround)", option.split(".")[0]) from None
+
+
+def check_template(compiled: Any, template: str, option: str) -> None:
+    """Fail at validation, not mid-run, when ``template`` names a group the pattern lacks."""
+    for m in _GROUP_REF.finditer(template):
+        ref = m.group(1) if m.group(1) is not None else m.group(2)
+        if ref is None:
+            continue  # an escaped backslash
+        known = ref.isdigit() and int(ref) <= compiled.groups or ref in compiled.groupindex
+        if not known:
+            raise OptionValueError(f"{option}: replacement {template!r} refers to group {ref!r}, "
+                                   f"which the pattern does not define", option.split(".")[0])
+
+
+__all__ = ["check_template", "compile_regex"]
