@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Augmenter": "components", "BadRecord": "components", "Cleaner": "components",
     "Component": "components", "Exporter": "components", "Model": "components",
-    "NoOptions": "components", "Record": "components", "Scheduler": "components",
+    "NoOptions": "components", "Optimizer": "components", "Record": "components",
+    "Scheduler": "components", "Task": "train.metrics",
     "Shard": "components", "Source": "components", "StepOutput": "components",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
     "DropRecord": "errors", "ExportError": "errors", "PluginError": "errors",
@@ -24,6 +25,7 @@ _EXPORTS = {
     "UsageError": "errors", "hookimpl": "hookspecs", "Columns": "data.columns",
     "OptionValueError": "validators", "existing_path": "validators",
     "existing_paths": "validators", "positive": "validators", "probability": "validators",
+    "non_negative": "validators", "at_least": "validators",
     "RunContext": "train.context", "TrainingObjects": "train.context",
     "load_trained": "train.loading",
 }
@@ -45,7 +47,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .components import (Augmenter, BadRecord, Cleaner, Component, Exporter, Model,
-                             NoOptions, Record, Scheduler, Shard, Source, StepOutput)
+                             NoOptions, Optimizer, Record, Scheduler, Shard, Source,
+                             StepOutput)
     from .errors import (CheckpointError, ConfigError, DataError, DropRecord, ExportError,
                          PluginError, PrivetError, TrainingError, UnknownComponentError,
                          UsageError)
@@ -53,5 +56,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .hookspecs import hookimpl
     from .train.context import RunContext, TrainingObjects
     from .train.loading import load_trained
-    from .validators import (OptionValueError, existing_path, existing_paths, positive,
-                             probability)
+    from .train.metrics import Task
+    from .validators import (OptionValueError, at_least, existing_path, existing_paths,
+                             non_negative, positive, probability)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Iterator
 
 import attrs
@@ -26,6 +27,16 @@ class Entry:
         return doc.splitlines()[0] if doc else ""
 
 
+def _component_problem(cls: type) -> str | None:
+    """What makes a component class unusable, found at registration instead of mid-run."""
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        return f"does not implement {missing}"
+    if not attrs.has(getattr(cls, "Options", None) or object):
+        return "has an Options that is not an attrs class (decorate it with @attrs.define)"
+    return None
+
+
 @attrs.define
 class Catalog:
     """Every component of every loaded plugin, by kind and name."""
@@ -44,6 +55,10 @@ class Catalog:
             raise PluginError(
                 f"plugin {plugin!r} registered {kind} {name!r} as {cls!r}, which is not a "
                 f"subclass of privet.{base.__name__}")
+        problem = _component_problem(cls)
+        if problem is not None:
+            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} as {cls.__name__}, "
+                              f"which {problem}")
         existing = self.entries[kind].get(name)
         if existing is not None:
             raise DuplicateComponentError(

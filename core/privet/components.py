@@ -1,4 +1,4 @@
-"""Base classes for the six component kinds.
+"""Base classes for the seven component kinds.
 
 A component is a class with a docstring, an attrs ``Options`` class that the pipeline
 file is validated against, and the methods of its kind. Plugins register component
@@ -21,11 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
     from .data.columns import Columns
+    from .train.metrics import MetricAccumulator, Task
 
 Record = dict[str, Any]
 """One record: a plain dict of JSON-like values (str, int, float, bytes, lists)."""
 
-KINDS = ("source", "cleaner", "augmenter", "model", "scheduler", "exporter")
+KINDS = ("source", "cleaner", "augmenter", "model", "optimizer", "scheduler", "exporter")
 
 
 @attrs.define(frozen=True)
@@ -168,8 +169,10 @@ class Model(Component):
     """
 
     kind = "model"
-    #: ``classification``, ``regression``, ``lm`` or ``forecast``: selects the metrics.
-    task: ClassVar[str] = "classification"
+    #: What the model predicts, which selects its metrics and its default
+    #: :meth:`postprocess`: a built-in task's name (``classification``, ``regression``,
+    #: ``forecast``, ``lm``) or a :class:`privet.Task` subclass of the plugin's own.
+    task: ClassVar[str | type[Task]] = "classification"
     #: True when ``privet predict`` must build examples from all input records first,
     #: with ``examples(records, "predict")`` (series windows); False: one record, one
     #: prediction (the ``examples`` of a language model only packs training text).
@@ -185,6 +188,38 @@ class Model(Component):
     def report(self) -> dict[str, Any]:
         """Counters worth showing in report.json under ``model`` (e.g. windows built)."""
         return {}
+
+    def default_lr(self) -> float | None:
+        """The learning rate used when the pipeline sets no ``train.optimizer.lr``.
+
+        A model knows what trains it well and fast (a bag-of-words model wants 1e-2, a
+        transformer 1e-3 or less). Default: ``None`` (the core then uses 1e-3).
+        """
+        return None
+
+    def task_definition(self) -> Task:
+        """The :class:`privet.Task` that :attr:`task` names (metrics, post-processing)."""
+        from .train.metrics import get_task  # imported lazily: keeps the launcher light
+
+        return get_task(self.task)
+
+    def metric_names(self) -> list[str]:
+        """Metrics each evaluation reports, without the split prefix (``loss``, ``accuracy``).
+
+        ``train.early_stopping.monitor`` must name one of them as ``val/NAME``; the pipeline
+        is refused at validation otherwise. Default: the task's metric names.
+        """
+        return self.task_definition().metric_names()
+
+    def metrics(self, prefix: str) -> MetricAccumulator:
+        """A fresh accumulator for one evaluation (``prefix``: ``train`` or ``val``).
+
+        Default: the task's metrics. Override :attr:`task` with a :class:`privet.Task`
+        subclass to add metrics; override this only to change how they are accumulated.
+        """
+        from .train.metrics import MetricAccumulator
+
+        return MetricAccumulator(self.task_definition(), prefix)
 
     @abc.abstractmethod
     def build(self) -> torch.nn.Module:
@@ -307,7 +342,7 @@ class Model(Component):
         keys, numbers are parsed), or every such file in a folder. Image or time series
         plugins override this to read image files or whole series.
         """
-        from .export.inputs import read_records  # imported lazily: json and csv only
+        from .io import read_records  # imported lazily: json and csv only
 
         yield from read_records(path)
 
@@ -326,32 +361,14 @@ class Model(Component):
         """Turn the outputs of one batch into one JSON-able dict per record.
 
         ``outputs`` are the module's outputs as numpy arrays (batch first), ``records``
-        the batch's input records as the cleaners left them, in order. Defaults by :attr:`task`:
-        ``classification`` -> ``{"label", "probabilities"}`` (softmax of output 0, labels
-        from :meth:`class_names`); ``regression`` and ``forecast`` -> ``{"prediction"}``
-        (output 0, a number or a list); others -> ``{"outputs": [...]}``. Override to map
-        labels, undo a target scaling (forecasts in original units) or decode tokens.
+        the batch's input records as the cleaners left them, in order. Default: the
+        :attr:`task`'s post-processing: ``classification`` -> ``{"label", "probabilities"}``
+        (softmax of output 0, labels from :meth:`class_names`); ``regression`` and
+        ``forecast`` -> ``{"prediction"}`` (output 0, a number or a list); others ->
+        ``{"outputs": [...]}``. Override to map labels, undo a target scaling (forecasts
+        in original units) or decode tokens.
         """
-        import numpy as np
-
-        first = np.asarray(outputs[0])
-        n = len(records)
-        if self.task == "classification":
-            logits = first.reshape(n, -1).astype(np.float64)
-            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs = shifted / shifted.sum(axis=1, keepdims=True)
-            names = self.class_names()
-            out = []
-            for row in probs:
-                k = int(row.argmax())
-                out.append({"label": names[k] if names else k,
-                            "probabilities": [round(float(p), 6) for p in row]})
-            return out
-        if self.task in ("regression", "forecast"):
-            rows = first.reshape(n, -1)
-            return [{"prediction": float(r[0]) if r.size == 1 else [float(v) for v in r]}
-                    for r in rows]
-        return [{"outputs": [np.asarray(o)[i].tolist() for o in outputs]} for i in range(n)]
+        return self.task_definition().postprocess(self, outputs, records)
 
     def predict_batch(self, run: Any, records: list[Record], items: list[Any]) -> list[dict[str, Any]]:
         """Predict one batch with an exported artifact; one dict per record.
@@ -387,6 +404,22 @@ class Scheduler(Component):
         ...
 
 
+class Optimizer(Component):
+    """Builds a ``torch.optim.Optimizer`` over the parameters to train.
+
+    The pipeline names it in ``train.optimizer.name``; its other keys there (besides
+    ``lr``) are this component's ``Options``. The learning rate is passed to
+    :meth:`build` rather than kept in the options because the core resolves it: the
+    pipeline's ``lr``, else the model's :meth:`Model.default_lr`, else 1e-3.
+    """
+
+    kind = "optimizer"
+
+    @abc.abstractmethod
+    def build(self, params: Any, lr: float) -> torch.optim.Optimizer:
+        """The optimizer over ``params`` (an iterable of tensors or of param groups)."""
+
+
 class Exporter(Component):
     """Writes an inference artifact from a trained model and loads it back for checks.
 
@@ -419,11 +452,13 @@ BASES: dict[str, type[Component]] = {
     "cleaner": Cleaner,
     "augmenter": Augmenter,
     "model": Model,
+    "optimizer": Optimizer,
     "scheduler": Scheduler,
     "exporter": Exporter,
 }
 
 __all__ = [
     "Augmenter", "BadRecord", "BASES", "Cleaner", "Component", "DropRecord", "Exporter",
-    "KINDS", "Model", "NoOptions", "Record", "Scheduler", "Shard", "Source", "StepOutput",
+    "KINDS", "Model", "NoOptions", "Optimizer", "Record", "Scheduler", "Shard", "Source",
+    "StepOutput",
 ]

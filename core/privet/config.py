@@ -20,10 +20,45 @@ import yaml
 from cattrs.errors import IterableValidationError, IterableValidationNote
 
 from .errors import ConfigError, PrivetError
-from .validators import OptionValueError
+from .validators import OptionValueError, at_least, non_negative, probability
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
+
+
+#: A run name becomes a folder under ``runs_dir``: it must stay a single plain name there.
+MAX_RUN_NAME = 100
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a run folder, or ``None`` when it can."""
+    if not name.strip():
+        return "a run name cannot be empty"
+    if len(name) > MAX_RUN_NAME:
+        return f"a run name has at most {MAX_RUN_NAME} characters, got {len(name)}"
+    if "/" in name or "\\" in name or ".." in name:
+        return (f"a run name is a plain folder name (no '/', '\\' or '..'), got {name!r}; "
+                f"set runs_dir to choose where runs go")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"a run name cannot hold control characters, got {name!r}"
+    return None
+
+
+def _plain_run_name(_instance: Any, attribute: Any, value: str) -> None:
+    problem = run_name_problem(value)
+    if problem is not None:
+        raise OptionValueError(problem, attribute.name)
+
+
+def _seed_range(_instance: Any, attribute: Any, value: int) -> None:
+    if not 0 <= value < 2**63:  # numpy's and torch's generators both take this range
+        raise OptionValueError(f"seed must be between 0 and 2**63-1, got {value}", attribute.name)
+
+
+def _finite_non_negative(_instance: Any, attribute: Any, value: float | None) -> None:
+    if value is not None and not 0 <= value < float("inf"):
+        raise OptionValueError(f"{attribute.name} must be a finite number, 0 or more (0 or "
+                               f"unset: no clipping), got {value}", attribute.name)
 
 
 @attrs.define
@@ -66,61 +101,91 @@ class DataConfig:
     split: SplitConfig = attrs.field(factory=SplitConfig)
     sampler: Literal["shuffle", "sequential", "balanced"] = "shuffle"
     label_field: str = "label"
-    num_workers: int = 0
+    num_workers: int = attrs.field(default=0, validator=non_negative)
     on_error: Literal["drop", "fail"] = "drop"
-    max_bad_fraction: float = 0.01
-    shard_rows: int = 50_000
+    max_bad_fraction: float = attrs.field(default=0.01, validator=probability)
+    shard_rows: int = attrs.field(default=50_000, validator=at_least(1))
 
 
 @attrs.define
 class OptimizerConfig:
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.0
-    nesterov: bool = False
+    """``train.optimizer``: a registered optimizer, the learning rate, and that optimizer's
+    own options as sibling keys (``{name: adamw, lr: 0.003, weight_decay: 0.01}``).
+
+    The options are validated against the optimizer component's ``Options`` once the
+    catalog is known (:func:`validate_components`), like any component's.
+    """
+
+    name: str = "adamw"
+    #: ``None``: the model's ``default_lr()``, else 1e-3 (resolved when training starts).
+    lr: Optional[float] = None
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.lr is not None and not 0 <= self.lr < float("inf"):
+            raise OptionValueError(f"lr must be a finite number, 0 or more, got {self.lr}", "lr")
+
+
+def _register_optimizer_hooks(conv: cattrs.Converter) -> None:
+    """``train.optimizer`` is flat: every key besides ``name`` and ``lr`` is an option."""
+
+    def structure(value: Any, _t: Any) -> OptimizerConfig:
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            raise OptionValueError("expected an optimizer name or {name: ..., lr: ..., OPTION: ...}")
+        rest = dict(value)
+        name = conv.structure(rest.pop("name", "adamw"), str)
+        lr = rest.pop("lr", None)
+        try:
+            lr = None if lr is None else conv.structure(lr, float)
+        except OptionValueError as err:
+            raise OptionValueError(str(err), "lr") from None
+        nested = rest.pop("options", None) or {}  # the {name, options} form of other components
+        if not isinstance(nested, dict):
+            raise OptionValueError("'options' must be a mapping", "options")
+        return OptimizerConfig(name, lr, {**nested, **rest})
+
+    conv.register_structure_hook(OptimizerConfig, structure)
+    conv.register_unstructure_hook(
+        OptimizerConfig, lambda o: {"name": o.name, "lr": o.lr, **conv.unstructure(o.options)})
 
 
 @attrs.define
 class EarlyStoppingConfig:
     monitor: str = "val/loss"
     mode: Literal["min", "max"] = "min"
-    patience: int = 3
-    min_delta: float = 0.0
+    patience: int = attrs.field(default=3, validator=at_least(1))
+    min_delta: float = attrs.field(default=0.0, validator=non_negative)
 
 
 @attrs.define
 class CheckpointConfig:
-    every_n_steps: int = 0
-    keep_last: int = 2
+    every_n_steps: int = attrs.field(default=0, validator=non_negative)  # 0: at epoch ends only
+    keep_last: int = attrs.field(default=2, validator=at_least(1))
 
 
 @attrs.define
 class TrainConfig:
-    epochs: int = 1
-    max_steps: int = 0
-    batch_size: int = 32
-    eval_batch_size: Optional[int] = None
-    accumulate: int = 1
+    # A value that passes here and then damages a run (reversed gradients from a negative
+    # clip norm, a ZeroDivisionError at log time) is refused with its key and line.
+    epochs: int = attrs.field(default=1, validator=at_least(1))
+    max_steps: int = attrs.field(default=0, validator=non_negative)  # 0: no limit
+    batch_size: int = attrs.field(default=32, validator=at_least(1))
+    eval_batch_size: Optional[int] = attrs.field(default=None, validator=at_least(1))
+    accumulate: int = attrs.field(default=1, validator=at_least(1))
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"
     optimizer: OptimizerConfig = attrs.field(factory=OptimizerConfig)
     scheduler: Optional[ComponentSpec] = None
-    clip_grad_norm: Optional[float] = None
+    clip_grad_norm: Optional[float] = attrs.field(default=None, validator=_finite_non_negative)
     early_stopping: Optional[EarlyStoppingConfig] = None
     checkpoint: CheckpointConfig = attrs.field(factory=CheckpointConfig)
-    log_every_n_steps: int = 20
+    log_every_n_steps: int = attrs.field(default=20, validator=at_least(1))
     deterministic: bool = False
     compile: bool = False
     strategy: Literal["ddp", "fsdp"] = "ddp"
     progress: Literal["auto", "bar", "log", "none"] = "auto"
-
-    def __attrs_post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "accumulate"):
-            if getattr(self, key) < 1:
-                raise OptionValueError(f"{key} must be at least 1, got {getattr(self, key)}", key)
 
 
 @attrs.define
@@ -135,8 +200,8 @@ class PipelineConfig:
 
     data: DataConfig
     model: ComponentSpec
-    name: str = "run"
-    seed: int = 0
+    name: str = attrs.field(default="run", validator=_plain_run_name)
+    seed: int = attrs.field(default=0, validator=_seed_range)
     runs_dir: str = "runs"
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
@@ -178,6 +243,7 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
         return ComponentSpec(str(value["name"]), dict(opts))
 
     conv.register_structure_hook(ComponentSpec, structure_spec)
+    _register_optimizer_hooks(conv)
 
     def structure_float(value: Any, _t: Any) -> float:
         try:
@@ -314,14 +380,101 @@ def _line_for(lines: dict[str, int] | None, path: str) -> int | None:
 # --- reading files ----------------------------------------------------------------------
 
 
-def _yaml_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
+#: A pipeline file is a page of settings: anything larger is a mistake or an attack.
+MAX_FILE_BYTES = 1 << 20
+#: Values a YAML document may hold once its aliases are expanded. Anchors and aliases stay
+#: allowed (sharing a block of options is handy), but a "billion laughs" alias bomb, a few
+#: hundred bytes that expand to billions of values, is refused before anything walks it.
+MAX_YAML_VALUES = 10_000
+#: How deeply mappings and lists may nest (a real pipeline file uses about six levels).
+MAX_YAML_DEPTH = 50
+
+
+def _read_text(p: Path) -> str:
+    """The file as text, refusing what is too big, binary or not UTF-8 (one line each)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        with p.open("rb") as fh:
+            blob = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read the pipeline file: {err.strerror or err}",
+                          file=str(p)) from None
+    if len(blob) > MAX_FILE_BYTES:
+        raise ConfigError(f"the pipeline file is larger than {MAX_FILE_BYTES / (1 << 20):g} MiB; it "
+                          f"holds settings, not data (point a source at the data)", file=str(p))
+    if b"\0" in blob:
+        raise ConfigError("the pipeline file is binary (it holds NUL bytes), not a YAML or "
+                          "TOML text file", file=str(p), line=blob[:blob.index(b"\0")].count(b"\n") + 1)
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"the pipeline file is not UTF-8 text (byte 0x{blob[err.start]:02x} at "
+                          f"offset {err.start}); save it as UTF-8", file=str(p),
+                          line=blob[:err.start].count(b"\n") + 1) from None
+    return text.removeprefix("\ufeff")
+
+
+def _yaml_error(err: yaml.YAMLError, file: str | None) -> ConfigError:
+    mark = getattr(err, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return ConfigError(f"invalid YAML: {problem}", file=file, line=line)
+
+
+def _check_expansion(root: yaml.Node, file: str | None) -> None:
+    """Refuse a document whose aliases expand beyond the budget, refer to themselves or nest
+    too deeply; shared nodes are counted once per use, in time linear in the node graph."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if key in open_nodes:
+            raise ConfigError("a YAML alias refers to the value it is inside (a recursive "
+                              "anchor); write the value out", file=file, line=line)
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"YAML nested more than {MAX_YAML_DEPTH} levels deep",
+                              file=file, line=line)
+        open_nodes.add(key)
+        total = 1
+        children: list[Any] = (node.value if isinstance(node, yaml.SequenceNode) else
+                               [c for kv in node.value for c in kv]
+                               if isinstance(node, yaml.MappingNode) else [])
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(f"YAML aliases expand this file to more than "
+                                  f"{MAX_YAML_VALUES} values (an alias bomb?); write the "
+                                  f"repeated settings out", file=file, line=line)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
+def _load_yaml(text: str, file: str | None) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML safely (no tags that build objects), bounded in memory: data and its node."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_expansion(node, file)
+        return loader.construct_document(node), node
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", file=file, line=line) from err
+        raise _yaml_error(err, file) from None
+    except RecursionError:
+        raise ConfigError(f"YAML nested more than {MAX_YAML_DEPTH} levels deep",
+                          file=file) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    data, node = _load_yaml(text, file)
     lines: dict[str, int] = {}
 
     def walk(n: Any, path: str) -> None:
@@ -338,25 +491,44 @@ def _yaml_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
 
     if node is not None:
         walk(node, "")
-    data = yaml.safe_load(text)
     return data, lines
 
 
+_TOML_AT = re.compile(r"\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)\s*$")
+
+
+def _load_toml(text: str, file: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        raise ConfigError("TOML pipeline files need Python 3.11+; use YAML", file=file) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        msg = str(err).splitlines()[0] if str(err) else "syntax error"
+        m = _TOML_AT.search(msg)
+        line = int(m.group("line")) if m else getattr(err, "lineno", None)
+        if m:
+            msg = f"{msg[:m.start()]} (column {m.group('col')})"
+        raise ConfigError(f"invalid TOML: {msg}", file=file, line=line) from None
+    except RecursionError:
+        raise ConfigError("TOML nested too deeply", file=file) from None
+
+
 def read_raw(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Read a pipeline file into a plain dict and a map key path -> line."""
+    """Read a pipeline file into a plain dict and a map key path -> line.
+
+    Files over :data:`MAX_FILE_BYTES`, binary or non-UTF-8 files, and YAML whose aliases
+    expand past :data:`MAX_YAML_VALUES` are refused with one :class:`ConfigError` line.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("is a folder, not a pipeline file", file=str(path))
     if not p.is_file():
         raise ConfigError("pipeline file not found; check the path", file=str(path))
-    text = p.read_text(encoding="utf-8")
+    text = _read_text(p)
     if p.suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # pragma: no cover - Python 3.10
-            raise ConfigError("TOML pipeline files need Python 3.11+; use YAML", file=str(p))
-        try:
-            data, lines = tomllib.loads(text), {}
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"invalid TOML: {err}", file=str(p)) from err
+        data, lines = _load_toml(text, str(p)), {}
     else:
         data, lines = _yaml_with_lines(text, str(p))
     if not isinstance(data, dict):
@@ -373,9 +545,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            value = _load_yaml(raw, None)[0] if raw.strip() else ""
+        except ConfigError as err:
+            if not err.message.startswith("invalid YAML"):  # an alias bomb, say
+                raise ConfigError(f"override {item!r}: {err.message}", path=key) from None
+            value = raw  # not YAML: the text as it is
         parts = [p for p in re.split(r"\.|\[(\d+)\]", key) if p]
         if not parts:
             raise ConfigError(f"override {item!r} has an empty key")
@@ -424,6 +598,8 @@ class LoadedConfig:
         out += [("cleaner", f"data.cleaners.{i}", s) for i, s in enumerate(c.data.cleaners)]
         out += [("augmenter", f"data.augmenters.{i}", s) for i, s in enumerate(c.data.augmenters)]
         out.append(("model", "model", c.model))
+        out.append(("optimizer", "train.optimizer",
+                    ComponentSpec(c.train.optimizer.name, c.train.optimizer.options)))
         if c.train.scheduler is not None:
             out.append(("scheduler", "train.scheduler", c.train.scheduler))
         if c.export is not None:
@@ -451,7 +627,10 @@ class LoadedConfig:
             parts = path.split(".")
             for part in parts:
                 node = node[int(part)] if isinstance(node, list) else node[part]
-            node["options"] = opts
+            if kind == "optimizer":  # its options sit next to name and lr
+                node.update(opts)
+            else:
+                node["options"] = opts
         return out
 
     def config_hash(self) -> str:
@@ -499,5 +678,14 @@ def validate_components(loaded: LoadedConfig, catalog: Catalog) -> None:
         if kind == "exporter":
             continue
         loaded.options[path] = structure(conv, spec.options, entry.cls.Options,
-                                         prefix=f"{path}.options", lines=loaded.lines,
-                                         file=loaded.file)
+                                         prefix=path if kind == "optimizer" else f"{path}.options",
+                                         lines=loaded.lines, file=loaded.file)
+    from .train.optim import check_monitor, resolve_lr  # lazily: parsing a file needs no train/
+
+    scheduler = (loaded.instantiate(catalog, "train.scheduler")
+                 if loaded.config.train.scheduler is not None else None)
+    model = loaded.instantiate(catalog, "model")
+    check_monitor(loaded, model, scheduler)
+    # the resolved config (config.yaml, config hash) records the learning rate trained with
+    optimizer = loaded.config.train.optimizer
+    optimizer.lr = resolve_lr(optimizer, model.default_lr())

@@ -26,7 +26,8 @@ from .errors import PluginError
 
 GROUP = "privet.plugins"
 #: Core modules registered through the same hooks as any plugin (pytest's default_plugins).
-BUILTINS = ("privet.builtins.schedulers", "privet.builtins.exporters", "privet.builtins.sources")
+BUILTINS = ("privet.builtins.optimizers", "privet.builtins.schedulers", "privet.builtins.exporters",
+            "privet.builtins.sources")
 ENV_DISABLE = "PRIVET_DISABLE_PLUGINS"
 ENV_LOAD = "PRIVET_LOAD_PLUGINS"
 ENV_STRICT = "PRIVET_STRICT_PLUGINS"
@@ -38,6 +39,7 @@ _COMPONENT_HOOKS = {
     "cleaner": "register_cleaners",
     "augmenter": "register_augmenters",
     "model": "register_models",
+    "optimizer": "register_optimizers",
     "scheduler": "register_schedulers",
     "exporter": "register_exporters",
 }
@@ -79,6 +81,9 @@ class PluginHost:
         self.strict = (os.environ.get(ENV_STRICT, "") not in ("", "0")) if strict is None else strict
         self._catalog: Catalog | None = None
         self._commands_registered = False
+        #: Names blocked by ``-p no:NAME`` / PRIVET_DISABLE_PLUGINS: entry points and
+        #: plugin-folder modules alike are skipped before import.
+        self.disabled: set[str] = set()
         self._on_warning = on_warning
         if (os.environ.get(ENV_TRACE, "") not in ("", "0")) if trace is None else trace:
             self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
@@ -93,7 +98,11 @@ class PluginHost:
         if name in self.infos and self.infos[name].status == "loaded":
             raise PluginError(f"plugin {name!r} is already registered")
         self.pm.register(obj, name=name)
-        self.pm.check_pending()
+        try:
+            self.pm.check_pending()
+        except Exception:
+            self.pm.unregister(obj)  # a rejected plugin must not keep hooks registered
+            raise
         self.infos[name] = PluginInfo(name, distribution, version, "loaded", origin)
         self._catalog = None
         return name
@@ -116,6 +125,8 @@ class PluginHost:
         allowed = []
         for name, ep in sorted(eps.items()):
             dist, version = _dist_of(ep)
+            if name in self.infos and self.infos[name].status == "loaded":
+                continue  # loaded by an earlier call: neither reload nor mark it blocked
             if name in disabled or (only_set is not None and name not in only_set):
                 why = "disabled" if name in disabled else f"not in {ENV_LOAD}"
                 self.infos[name] = PluginInfo(name, dist, version, "blocked", "entry point", why)
@@ -154,6 +165,10 @@ class PluginHost:
             name = path.stem
             if name in self.infos and self.infos[name].status == "loaded":
                 continue
+            if name in self.disabled:  # -p no:NAME blocks a folder module too, unimported
+                self.infos[name] = PluginInfo(name, str(path), None, "blocked", "path", "disabled")
+                self._catalog = None
+                continue
             modname = f"privet_local_plugins.{name}"
             try:
                 spec = importlib.util.spec_from_file_location(modname, path)
@@ -162,7 +177,7 @@ class PluginHost:
                 sys.modules[modname] = module
                 spec.loader.exec_module(module)
                 self.register_plugin(module, name, origin="path", distribution=str(path))
-            except Exception as err:
+            except (Exception, SystemExit) as err:  # sys.exit() at import stops only itself
                 sys.modules.pop(modname, None)
                 self._fail(name, str(path), None, "path", err)
 
@@ -188,23 +203,51 @@ class PluginHost:
         return self._catalog
 
     def _build_catalog(self) -> Catalog:
+        """Every loaded plugin's components; a plugin whose hooks fail is isolated first.
+
+        A name claimed by two plugins stays an error naming both: which one to keep is
+        the user's choice (``-p no:NAME``), not the order of installation.
+        """
         catalog = Catalog()
+        for name, plugin in self.pm.list_name_plugin():
+            for entry in self._components_of(name, plugin) or ():
+                catalog.add(entry.kind, entry.name, entry.cls, name)
         for info in self.infos.values():
             if info.status == "blocked":
                 catalog.unavailable[info.name] = f"is disabled ({info.error}); enable it to use it"
             elif info.status == "failed":
                 catalog.unavailable[info.name] = f"failed to load: {info.error}"
-        plugins = self.pm.list_name_plugin()
-        for kind, hookname in _COMPONENT_HOOKS.items():
-            for name, plugin in plugins:
-                others = [p for n, p in plugins if p is not plugin]
+        return catalog
+
+    def _components_of(self, name: str, plugin: Any) -> list[Any] | None:
+        """Call one plugin's ``register_*`` hooks into a staging catalog.
+
+        A hook that raises, or registers something invalid, fails that plugin alone, as a
+        failed import does: one warning, status ``failed``, its hooks unregistered so none
+        of them runs later (fatal under ``PRIVET_STRICT_PLUGINS=1``). Returns ``None`` then.
+        """
+        staging = Catalog()
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        try:
+            for kind, hookname in _COMPONENT_HOOKS.items():
                 caller = self.pm.subset_hook_caller(hookname, remove_plugins=others)
 
-                def register(cname: str, cls: Any, _kind: str = kind, _plugin: str = name) -> None:
-                    catalog.add(_kind, cname, cls, _plugin)
+                def register(cname: str, cls: Any, _kind: str = kind) -> None:
+                    staging.add(_kind, cname, cls, name)
 
                 caller(register=register)
-        return catalog
+        except Exception as err:
+            self._isolate(name, plugin, err)
+            return None
+        return list(staging)
+
+    def _isolate(self, name: str, plugin: Any, err: Exception) -> None:
+        """Unregister a plugin whose hook failed and report it like a failed import."""
+        info = self.infos.get(name)
+        if info is None or info.origin == "builtin":
+            raise err  # the core's own built-ins failing is a bug, not a plugin to skip
+        self.pm.unregister(plugin)
+        self._fail(name, info.distribution, info.version, info.origin, err)
 
     # -- typed facade over the run hooks ---------------------------------------------------
 
@@ -227,15 +270,23 @@ class PluginHost:
         self.pm.hook.on_run_error(run=run, error=error)
 
     def register_commands(self, cli: Any) -> None:
-        if not self._commands_registered:
-            self._commands_registered = True
-            self.pm.hook.register_commands(cli=cli)
+        """Let each plugin add commands; one that raises is isolated like a failed import."""
+        if self._commands_registered:
+            return
+        self._commands_registered = True
+        for name, plugin in self.pm.list_name_plugin():
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            try:
+                self.pm.subset_hook_caller("register_commands", remove_plugins=others)(cli=cli)
+            except Exception as err:
+                self._isolate(name, plugin, err)
 
     def starter_pipeline(self, modality: str) -> str | None:
         return self.pm.hook.starter_pipeline(modality=modality)
 
     def require(self, names: Iterable[str], *, key_path: str = "plugins.required") -> None:
         """Fail unless every named plugin is loaded (``plugins.required`` in a pipeline)."""
+        self.catalog  # noqa: B018 - a plugin whose hooks fail is marked failed by this
         for name in names:
             info = self.infos.get(name)
             if info is None:
@@ -263,11 +314,12 @@ def load_plugins(*, disable: Iterable[str] = (), paths: Iterable[str] = (),
     """
     host = PluginHost(strict=strict, on_warning=on_warning)
     host.load_builtins()
-    disabled = set(disable) | set(_env_list(os.environ.get(ENV_DISABLE)) or [])
-    host.load_entry_points(disabled=disabled, only=_env_list(os.environ.get(ENV_LOAD)))
+    host.disabled = set(disable) | set(_env_list(os.environ.get(ENV_DISABLE)) or [])
+    host.load_entry_points(disabled=host.disabled, only=_env_list(os.environ.get(ENV_LOAD)))
     all_paths = list(_env_list_paths(os.environ.get(ENV_PATHS))) + [str(p) for p in paths]
     for folder in dict.fromkeys(all_paths):
         host.load_path(folder)
+    host.catalog  # noqa: B018 - run the component hooks now: a failing one warns at start-up
     return host
 
 

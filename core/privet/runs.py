@@ -136,7 +136,7 @@ class RunLock:
             import fcntl
         except ImportError:  # Windows: no advisory locks; documented
             return self
-        fd = os.open(self.run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = Storage(self.run_dir).open_fd(".lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -167,24 +167,21 @@ def _failed_without_checkpoint(folder: Path) -> bool:
     return isinstance(report, dict) and report.get("status") == "failed" and not steps
 
 
-def _set_aside(folder: Path) -> bool:
+def _set_aside(runs: Storage, name: str) -> bool:
     """Rename a failed run out of the way (``NAME.failed-K``), keeping its report."""
-    lock = RunLock(folder)
+    lock = RunLock(runs.path(name))
     try:
         lock.acquire()
-    except Exception:
+    except PrivetError:
         return False  # someone is using it (a resume): leave it alone
     try:
         k = 1
-        while True:
-            target = folder.with_name(f"{folder.name}.failed-{k}")
-            try:
-                os.rename(folder, target)  # fails if the target exists
-                return True
-            except OSError:
-                if not target.exists():
-                    return False
-                k += 1
+        while runs.exists(f"{name}.failed-{k}"):
+            k += 1
+        runs.rename(name, f"{name}.failed-{k}")
+        return True
+    except OSError:
+        return False  # another process set it aside first
     finally:
         lock.release()
 
@@ -194,23 +191,13 @@ def create_run_folder(runs: Path, stem: str) -> Path:
     the same moment never share a folder. A run of that name that failed before its first
     checkpoint is set aside as ``stem.failed-K`` so the name goes to the new run."""
     check_run_name(stem)
-    try:
-        runs.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        from .storage import StorageError
-
-        raise StorageError(f"cannot create {runs}: {err.strerror or err}") from err
+    storage = Storage(runs)
+    storage.makedirs()
     k = 1
     while True:
-        candidate = runs / (stem if k == 1 else f"{stem}-{k}")
-        if candidate.exists() and k == 1 and _failed_without_checkpoint(candidate):
-            _set_aside(candidate)
-        try:
-            candidate.mkdir(mode=0o700)
-            return candidate
-        except FileExistsError:
-            k += 1
-        except OSError as err:
-            from .storage import StorageError
-
-            raise StorageError(f"cannot create {candidate}: {err.strerror or err}") from err
+        name = stem if k == 1 else f"{stem}-{k}"
+        if k == 1 and storage.exists(name) and _failed_without_checkpoint(runs / name):
+            _set_aside(storage, name)
+        if storage.claim(name):
+            return runs / name
+        k += 1

@@ -159,6 +159,28 @@ class Storage:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def claim(self, rel: str) -> bool:
+        """Create folder ``rel`` (0700) if nobody has: ``False`` when it already exists.
+
+        ``mkdir`` is atomic, so two processes claiming one name never both win.
+        """
+        p = self.path(rel)
+        try:
+            p.mkdir(mode=0o700)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as err:
+            raise _fail("create", p, err) from err
+
+    def open_fd(self, rel: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+        """A raw descriptor (0600) for what needs one, such as an advisory lock file."""
+        p = self.path(rel)
+        try:
+            return os.open(p, flags, 0o600)
+        except OSError as err:
+            raise _fail("open", p, err) from err
+
     def symlink(self, rel: str, target: str | os.PathLike[str]) -> None:
         """Point ``rel`` at ``target`` (a folder), replacing a link to somewhere else."""
         link = self.path(rel)

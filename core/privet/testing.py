@@ -17,9 +17,21 @@ from .plugins import PluginHost
 
 
 class TestHost(PluginHost):
-    """A plugin host for tests: built-ins only, plus ``register_plugin(obj)``."""
+    """A plugin host for tests: built-ins only, plus ``register_plugin(obj)`` and
+    ``load_installed(NAME, ...)``."""
 
     __test__ = False  # not a test class, despite the name
+
+    def load_installed(self, *names: str) -> None:
+        """Load installed plugins by entry-point name (``"text"``, ``"image"``), through
+        the same discovery as ``privet run``: no need to import a plugin's modules.
+
+        Only the named plugins are imported; one that is missing or fails raises.
+        """
+        wanted = [n for n in names if not (n in self.infos and self.infos[n].status == "loaded")]
+        if wanted:
+            self.load_entry_points(only=wanted)
+        self.require(names, key_path="load_installed")
 
     def make(self, kind: str, name: str, options: dict[str, Any] | None = None) -> Any:
         """Instantiate a component with options validated like a pipeline file's."""
@@ -61,14 +73,20 @@ def privet_host() -> TestHost:
 def run_pipeline(privet_host: TestHost, tmp_path: Path):
     """Run a pipeline (a dict shaped like a pipeline file) with ``privet_host``'s plugins.
 
+    ``run_pipeline(config, plugins=["text"])`` first loads those installed plugins into
+    the host (see :meth:`TestHost.load_installed`), so a test can use another plugin's
+    components without importing its modules.
+
     Returns a :class:`PipelineOutcome`; relative paths resolve against ``base_dir``
     (default: the test's ``tmp_path``), and runs are written under ``tmp_path/runs``.
     """
 
     def run(config: dict[str, Any], *, base_dir: Path | None = None,
-            overrides: list[str] = ()) -> PipelineOutcome:
+            overrides: list[str] = (), plugins: list[str] = ()) -> PipelineOutcome:
+        """``plugins`` names installed plugins to load first (``["text"]``)."""
         from .train.engine import run_from_config
 
+        privet_host.load_installed(*plugins)
         config = dict(config)
         config.setdefault("runs_dir", str(tmp_path / "runs"))
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 class OptionValueError(ValueError):
@@ -31,8 +31,26 @@ def existing_paths(_instance: Any, attribute: Any, value: Any) -> None:
 
 
 def positive(_instance: Any, attribute: Any, value: Any) -> None:
-    if value is not None and value <= 0:
+    """The option is above zero (``None`` passes: it means "not set")."""
+    if value is not None and not value > 0:  # "not >": NaN is refused too
         raise OptionValueError(f"{attribute.name} must be positive, got {value}", attribute.name)
+
+
+def non_negative(_instance: Any, attribute: Any, value: Any) -> None:
+    """The option is zero or more (``None`` passes); zero usually means "off"."""
+    if value is not None and not value >= 0:
+        raise OptionValueError(f"{attribute.name} must be 0 or more, got {value}", attribute.name)
+
+
+def at_least(minimum: int) -> Callable[[Any, Any, Any], None]:
+    """A validator: the option is ``None`` or at least ``minimum`` (a count, a size)."""
+
+    def check(_instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None and not value >= minimum:
+            raise OptionValueError(f"{attribute.name} must be at least {minimum}, got {value}",
+                                   attribute.name)
+
+    return check
 
 
 def probability(_instance: Any, attribute: Any, value: Any) -> None:

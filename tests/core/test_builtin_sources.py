@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import privet
-from privet.builtins.sources import iter_lines
+from privet.io import iter_lines, read_records
 from privet.errors import ConfigError
 
 
@@ -76,3 +76,49 @@ def test_iter_lines_streams_with_line_numbers(tmp_path):
     path.write_bytes(b"one\n\xff\nthree")
 
     assert list(iter_lines(str(path))) == [(1, "one\n"), (2, None), (3, "three")]
+
+
+@pytest.mark.parametrize("header", [b"na\xffme,age\n", b'"name,age\n', b"\n", b"name,name\n"],
+                         ids=["not-utf8", "open-quote", "empty", "repeated"])
+def test_a_bad_csv_header_is_one_bad_record_at_line_1_for_sources_and_predict(privet_host, tmp_path,
+                                                                          header):
+    path = tmp_path / "d.csv"
+    path.write_bytes(header + b"ann,31\nbob,40\n")
+
+    from_source = _read(privet_host.make("source", "csv", {"paths": [str(path)]}))
+    from_predict = [item for _where, item in read_records(path)]
+
+    for items in (from_source, from_predict):
+        assert len(items) == 1, items
+        assert (items[0].reason, items[0].location) == ("bad_csv_header", "d.csv:1")
+        assert "file skipped" in items[0].detail
+
+
+def test_csv_rows_are_located_by_the_line_they_start_on(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'id,text\n1,"two\nlines"\n2,\xff\n3,ok\n')
+
+    got = [(where, item if isinstance(item, dict) else item.reason) for where, item in read_records(path)]
+
+    assert got == [("d.csv:2", {"id": 1, "text": "two\nlines"}), ("d.csv:4", "invalid_utf8"),
+                   ("d.csv:5", {"id": 3, "text": "ok"})]
+
+
+def test_a_folder_source_does_not_read_a_symlink_out_of_its_folder(privet_host, tmp_path):
+    secret = tmp_path / "private" / "secret.jsonl"
+    secret.parent.mkdir()
+    secret.write_text('{"text": "SECRET-MARKER"}\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"n": 1}\n')
+    (data / "b.jsonl").symlink_to(secret)
+
+    source = privet_host.make("source", "jsonl", {"paths": [str(data)]})
+    items = _read(source)
+
+    assert items[0] == {"n": 1} and len(items) == 2
+    assert (items[1].reason, items[1].location) == ("outside_root", "b.jsonl")
+    assert "follow_symlinks: true" in items[1].detail
+    assert source.files() == [str(data / "a.jsonl")], "the fingerprint never hashes it either"
+    followed = privet_host.make("source", "jsonl", {"paths": [str(data)], "follow_symlinks": True})
+    assert {"text": "SECRET-MARKER"} in _read(followed)

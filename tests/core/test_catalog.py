@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
 
@@ -9,6 +11,8 @@ import privet
 from privet.catalog import Catalog
 from privet.errors import DuplicateComponentError, PluginError, UnknownComponentError
 from privet.plugins import PluginHost
+
+SAMPLE = Path(__file__).parent / "sample_plugins"
 
 
 class Strip(privet.Cleaner):
@@ -196,3 +200,69 @@ def test_privet_testing_make_validates_options(privet_host):
     assert cleaner.clean({"body": "  hi "}) == {"body": "hi"}
     with pytest.raises(privet.ConfigError, match="acme.strip.feild: unknown key"):
         privet_host.make("cleaner", "acme.strip", {"feild": "body"})
+
+
+def test_plugin_whose_hook_raises_is_isolated_and_unregistered(privet_host):
+    class Broken:
+        @privet.hookimpl
+        def register_cleaners(self, register):
+            register("broken.half", Strip)  # registered before the failure: rolled back
+            raise RuntimeError("registry is down")
+
+    messages: list[str] = []
+    host = PluginHost(strict=False, on_warning=messages.append)
+    host.load_builtins()
+    host.register_plugin(Plugin("acme.strip"), "acme")
+    broken = Broken()
+    host.register_plugin(broken, "broken")
+
+    assert host.catalog.names("cleaner") == ["acme.strip"]
+    assert host.infos["broken"].status == "failed"
+    assert messages == ["plugin 'broken' (distribution ?) failed to load: "
+                        "RuntimeError: registry is down"]
+    assert not host.pm.is_registered(broken)
+    with pytest.raises(UnknownComponentError, match="comes from plugin 'broken', which failed "
+                                                    "to load: RuntimeError: registry is down"):
+        host.catalog.get("cleaner", "broken.half")
+
+
+def test_run_pipeline_loads_named_installed_plugins(run_pipeline, privet_host, tmp_path,
+                                                    monkeypatch):
+    site = tmp_path / "site"
+    info = site / "privet_fake_tiny-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: privet-fake-tiny\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[privet.plugins]\ntiny = privet_fake_tiny\n")
+    (site / "privet_fake_tiny.py").write_text((SAMPLE / "tiny.py").read_text())
+    monkeypatch.syspath_prepend(str(site))
+
+    outcome = run_pipeline({"name": "t", "data": {"source": {"name": "tiny.synthetic",
+                                                             "options": {"n": 32}}},
+                            "model": "tiny.mlp", "train": {"batch_size": 8, "device": "cpu"}},
+                           plugins=["tiny"])
+
+    outcome.assert_success()
+    assert privet_host.infos["tiny"].distribution == "privet-fake-tiny"
+    assert privet_host.infos["tiny"].status == "loaded"
+    with pytest.raises(PluginError, match="load_installed: plugin 'nope' is not installed"):
+        privet_host.load_installed("tiny", "nope")
+
+
+class Unfinished(privet.Cleaner):
+    """Forgets to implement clean()."""
+
+
+class PlainOptions(Strip):
+    """Options written as a plain class: cannot validate a pipeline file."""
+
+    class Options:
+        field = "text"
+
+
+@pytest.mark.parametrize(("cls", "problem"), [
+    (Unfinished, "as Unfinished, which does not implement clean"),
+    (PlainOptions, "as PlainOptions, which has an Options that is not an attrs class"),
+])
+def test_unusable_component_classes_are_refused_at_registration(cls, problem):
+    with pytest.raises(PluginError, match=f"plugin 'acme' registered cleaner 'acme.x' {problem}"):
+        Catalog().add("cleaner", "acme.x", cls, "acme")

@@ -149,7 +149,7 @@ def test_pipeline_plugins_paths_are_loaded_by_validate(privet_cli, sample_plugin
     result = privet_cli("validate", str(pipeline), cwd=tmp_path, installed=False)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{pipeline}: valid (2 components)"
+    assert result.stdout.strip() == f"{pipeline}: valid (3 components)"  # source, model, optimizer
 
 
 def test_pipeline_plugins_paths_missing_folder_is_named(privet_cli, tmp_path):

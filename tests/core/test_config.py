@@ -68,7 +68,7 @@ def test_valid_pipeline_passes(privet_cli, sample_plugins, pipeline):
     result = _validate(privet_cli, sample_plugins, pipeline)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{pipeline}: valid (2 components)"
+    assert result.stdout.strip() == f"{pipeline}: valid (3 components)"  # source, model, optimizer
 
 
 def test_component_name_typo_suggests_the_close_name(privet_cli, sample_plugins, pipeline):
@@ -211,6 +211,73 @@ def test_bad_values_name_the_key_path(pipeline, override, key, fragment):
     assert info.value.key_path == key
     assert fragment in info.value.message
     assert info.value.file == str(pipeline)
+
+
+#: Settings that used to pass validation and then damage or crash a run: (line written
+#: into the pipeline file, the key the error must name, what it must say).
+DAMAGING = [
+    ("train: {clip_grad_norm: -1}", "train.clip_grad_norm", "must be a finite number, 0 or more"),
+    ("train: {clip_grad_norm: .inf}", "train.clip_grad_norm", "must be a finite number"),
+    ("train: {max_steps: -4}", "train.max_steps", "max_steps must be 0 or more, got -4"),
+    ("train: {log_every_n_steps: 0}", "train.log_every_n_steps",
+     "log_every_n_steps must be at least 1, got 0"),
+    ("train: {log_every_n_steps: -3}", "train.log_every_n_steps", "must be at least 1"),
+    ("train: {batch_size: 0}", "train.batch_size", "batch_size must be at least 1, got 0"),
+    ("train: {batch_size: -8}", "train.batch_size", "batch_size must be at least 1"),
+    ("train: {eval_batch_size: 0}", "train.eval_batch_size", "must be at least 1, got 0"),
+    ("train: {epochs: -1}", "train.epochs", "epochs must be at least 1, got -1"),
+    ("train: {accumulate: 0}", "train.accumulate", "accumulate must be at least 1, got 0"),
+    ("train: {checkpoint: {keep_last: 0}}", "train.checkpoint.keep_last",
+     "keep_last must be at least 1, got 0"),
+    ("train: {checkpoint: {every_n_steps: -1}}", "train.checkpoint.every_n_steps",
+     "must be 0 or more"),
+    ("train: {early_stopping: {patience: 0}}", "train.early_stopping.patience",
+     "patience must be at least 1"),
+    ("train: {early_stopping: {min_delta: -0.1}}", "train.early_stopping.min_delta",
+     "must be 0 or more"),
+    ("data: {source: jsonl, num_workers: -2}", "data.num_workers",
+     "num_workers must be 0 or more, got -2"),
+    ("data: {source: jsonl, shard_rows: 0}", "data.shard_rows", "must be at least 1"),
+    ("data: {source: jsonl, max_bad_fraction: 2}", "data.max_bad_fraction",
+     "must be between 0 and 1"),
+    ("seed: -1", "seed", "seed must be between 0 and 2**63-1, got -1"),
+]
+
+
+@pytest.mark.parametrize(("setting", "key", "fragment"), DAMAGING)
+def test_settings_that_would_damage_a_run_are_refused_with_key_and_line(tmp_path, setting,
+                                                                        key, fragment):
+    path = tmp_path / "p.yaml"
+    top = setting.split(":", 1)[0]
+    base = {"name": "name: x", "model": "model: tiny.mlp", "data": "data: {source: jsonl}"}
+    base[top] = setting
+    path.write_text("\n".join(base.values()) + "\n")
+    line = list(base).index(top) + 1 if top in base else len(base) + 1
+    if top not in base:
+        path.write_text(path.read_text() + setting + "\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert info.value.key_path == key
+    assert fragment in info.value.message
+    assert str(info.value).startswith(f"{path}:{line}: {key}: ")
+
+
+@pytest.mark.parametrize("override", ["train.clip_grad_norm=-1", "train.max_steps=-4",
+                                      "train.log_every_n_steps=0", "data.num_workers=-2",
+                                      "train.batch_size=0"])
+def test_damaging_settings_are_one_line_and_exit_2_through_validate(
+        privet_cli, sample_plugins, pipeline, override):
+    error = _one_error_line(_validate(privet_cli, sample_plugins, pipeline, "-s", override))
+
+    assert error.startswith(f"{pipeline}:")
+    assert f" {override.split('=')[0]}: " in error
+
+
+def test_clip_grad_norm_zero_or_unset_means_no_clipping(pipeline):
+    assert load_config(pipeline, overrides=["train.clip_grad_norm=0"]).config.train.clip_grad_norm == 0
+    assert load_config(pipeline).config.train.clip_grad_norm is None
 
 
 def test_missing_required_section(tmp_path):

@@ -217,4 +217,4 @@ def test_writing_plugins_example_pipeline_validates(tmp_path, privet_cli):
     result = privet_cli("validate", "pipeline.yaml", installed=False)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "pipeline.yaml: valid (3 components)"
+    assert result.stdout.strip() == "pipeline.yaml: valid (4 components)"  # optimizer included

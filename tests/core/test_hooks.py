@@ -307,6 +307,62 @@ def test_register_models_component_is_trained_by_a_run(run_pipeline, host):
     assert 0.0 <= outcome.report["final"]["val/accuracy"] <= 1.0
 
 
+class CountingSGD(privet.Optimizer):
+    """Plain SGD that counts its steps; ``scale`` multiplies the learning rate it is given."""
+
+    built: list[float] = []
+    steps: list[int] = []
+
+    @attrs.define(frozen=True)
+    class Options:
+        scale: float = 1.0
+
+    def build(self, params, lr):
+        import torch
+
+        CountingSGD.built.append(lr)
+        optimizer = torch.optim.SGD(params, lr=lr * self.options.scale)
+        optimizer.register_step_post_hook(lambda *_: CountingSGD.steps.append(1))
+        return optimizer
+
+
+def test_register_optimizers_component_trains_a_run_with_its_flat_options(run_pipeline, host):
+    class Plugin:
+        @privet.hookimpl
+        def register_optimizers(self, register):
+            register("acme.counting_sgd", CountingSGD)
+
+    host.register_plugin(Plugin(), "acme")
+    CountingSGD.built.clear()
+    CountingSGD.steps.clear()
+    seen: list[float] = []
+
+    class Spy:
+        @privet.hookimpl
+        def wrap_training(self, run, objects):
+            seen.append(objects.optimizer.param_groups[0]["lr"])
+
+    host.register_plugin(Spy(), "spy")
+    outcome = run_pipeline(_pipeline(train={"optimizer": {"name": "acme.counting_sgd", "lr": 0.05,
+                                                          "scale": 2.0}}))
+
+    outcome.assert_success()
+    assert CountingSGD.built == [0.05]
+    assert seen == [0.1]  # the option reached the component
+    assert len(CountingSGD.steps) == STEPS
+
+
+def test_register_optimizers_builtins_build_torch_optimizers(privet_host):
+    import torch
+
+    assert privet_host.catalog.names("optimizer") == ["adam", "adamw", "sgd"]
+    param = torch.nn.Parameter(torch.zeros(1))
+    expected = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    for name, cls in expected.items():
+        built = privet_host.make("optimizer", name).build([param], 0.25)
+        assert type(built) is cls and built.param_groups[0]["lr"] == 0.25, name
+
+
 class HalfLR(privet.Scheduler):
     """Halves the learning rate once; records the arguments the engine built it with."""
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from privet.plugins import BUILTINS
+
 GOOD = """
     import attrs
     import privet
@@ -190,8 +192,7 @@ def test_empty_load_plugins_variable_loads_no_installed_plugin(privet_cli, fake_
     rows = _assert_blocked(result, marker)
     assert rows["good"]["status"] == "blocked"
     loaded = {name for name, row in rows.items() if row["status"] == "loaded"}
-    assert loaded == {"privet.builtins.exporters", "privet.builtins.schedulers",
-                      "privet.builtins.sources"}
+    assert loaded == set(BUILTINS)  # the core's own: exporters, optimizers, schedulers, sources
 
 
 def test_builtins_cannot_be_disabled(privet_cli):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -31,12 +32,13 @@ def test_bad_and_filtered_records_are_counted_by_reason_with_their_lines(run, tm
     assert d["bad"] == 4, "records filtered on purpose are not bad"
     assert d["read"] == 204
     assert sum(d["counts"].values()) == 200 - labels[2]
-    # each example is "FILE:LINE" or "FILE record N", then ": detail" when there is one
+    # each example is "FILE:LINE" (or "FILE record N" from a source that cannot tell lines),
+    # then ": detail" when there is one
     where = {reason: [e.split(": ")[0] for e in found] for reason, found in d["dropped_examples"].items()}
     assert where["malformed_json"] == ["data.jsonl:3", "data.jsonl:25"]
     assert where["not_an_object"] == ["data.jsonl:10"]
     assert where["invalid_utf8"] == ["data.jsonl:40"]
-    assert all(w.startswith("data.jsonl record ") for w in where["unwanted_label"])
+    assert all(re.fullmatch(r"data\.jsonl:\d+", w) for w in where["unwanted_label"])
     assert d["dropped_examples"]["unwanted_label"][0].endswith(": label 2")
 
 
@@ -196,3 +198,214 @@ def test_augmentation_gives_the_same_run_with_or_without_worker_processes(run):
     assert in_process.report["history"] == in_workers.report["history"]
     assert any(not torch.equal(w0[n], w_plain[n]) for n in w0), "the augmenter changed training"
     assert in_workers.report["data"]["cache_reused"] is True, "augmenters are not part of the cache"
+
+
+# -- preparation, driven directly: sources, cleaners, the cache ----------------------------------
+
+class _Plain(privet.Model):
+    """A model that only takes part in preparation (nothing here trains)."""
+
+    def build(self):
+        raise NotImplementedError
+
+    def encode(self, record):
+        raise NotImplementedError
+
+    def step(self, module, batch):
+        raise NotImplementedError
+
+
+def _preparer(source, cleaners=(), **data):
+    from privet.config import ComponentSpec, DataConfig
+    from privet.data.prepare import Preparer
+
+    config = DataConfig(source=ComponentSpec("test"), **data)
+    return Preparer(config, source, list(cleaners), _Plain(), seed=1, fingerprint_extra={})
+
+
+class _Duplicates(privet.Source):
+    """40 items: every 4th a duplicate the source leaves out on purpose (or as bad input)."""
+
+    name = "test.duplicates"
+
+    def __init__(self, bad: bool = False) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def shards(self):
+        return [privet.Shard("memory")]
+
+    def files(self):
+        return []
+
+    def read(self, shard):
+        for i in range(40):
+            if i % 4 == 0:
+                yield privet.DropRecord("duplicate", f"same as item {i + 1}", bad=self.bad)
+            else:
+                yield {"x": [float(i)], "label": i % 2}
+
+
+def test_a_source_drops_a_record_on_purpose_without_it_counting_as_bad(tmp_path):
+    prepared = _preparer(_Duplicates(), max_bad_fraction=0.0).prepare(tmp_path / "cache")
+
+    meta = prepared.meta
+    assert meta["dropped"] == {"duplicate": 10} and meta["bad"] == 0
+    assert sum(meta["counts"].values()) == 30
+    assert meta["dropped_examples"]["duplicate"][0] == "memory record 1: same as item 1"
+    with pytest.raises(privet.DataError, match="10 of 40 records are bad"):
+        _preparer(_Duplicates(bad=True), max_bad_fraction=0.0).prepare(tmp_path / "cache2")
+
+
+class _Counting(privet.Cleaner):
+    """Counts the records it changes, like text.redact_pii counts replacements."""
+
+    name = "test.counting"
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.changed = Counter()
+
+    def clean(self, record):
+        if record["label"] == 1:
+            self.changed["ONE"] += 1
+        return record
+
+    def report(self):
+        return dict(self.changed)
+
+
+class _Fitting(privet.Cleaner):
+    """Needs a fitting pass over the training records (which runs the earlier cleaners)."""
+
+    name = "test.fitting"
+    needs_fit = True
+
+    def fit(self, records):
+        self.seen = sum(1 for _ in records)
+
+    def clean(self, record):
+        return record
+
+
+def test_cleaner_counts_are_those_of_the_records_written_whatever_the_fitting_passes(tmp_path):
+    counting = _Counting()
+    prepared = _preparer(_Duplicates(), [counting, _Fitting(), _Fitting()]).prepare(tmp_path / "c")
+
+    ones = sum(1 for i in range(40) if i % 4 and i % 2 == 1)
+    assert counting.changed["ONE"] > ones, "the fitting passes did run the counting cleaner"
+    assert prepared.meta["cleaners"] == {"0:test.counting": {"ONE": ones}}
+
+
+PLUGIN = '''
+import privet
+
+
+class Upper(privet.Cleaner):
+    """Upper-cases the label (version VERSION)."""
+
+    def clean(self, record):
+        return {**record, "label": str(record["label"]).upper()}
+
+
+@privet.hookimpl
+def register_cleaners(register):
+    register("local.upper", Upper)
+'''
+
+
+def test_a_changed_plugin_dir_cleaner_is_a_new_cache(tmp_path):
+    from privet.testing import make_test_host
+
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 30)
+    plugin = tmp_path / "plugins" / "local_upper.py"
+    plugin.parent.mkdir()
+
+    def prepare(version: str):
+        plugin.write_text(PLUGIN.replace("VERSION", version))
+        host = make_test_host()
+        host.load_path(plugin.parent)
+        source = host.make("source", "jsonl", {"paths": [str(data)]})
+        cleaner = host.make("cleaner", "local.upper")
+        return _preparer(source, [cleaner]).prepare(tmp_path / "cache")
+
+    first, same, changed = prepare("1"), prepare("1"), prepare("2")
+    assert (first.reused, same.reused, changed.reused) == (False, True, False)
+    assert changed.fingerprint != first.fingerprint
+    code = {c["component"]: c for c in changed.meta["code"]}
+    assert code["privet_local_plugins.local_upper.Upper"]["source_sha256"]
+    assert code["privet.builtins.sources.JsonLines"]["version"] == privet.__version__
+
+
+SLOW_PLUGIN = '''
+import os
+import time
+from pathlib import Path
+
+import privet
+
+
+class Slow(privet.Cleaner):
+    """Writes a marker at the 30th record, then hangs while PRIVET_TEST_HANG is set."""
+
+    seen = 0
+
+    def clean(self, record):
+        marker = os.environ.get("PRIVET_TEST_HANG")
+        Slow.seen += 1
+        if marker and Slow.seen == 30:
+            Path(marker).write_text("preparing")
+        if marker and Slow.seen >= 30:
+            time.sleep(60)
+        return record
+
+
+@privet.hookimpl
+def register_cleaners(register):
+    register("slow.hang", Slow)
+'''
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_preparing_leaves_no_cache_that_looks_complete(privet_cli, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from engine_support import launcher
+
+    data = write_blobs_jsonl(tmp_path / "data.jsonl", 120)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "slow.py").write_text(SLOW_PLUGIN)
+    config = jsonl_pipeline(data, cleaners=["slow.hang"], shard_rows=10)
+    config["plugins"] = {"paths": [str(TESTS), str(tmp_path / "local")]}
+    config["runs_dir"] = str(tmp_path / "runs")
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    marker = tmp_path / "hanging"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVET_")}
+    env.update(PRIVET_LOAD_PLUGINS="", PRIVET_TEST_HANG=str(marker))
+    proc = subprocess.Popen([*launcher(), "run", "pipeline.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the run never reached the slow cleaner"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    cache_root = tmp_path / "runs" / ".cache"
+    partial = [p for p in cache_root.iterdir() if p.name.startswith(".tmp-")]
+    assert partial and list(partial[0].glob("records/train-*.arrow")), "killed mid-writing"
+    assert not [p for p in cache_root.iterdir() if not p.name.startswith(".")], \
+        "no folder under its final name"
+
+    again = privet_cli("run", "pipeline.yaml")  # same data and code: the same fingerprint
+    assert again.returncode == 0, again.stderr
+    reports = sorted((tmp_path / "runs").glob("*/report.json"))
+    report = json.loads(reports[-1].read_text())
+    assert report["data"]["cache_reused"] is False, "prepared again, not reused half-written"
+    assert sum(report["data"]["counts"].values()) == 120
+    assert [p.name for p in cache_root.iterdir()] == [report["data"]["cache"].rsplit("/", 1)[-1]]

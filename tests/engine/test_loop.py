@@ -97,11 +97,13 @@ def test_early_stopping_fires_after_patience_epochs_without_improvement(run, mon
     assert report["best"] == report["history"][0 if stops_after else -1]
 
 
-def test_early_stopping_on_a_metric_that_does_not_exist_names_the_ones_that_do(run):
+def test_early_stopping_on_a_metric_that_does_not_exist_is_refused_before_training(run):
     outcome = run(blobs_pipeline(early_stopping={"monitor": "val/acc"}))
-    assert isinstance(outcome.error, privet.TrainingError)
-    assert "'val/acc' does not exist" in str(outcome.error)
-    assert "val/accuracy" in str(outcome.error)
+    assert isinstance(outcome.error, privet.ConfigError)
+    assert outcome.run_dir is None  # refused at validation: no run, no epoch
+    message = str(outcome.error)
+    assert message.startswith("train.early_stopping.monitor: ") and "\n" not in message
+    assert "'val/acc'" in message and "val/accuracy" in message
 
 
 # -- schedulers ------------------------------------------------------------------------------

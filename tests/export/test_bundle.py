@@ -55,6 +55,10 @@ def test_bundle_json_describes_inputs_outputs_components_and_checksums(tiny_run)
         assert art["sha256"] == sha256_of(run_dir / "export" / art["file"])
     assert bundle["default_artifact"] == "onnx"
     assert not list((run_dir / "export").glob("*.pkl"))
+    # a bundle names no code to load: plugins by distribution, in-house ones without a path
+    assert "plugin_paths" not in bundle
+    assert bundle["model"]["origin"] == "plugin folder"
+    assert bundle["model"]["distribution"] is None and bundle["model"]["version"] is None
 
 
 def test_onnx_exported_with_dynamo_runs_any_batch_size_in_onnx_runtime(tiny_run):
@@ -160,3 +164,53 @@ def test_failed_verification_is_recorded_and_raised(tiny_run, export_host, tmp_p
     assert bundle["artifacts"]["torchscript"]["verified"] is False
     assert bundle["default_artifact"] is None
     assert not list(Path(run_dir).glob(".tmp-export-*"))
+
+
+class _Unmeasurable:
+    """An evaluator for a model whose artifact outputs cannot be compared on validation."""
+
+    def metrics(self, runner=None):
+        return {"note": "the artifact's first output is not the model's predictions"}
+
+    def agreement(self, runner):
+        return {}
+
+
+class _Measured(_Unmeasurable):
+    def agreement(self, runner):
+        return {"max_abs_diff": 0.02, "same_class": 1.0}
+
+
+def test_an_int8_artifact_is_verified_only_when_its_quality_was_measured(tmp_path):
+    from privet.export.bundle import _quantized_entry
+
+    path = tmp_path / "model.int8.onnx"
+    path.write_bytes(b"q" * 10)
+    base = {"exporter": "onnx", "file": "model.onnx", "size_bytes": 40}
+    unmeasured = _quantized_entry("onnx_int8", "onnx", path, base, lambda feed: [], _Unmeasurable(),
+                                  None, {"library": "onnxruntime"})
+    assert unmeasured["verified"] is False
+    assert "not verified" in unmeasured["error"] and "first output" in unmeasured["error"]
+    assert unmeasured["notes"] and "refuses" in unmeasured["notes"][0]
+    measured = _quantized_entry("onnx_int8", "onnx", path, base, lambda feed: [], _Measured(),
+                                None, {"library": "onnxruntime"})
+    assert measured["verified"] is True and "error" not in measured
+    assert measured["verification"]["agreement"]["same_class"] == 1.0
+
+
+def test_export_right_after_training_reuses_the_objects_in_memory(tiny_run, export_host, tmp_path):
+    from privet.runs import load_run
+    from privet.train.loading import load_cleaners, load_trained
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir, symlinks=True)
+    trained = load_trained(run_dir, export_host)
+    cleaners = load_cleaners(run_dir, export_host)
+    config = load_run(run_dir).config
+    (run_dir / "config.yaml").unlink()  # nothing may read it again
+    report = export_run(run_dir, host=export_host, formats=["onnx"], trained=trained,
+                        cleaners=cleaners, config=config, log=None)
+    assert report["artifacts"]["onnx"]["verified"] is True
+    bundle = json.loads((run_dir / "export" / "bundle.json").read_text())
+    assert bundle["cleaners"][0]["state"] == cleaners[0].state_dict()
+    assert bundle["run"]["name"] == config["name"]

@@ -39,7 +39,8 @@ def test_predictions_match_the_eager_model_on_unseen_records(
     out = run_dir.parent / f"pred-{artifact}.jsonl"
     with open(out, "w") as fh:
         summary = predict_path(run_dir / "export", jsonl(unseen), fh, host=export_host,
-                               artifact=artifact, batch_size=16)
+                               artifact=artifact, batch_size=16,
+                               trust_code=artifact != "onnx")  # the others are programs
     assert summary.as_dict() == {"artifact": artifact, "predicted": 40, "errors": {}, "total": 40}
     rows = read_out(out)
     assert [r["id"] for r in rows] == [r["id"] for r in unseen]
@@ -139,7 +140,7 @@ def test_truncated_artifact_is_refused(bundle_copy, export_host, unseen, jsonl):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ExportError, match="model.pt2: checksum mismatch"):
         predict_path(bundle_copy, jsonl(unseen[:1]), io.StringIO(), host=export_host,
-                     artifact="torch_export")
+                     artifact="torch_export", trust_code=True)
 
 
 def test_bundle_from_a_newer_format_version_is_refused(bundle_copy, export_host, unseen, jsonl):
@@ -205,7 +206,8 @@ def test_bundles_load_and_predict_without_unpickling_anything(
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     monkeypatch.setattr(torch, "load", weights_only_load)
     buf = io.StringIO()
-    summary = predict_path(tiny_run[0], jsonl(unseen[:5]), buf, host=export_host, artifact=artifact)
+    summary = predict_path(tiny_run[0], jsonl(unseen[:5]), buf, host=export_host, artifact=artifact,
+                           trust_code=artifact == "torch_export")
     assert summary.predicted == 5
 
 
@@ -215,9 +217,12 @@ def test_bundles_load_and_predict_without_unpickling_anything(
 def _privet(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     from privet.cli import main
 
-    monkeypatch.setenv("PRIVET_LOAD_PLUGINS", "")  # built-ins + the bundle's own plugin folders
+    here = Path(__file__).resolve().parent
+    # built-ins + the test plugin folders: a bundle never names plugin code to load
+    monkeypatch.setenv("PRIVET_LOAD_PLUGINS", "")
+    monkeypatch.setenv("PRIVET_PLUGIN_PATHS", "")  # restored after the test
     with pytest.raises(SystemExit) as exit_info:
-        main(args)
+        main(["--plugin-dir", str(here.parent), "--plugin-dir", str(here / "plugins"), *args])
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
 
@@ -232,6 +237,28 @@ def test_predict_command_writes_jsonl_and_a_summary(tiny_run, unseen, jsonl, tmp
     assert err.strip() == (f"predicted 4 of 5 records with onnx; errors: malformed_json: 1 -> {out}")
     rows = read_out(out)
     assert len(rows) == 5 and rows[4]["error"] == "malformed_json"
+
+
+def test_predict_command_exits_1_when_no_record_was_predicted(tiny_run, jsonl, tmp_path,
+                                                             monkeypatch, capsys, read_out):
+    out = tmp_path / "out.jsonl"
+    code, _, err = _privet(["predict", str(tiny_run[0] / "export"),
+                            str(jsonl(["oops", "{}", "[1]"])), "--out", str(out)], monkeypatch, capsys)
+    assert code == 1
+    assert err.startswith("predicted 0 of 3 records with onnx; errors: ")
+    assert [r["error"] for r in read_out(out)] == ["malformed_json", "missing_field", "not_an_object"]
+
+
+def test_predict_command_with_strict_exits_1_when_any_record_failed(tiny_run, unseen, jsonl,
+                                                                    monkeypatch, capsys):
+    lines = [json.dumps(r) for r in unseen[:2]] + ["oops"]
+    code, out, err = _privet(["predict", str(tiny_run[0] / "export"), str(jsonl(lines)), "--strict"],
+                             monkeypatch, capsys)
+    assert code == 1 and "predicted 2 of 3 records" in err
+    assert len(out.splitlines()) == 3  # the predictions are still written
+    code, _, _ = _privet(["predict", str(tiny_run[0] / "export"), str(jsonl(lines[:2])), "--strict"],
+                         monkeypatch, capsys)
+    assert code == 0
 
 
 def test_predict_command_fails_with_one_line_and_exit_2_on_a_damaged_bundle(

@@ -56,7 +56,8 @@ def eager_runner(module: Any):
 def predictions(run_dir: Path, host: Any, inputs: Path, artifact: str | None,
                 eager: bool = False) -> list[dict[str, Any]]:
     """Entries ``privet predict`` writes, with an artifact or with the eager module."""
-    predictor = Predictor(Bundle.open(run_dir / "export"), host, artifact=artifact or "onnx")
+    predictor = Predictor(Bundle.open(run_dir / "export"), host, artifact=artifact or "onnx",
+                          trust_code=True)  # our own bundle: TorchScript and .pt2 may run
     if eager:
         _model, module = load_trained(run_dir, host)
         predictor.run = eager_runner(module)

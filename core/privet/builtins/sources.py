@@ -1,126 +1,97 @@
-"""Generic sources: JSON Lines and CSV files whose rows are records as they are."""
+"""Generic sources: JSON Lines and CSV files whose rows are records as they are.
+
+Both read through :mod:`privet.io`, so their bad lines get the same reasons and
+``file:line`` locations as every other reader of Privet.
+"""
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
 from pathlib import Path
-from typing import IO, Iterator
+from typing import Iterator
 
 import attrs
 
 from ..components import BadRecord, Record, Shard, Source
 from ..hookspecs import hookimpl
+from ..io import FileListing, Located, iter_lines, open_text, read_csv, read_jsonl
 from ..validators import existing_paths
 
-
-def open_text(path: str) -> IO[str]:
-    """Open a text file, transparently gunzipping ``.gz``; undecodable bytes stay visible."""
-    raw = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+__all__ = ["Csv", "JsonLines", "iter_lines", "open_text"]  # the two readers moved to privet.io
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, str | None]]:
-    """Yield (line number, text) for each line, or (line number, None) if not UTF-8.
+class _FileSource(Source):
+    """Shared listing: files named in ``paths`` plus matching files in named folders.
 
-    Streams the file: memory does not grow with its size.
+    A file in a folder that is a symlink to somewhere outside it is not read: it becomes
+    an ``outside_root`` bad record (``follow_symlinks: true`` reads it).
     """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield lineno, None
+
+    patterns: tuple[str, ...] = ()
+
+    def _listing(self) -> FileListing:
+        cached = getattr(self, "_listing_cache", None)
+        if cached is None:
+            cached = self._listing_cache = FileListing(
+                self.options.paths, self.patterns, follow_symlinks=self.options.follow_symlinks)
+        return cached
+
+    def shards(self) -> list[Shard]:
+        return [Shard(p) for p in self._listing().files]
+
+    def files(self) -> list[str]:
+        return sorted(self._listing().readable())
+
+    def read_located(self, shard: Shard) -> Iterator[Located]:
+        """``(file:line, record or BadRecord)``: the engine names lines with it."""
+        refusal = self._listing().refusal(shard.path)
+        if refusal is not None:
+            yield refusal.location, refusal
+            return
+        yield from self._read_file(shard.path)
+
+    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
+        for _where, item in self.read_located(shard):
+            yield item
+
+    def _read_file(self, path: str) -> Iterator[Located]:
+        raise NotImplementedError
 
 
-def _expand(paths: list[Path], pattern: str) -> list[str]:
-    out: list[str] = []
-    for p in paths:
-        out.extend(sorted(str(x) for x in p.glob(pattern)) if p.is_dir() else [str(p)])
-    return out
-
-
-class JsonLines(Source):
+class JsonLines(_FileSource):
     """Each line of one or more ``.jsonl`` files (or ``.jsonl.gz``) is one record."""
+
+    patterns = ("*.jsonl*",)
 
     @attrs.define(frozen=True)
     class Options:
         paths: list[Path] = attrs.field(validator=existing_paths)
+        #: Read files in the folders that are symlinks to places outside them.
+        follow_symlinks: bool = False
 
-    def shards(self) -> list[Shard]:
-        return [Shard(p) for p in _expand(self.options.paths, "*.jsonl*")]
-
-    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        name = Path(shard.path).name
-        for lineno, line in iter_lines(shard.path):
-            if line is None:
-                yield BadRecord("invalid_utf8", f"{name}:{lineno}")
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield BadRecord("malformed_json", f"{name}:{lineno}", str(err))
-                continue
-            if not isinstance(obj, dict):
-                yield BadRecord("not_an_object", f"{name}:{lineno}")
-                continue
-            yield obj
+    def _read_file(self, path: str) -> Iterator[Located]:
+        return read_jsonl(path)
 
 
-class Csv(Source):
+class Csv(_FileSource):
     """Each row of one or more CSV files is one record (header row gives the keys).
 
-    Numbers are parsed when ``parse_numbers`` is set; empty cells become ``None``.
+    Numbers are parsed when ``parse_numbers`` is set; empty cells become ``None``. An
+    unreadable header is one ``bad_csv_header`` bad record at ``file:1`` (file skipped).
     """
+
+    patterns = ("*.csv*",)
 
     @attrs.define(frozen=True)
     class Options:
         paths: list[Path] = attrs.field(validator=existing_paths)
         delimiter: str = ","
         parse_numbers: bool = True
+        #: Read files in the folders that are symlinks to places outside them.
+        follow_symlinks: bool = False
 
-    def shards(self) -> list[Shard]:
-        return [Shard(p) for p in _expand(self.options.paths, "*.csv*")]
-
-    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        name = Path(shard.path).name
-        with open_text(shard.path) as fh:
-            reader = csv.reader(fh, delimiter=self.options.delimiter)
-            try:
-                header = next(reader)
-            except (StopIteration, UnicodeDecodeError):
-                return
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except (UnicodeDecodeError, csv.Error) as err:
-                    yield BadRecord("unreadable_row", f"{name}:{reader.line_num}", str(err))
-                    return
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    yield BadRecord("wrong_column_count", f"{name}:{reader.line_num}",
-                                    f"{len(row)} cells, header has {len(header)}")
-                    continue
-                yield {k: self._value(v) for k, v in zip(header, row)}
-
-    def _value(self, v: str) -> object:
-        if v == "":
-            return None
-        if self.options.parse_numbers:
-            for cast in (int, float):
-                try:
-                    return cast(v)
-                except ValueError:
-                    pass
-        return v
+    def _read_file(self, path: str) -> Iterator[Located]:
+        return read_csv(path, delimiter=self.options.delimiter,
+                        parse_numbers=self.options.parse_numbers)
 
 
 @hookimpl

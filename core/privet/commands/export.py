@@ -49,18 +49,18 @@ def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize:
     Writes RUN_DIR/export/: the artifacts, model_state.json and the model's preprocessing
     files, and bundle.json describing inputs, outputs and checks (see 'privet predict').
     """
-    import yaml
-
     from ..export.bundle import export_run
-    from ..storage import Storage
+    from ..runs import load_run
 
-    storage = Storage(run_dir)
+    stored = load_run(run_dir)  # config.yaml is read once, here
+    storage = stored.storage
     chosen = list(formats)
-    if not chosen and storage.exists("config.yaml"):
-        configured = (yaml.safe_load(storage.read_text("config.yaml")) or {}).get("export") or {}
-        chosen = list(configured.get("formats") or [])
-        quantize = quantize or configured.get("quantize")
-    report = export_run(run_dir, host=get_host(ctx), formats=chosen or ["onnx"], quantize=quantize)
+    if not chosen:
+        configured = stored.config.get("export") or {}
+        chosen = list(configured.get("formats") or []) if isinstance(configured, dict) else []
+        quantize = quantize or (configured.get("quantize") if isinstance(configured, dict) else None)
+    report = export_run(run_dir, host=get_host(ctx), formats=chosen or ["onnx"], quantize=quantize,
+                        config=stored.config)
     if storage.exists("report.json"):
         run_report = storage.read_json("report.json")
         run_report["export"] = report

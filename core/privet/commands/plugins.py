@@ -63,12 +63,27 @@ def _describe_component(entry) -> None:
     import attrs
 
     click.echo(f"        {entry.name}: {entry.summary}")
-    opts = entry.cls.Options
-    if attrs.has(opts):
+    opts = getattr(entry.cls, "Options", None)
+    if opts is not None and attrs.has(opts):
         for field in attrs.fields(opts):
-            default = field.default
-            if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-                default = default.factory()
-            shown = "required" if default is attrs.NOTHING else f"default {default!r}"
             tname = getattr(field.type, "__name__", None) or str(field.type)
-            click.echo(f"            {field.name}: {tname} ({shown})")
+            click.echo(f"            {field.name}: {tname} ({describe_default(field)})")
+
+
+def describe_default(field) -> str:
+    """How an attrs field's default reads in ``privet plugins -v``, without building an
+    instance: a factory may need the other options (``takes_self``) or may fail alone."""
+    import attrs
+
+    default = field.default
+    if default is attrs.NOTHING:
+        return "required"
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        if default.takes_self:
+            return "default: computed from the other options"
+        try:
+            default = default.factory()
+        except Exception:  # noqa: BLE001 - a listing must not fail on one odd default
+            return f"default: computed by {getattr(default.factory, '__name__', 'a factory')}"
+    shown = repr(default)
+    return f"default {shown if len(shown) <= 60 else shown[:57] + '...'}"

@@ -1,14 +1,38 @@
-"""``privet predict BUNDLE INPUT``: predictions as JSON Lines, one per input record."""
+"""``privet predict BUNDLE INPUT``: predictions as JSON Lines, one per input record.
+
+Exit codes: 0 when at least one record was predicted (records that could not be get an
+error entry and are counted in the summary), 1 when none was (or, with ``--strict``, when
+any record failed), 2 when prediction could not start (a refused or damaged bundle, a
+missing plugin, a code artifact without ``--trust-code``, a bad argument).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO, Iterator
 
 import click
 
 from ..cli import get_host
+
+
+@contextlib.contextmanager
+def _atomic_output(path: Path) -> Iterator[IO[str]]:
+    """A temp file beside ``path`` (mode 0600), renamed over it only when predict finished."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @click.command()
@@ -17,31 +41,37 @@ from ..cli import get_host
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
               help="Write predictions to this JSONL file (default: standard output).")
 @click.option("--artifact", default=None, metavar="NAME",
-              help="Which artifact runs: onnx, onnx_int8, torch_export, torch_int8, torchscript "
-                   "(default: the bundle's first verified one, ONNX preferred).")
+              help="Which artifact runs: onnx, onnx_int8, torch_int8, or with --trust-code "
+                   "torch_export, torchscript (default: the first verified one, ONNX preferred).")
+@click.option("--trust-code", is_flag=True,
+              help="Allow artifacts that are programs (TorchScript, torch.export): loading "
+                   "them can run code. Only for bundles from someone you trust.")
+@click.option("--strict", is_flag=True,
+              help="Exit with code 1 when any record could not be predicted.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.pass_context
 def predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
-            artifact: str | None, batch_size: int) -> None:
+            artifact: str | None, trust_code: bool, strict: bool, batch_size: int) -> None:
     """Predict with an exported BUNDLE (RUN/export) on the raw records in INPUT.
 
     INPUT is what the model's plugin reads: JSONL or CSV records by default, image files
     or a folder for image models, series for time series models. The bundle's saved
     preprocessing is applied; records that cannot be read or encoded get an error entry
-    with their file and line, and the rest are predicted.
+    with their file and line, and the rest are predicted. Exit code 0: some or all
+    records predicted; 1: none (or any failed, with --strict); 2: cannot predict at all.
     """
     from ..export.predict import predict_path
 
     host = get_host(ctx)
     with contextlib.ExitStack() as stack:
-        if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            fh = stack.enter_context(open(out, "w", encoding="utf-8"))
-        else:
-            fh = sys.stdout
+        fh = sys.stdout
+        if out:  # a refused bundle or a crash leaves an earlier output file as it was
+            fh = stack.enter_context(_atomic_output(Path(out)))
         summary = predict_path(bundle, input_path, fh, host=host, artifact=artifact,
-                               batch_size=batch_size)
+                               batch_size=batch_size, trust_code=trust_code)
     errors = ", ".join(f"{k}: {v}" for k, v in summary.errors.most_common())
     click.echo(f"predicted {summary.predicted} of {summary.total} records with "
                f"{summary.artifact}" + (f"; errors: {errors}" if errors else "")
                + (f" -> {out}" if out else ""), err=True)
+    if summary.predicted == 0 or (strict and summary.errors):
+        sys.exit(1)  # not ctx.exit: the launcher runs click with standalone_mode=False

@@ -43,8 +43,13 @@ def run(ctx: click.Context, file: str, overrides: tuple[str, ...], name: str | N
         resume_dir: str | None, nproc_per_node: int, max_restarts: int, progress: str | None,
         as_json: bool) -> None:
     """Run the pipeline FILE: prepare data, train, evaluate, export."""
+    from ..config import run_name_problem
+    from ..errors import UsageError
     from ..train.engine import run_from_config
 
+    problem = run_name_problem(name) if name is not None else None
+    if problem is not None:  # checked before anything is created or launched
+        raise UsageError(f"--name: {problem}")
     if nproc_per_node > 1 and os.environ.get("PRIVET_LAUNCHED") != "1":
         argv = [a for a in sys.argv[1:]]
         i = argv.index("--nproc-per-node") if "--nproc-per-node" in argv else None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import DataError
+from ..storage import Storage
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .columns import Columns
@@ -58,12 +59,16 @@ class ArrowShardWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise DataError(f"records of split {self.split!r} cannot be stored: {err}; a "
                             f"component yields values of different types under one key") from err
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"{self.split}-{len(self._files):05d}.arrow"
-        tmp = path.with_suffix(".arrow.tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        storage = Storage(self.folder)
+        storage.makedirs()
+        name = f"{self.split}-{len(self._files):05d}.arrow"
+        path = storage.path(name)
+        # pyarrow writes the file itself (the storage module hands it the path), then the
+        # rename makes the shard appear whole
+        with pa.OSFile(str(storage.path(name + ".tmp")), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        tmp.replace(path)
+        storage.rename(name + ".tmp", name)
         self._files.append(str(path))
         self._buffer = []
         self._bytes = 0

@@ -8,8 +8,11 @@ removes (PII, say) reaches the disk.
 
 from __future__ import annotations
 
+import copy
+import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from collections import Counter
@@ -23,10 +26,13 @@ from ..config import DataConfig
 from ..errors import DataError, DropRecord
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
+from .versions import code_version
 
 SPLITS = ("train", "val", "test")
 _FIELD_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: Largest float32: a bigger number becomes inf once a model makes a tensor of it.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def file_fingerprint(path: str, *, full_hash_below: int = 1 << 20) -> dict[str, Any]:
@@ -47,6 +53,51 @@ def split_of(ordinal: int, seed: int, val: float, test: float) -> str:
     if u < val + test:
         return "test"
     return "train"
+
+
+def _bad_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is not finite"
+    if abs(value) > FLOAT32_MAX:
+        return "overflows float32 (largest 3.4e38)"
+    return None
+
+
+def non_finite(record: Record) -> str | None:
+    """Why a record holds a number no model can train on (NaN, inf, beyond float32), or None.
+
+    Looks at top-level numbers and lists of numbers (feature vectors): a model turns them
+    into float32 tensors, where 1e308 becomes inf and the loss NaN many steps later.
+    """
+    for key, value in record.items():
+        why = _bad_number(value)
+        if why is not None:
+            return f"field {key!r}: {value!r} {why}"
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (int, float)):
+            bad = _first_bad_number(value)
+            if bad is not None:
+                return f"field {key!r}: {bad[0]!r} {bad[1]}"
+    return None
+
+
+def _first_bad_number(values: list[Any] | tuple[Any, ...]) -> tuple[Any, str] | None:
+    if len(values) > 64:  # long vectors: one numpy pass instead of a Python loop
+        import numpy as np
+
+        try:
+            arr = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            arr = None
+        if arr is not None and arr.ndim == 1 and np.isfinite(arr).all() \
+                and float(np.abs(arr).max()) <= FLOAT32_MAX:
+            return None
+    for item in values:
+        why = _bad_number(item)
+        if why is not None:
+            return item, why
+    return None
 
 
 @attrs.define
@@ -107,48 +158,74 @@ class Preparer:
         hash_below = (1 << 20) if len(paths) <= 2000 else -1
         files = [file_fingerprint(f, full_hash_below=hash_below) for f in paths]
         blob = json.dumps({"version": CACHE_VERSION, "files": files, "seed": self.seed,
-                           **self.fingerprint_extra}, sort_keys=True, default=str)
+                           "code": self.code_versions(), **self.fingerprint_extra},
+                          sort_keys=True, default=str)
         if len(files) > 1000:  # keep meta.json small: a digest stands for the list
             listing = json.dumps(files, sort_keys=True, default=str).encode()
             return hashlib.sha256(blob.encode()).hexdigest()[:20], {
                 "count": len(files), "sha256": hashlib.sha256(listing).hexdigest()}
         return hashlib.sha256(blob.encode()).hexdigest()[:20], files
 
+    def code_versions(self) -> list[dict[str, Any]]:
+        """Each data component's code version: a plugin's new code is a new cache."""
+        return [code_version(type(c)) for c in (self.source, *self.cleaners, self.model)]
+
     # -- streaming passes -------------------------------------------------------------------------
 
+    def _located(self, shard: Any) -> Iterator[tuple[str | None, Any]]:
+        """``(location or None, item)``: sources built on :mod:`privet.io` name each line."""
+        read_located = getattr(self.source, "read_located", None)
+        if callable(read_located):
+            yield from read_located(shard)
+        else:
+            for item in self.source.read(shard):
+                yield None, item
+
     def _raw(self, drops: DropCounter | None, total: list[int]) -> Iterator[tuple[str, str, Record]]:
-        """(split, where, record) for every readable record, in source order."""
+        """(split, where, record) for every readable record, in source order.
+
+        A source drops an item by yielding a :class:`BadRecord` (bad input) or a
+        :class:`DropRecord` (``bad=False``: left out on purpose, not held against
+        ``data.max_bad_fraction``). Numbers that are not finite or overflow float32 are
+        bad input, caught here, before any cleaner fits statistics on them.
+        """
         split = self.data.split
         ordered_count = self._count() if split.method == "ordered" else 0
         ordinal = 0
         for shard in self.source.shards():
             name = Path(shard.path).name
-            for item in self.source.read(shard):
+            for location, item in self._located(shard):
                 total[0] += 1
                 if isinstance(item, BadRecord):
-                    self._bad(drops, item.reason, item.location or name, item.detail)
+                    self._bad(drops, item.reason, item.location or location or name, item.detail)
                     continue
-                where = f"{name} record {ordinal + 1}"
+                where = location or f"{name} record {ordinal + 1}"
+                if isinstance(item, DropRecord):
+                    self._bad(drops, item.reason, where, item.detail, bad=item.bad)
+                    continue
+                ordinal += 1
+                problem = non_finite(item) if isinstance(item, dict) else None
+                if problem is not None:
+                    self._bad(drops, "non_finite_value", where, problem)
+                    continue
                 if split.method == "random":
-                    part = split_of(ordinal, self.seed, split.val, split.test)
+                    part = split_of(ordinal - 1, self.seed, split.val, split.test)
                 elif split.method == "ordered":
-                    frac = ordinal / max(1, ordered_count)
+                    frac = (ordinal - 1) / max(1, ordered_count)
                     part = ("train" if frac < 1 - split.val - split.test
                             else "val" if frac < 1 - split.test else "test")
                 else:
                     value = item.get(split.field) if isinstance(item, dict) else None
                     part = _FIELD_SPLITS.get(str(value).lower()) if value is not None else None
                     if part is None:
-                        ordinal += 1
                         self._bad(drops, "bad_split_value", where,
                                   f"{split.field}={value!r}; expected train/val/test")
                         continue
-                ordinal += 1
                 yield part, where, item
 
     def _count(self) -> int:
         return sum(1 for shard in self.source.shards() for item in self.source.read(shard)
-                   if not isinstance(item, BadRecord))
+                   if not isinstance(item, (BadRecord, DropRecord)))
 
     def _bad(self, drops: DropCounter | None, reason: str, where: str, detail: str = "",
              *, bad: bool = True) -> None:
@@ -181,9 +258,11 @@ class Preparer:
         return record
 
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
-                 total: list[int]) -> Iterator[tuple[str, Record]]:
+                 total: list[int], on_start: Callable[[], None] = lambda: None
+                 ) -> Iterator[tuple[str, Record]]:
         for cleaner in self.cleaners[:upto]:
             cleaner.start_pass()
+        on_start()
         for part, where, record in self._raw(drops, total):
             if only is not None and part != only:
                 continue
@@ -194,28 +273,63 @@ class Preparer:
     # -- the whole preparation ------------------------------------------------------------------
 
     def prepare(self, cache_root: Path) -> Prepared:
+        """The prepared cache for this pipeline's data: reused when complete, else made.
+
+        It is made in a ``.tmp-FINGERPRINT-PID`` folder that is renamed into place only
+        when ``meta.json`` is written: a process killed mid-way leaves no folder that
+        looks complete, and the next run prepares again (and removes the leftovers).
+        """
         fp, files = self.fingerprint()
-        cache = Storage(cache_root / fp)
+        cache = Storage(Path(cache_root) / fp)
         if cache.exists("meta.json"):
-            meta = cache.read_json("meta.json")
-            self._load_states(meta)
-            self.log(f"data: reusing prepared cache {cache.root}")
-            return Prepared(cache, fp, self._open(cache, meta), meta, True)
+            return self._reuse(cache, fp)
         started = time.perf_counter()
-        cache.makedirs()
-        cache.clean_partial()
-        # fit cleaners in order, each on train records passed through the earlier ones
+        root = Storage(cache_root)
+        _remove_leftovers(root)
+        work_name = f".tmp-{fp}-{os.getpid()}"
+        root.remove(work_name)
+        work = Storage(root.makedirs(work_name))
+        try:
+            meta = self._build(work, fp, files)
+            meta["seconds"] = round(time.perf_counter() - started, 3)
+            work.write_json("meta.json", meta)  # written last: marks the folder complete
+            if cache.exists("meta.json"):  # another process finished the same data first
+                root.remove(work_name)
+                return self._reuse(cache, fp)
+            root.remove(fp)  # an incomplete folder from an older Privet
+            root.rename(work_name, fp)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                root.remove(work_name)
+            raise
+        self.log(f"data: prepared {meta['kept']} records ({meta['counts']}), dropped "
+                 f"{sum(meta['dropped'].values())} in {meta['seconds']} s")
+        return Prepared(cache, fp, self._open(cache, meta), meta, False)
+
+    def _reuse(self, cache: Storage, fp: str) -> Prepared:
+        meta = cache.read_json("meta.json")
+        self._load_states(meta)
+        self.log(f"data: reusing prepared cache {cache.root}")
+        return Prepared(cache, fp, self._open(cache, meta), meta, True)
+
+    def _fit_cleaners(self) -> None:
+        """Fit cleaners in order, each on train records passed through the earlier ones."""
         for i, cleaner in enumerate(self.cleaners):
             if cleaner.needs_fit:
                 self.log(f"data: fitting cleaner {cleaner.name}")
                 cleaner.fit(_Reiterable(lambda i=i: (r for _p, r in self._cleaned(i, "train", None, [0]))))
+
+    def _build(self, cache: Storage, fp: str, files: Any) -> dict[str, Any]:
+        """Every pass of the preparation, written into ``cache``; returns its meta."""
+        self._fit_cleaners()
         drops = DropCounter()
         total = [0]
+        counters: list[Any] = []
         writers = {s: ArrowShardWriter(cache.path("records"), s, self.data.shard_rows) for s in SPLITS}
-        for part, record in self._cleaned(len(self.cleaners), None, drops, total):
+        snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
+        for part, record in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
             writers[part].add(record)
         record_files = {s: w.close() for s, w in writers.items()}
-        kept = sum(w.rows for w in writers.values())
         self._check_bad_fraction(drops, total[0])
         if writers["train"].rows == 0:
             raise DataError(f"no training records left after cleaning ({total[0]} read, "
@@ -230,28 +344,27 @@ class Preparer:
                 for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
                     w.add(ex)
                 example_files[s] = w.close()
-        meta = {
+        # counts of the writing pass alone: fitting passes ran the earlier cleaners too
+        reports = {f"{i}:{c.name}": counts_since(c.report(), before)
+                   for i, (c, before) in enumerate(zip(self.cleaners, counters))}
+        return {
             "fingerprint": fp,
             "files": files,
+            "code": self.code_versions(),
             "created": time.time(),
-            "seconds": round(time.perf_counter() - started, 3),
             "read": total[0],
-            "kept": kept,
+            "kept": sum(w.rows for w in writers.values()),
             "counts": {s: writers[s].rows for s in SPLITS},
             "examples": {s: ArrowTable(example_files[s]).num_rows for s in SPLITS},
             "dropped": dict(drops.counts),
             "bad": drops.bad,
             "dropped_examples": drops.examples,
-            "cleaners": {f"{i}:{c.name}": c.report() for i, c in enumerate(self.cleaners) if c.report()},
+            "cleaners": {k: v for k, v in reports.items() if v},
             "record_files": {s: [str(Path(f).relative_to(cache.root)) for f in fs] for s, fs in record_files.items()},
             "example_files": {s: [str(Path(f).relative_to(cache.root)) for f in fs] for s, fs in example_files.items()},
             "cleaner_states": [c.state_dict() for c in self.cleaners],
             "model_state": self.model.state_dict(),
         }
-        cache.write_json("meta.json", meta)  # written last: marks the cache complete
-        self.log(f"data: prepared {kept} records ({meta['counts']}), dropped {drops.total} "
-                 f"in {meta['seconds']} s")
-        return Prepared(cache, fp, self._open(cache, meta), meta, False)
 
     def _check_bad_fraction(self, drops: DropCounter, total: int) -> None:
         if total and drops.bad / total > self.data.max_bad_fraction:
@@ -278,3 +391,42 @@ class _Reiterable:
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self._factory())
+
+
+def counts_since(after: Any, before: Any) -> Any:
+    """``after - before`` for the numbers of a cleaner's report (nested dicts too).
+
+    A cleaner's counters keep growing over every pass that runs it (a fitting pass of a
+    later cleaner streams the data through it again); the report must say what happened
+    to the data that was written, which is the difference over the writing pass.
+    """
+    if isinstance(after, dict):
+        prior = before if isinstance(before, dict) else {}
+        return {k: counts_since(v, prior.get(k)) for k, v in after.items()}
+    numeric = (int, float)
+    if isinstance(after, numeric) and isinstance(before, numeric) and not isinstance(after, bool):
+        return after - before
+    return after
+
+
+def _remove_leftovers(cache_root: Storage) -> None:
+    """Remove the ``.tmp-FP-PID`` folders of preparations whose process is gone."""
+    for name in cache_root.listdir():
+        if not (name.startswith(".tmp-") and cache_root.path(name).is_dir()):
+            continue
+        pid = name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                cache_root.remove(name)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not preparing that folder any more
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

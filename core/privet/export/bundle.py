@@ -5,9 +5,13 @@ pipeline has an ``export:`` section) loads the trained model, exports it with ea
 requested exporter, verifies every artifact against the eager model, optionally adds
 int8 copies, and writes the bundle atomically (a temp folder renamed into place).
 
-:class:`Bundle` reads one back for ``privet predict``: it checks the format version, that
-every listed file is present with its checksum, and rebuilds the model and cleaners from
-their names, options and JSON states. Nothing in a bundle is a pickle.
+:class:`Bundle` reads one back for ``privet predict``. A bundle is data someone else may
+have made, so it is read as untrusted: ``bundle.json`` is validated field by field, every
+file it names must stay inside the bundle folder (relative, no ``..``, no symlink out) and
+match its checksum, components are rebuilt only from plugins already installed here (a
+bundle records each one's distribution and version, and never names code to import), and
+artifacts that are programs (TorchScript, ``torch.export``) run only when the caller trusts
+the bundle's author (``trust_code``). Nothing in a bundle is a pickle.
 """
 
 from __future__ import annotations
@@ -15,15 +19,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
-import shutil
 import sys
 import time
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterable, Iterator
 
-from ..errors import ConfigError, ExportError, PrivetError, UnknownComponentError
+from ..errors import ConfigError, ExportError, PrivetError
+from ..storage import Storage
 from .exporters import Runner, _first_line
 
 BUNDLE_FORMAT = "privet-bundle"
@@ -40,6 +43,10 @@ EVAL_LIMIT = 2048
 EVAL_BATCH = 256
 #: Artifacts ``privet predict`` prefers, in order, when none is named.
 PREFERRED = ("onnx", "torch_export", "onnx_int8", "torch_int8", "torchscript")
+#: Loaders whose artifacts are programs: loading or running them can run arbitrary code
+#: (TorchScript ops such as ``torch.from_file(shared=True)`` run in ``forward``; a ``.pt2``
+#: archive can carry objects for the unpickler). They need ``trust_code``.
+CODE_LOADERS = frozenset({"torch_export", "torchscript"})
 
 Log = Callable[[str], None]
 
@@ -48,12 +55,12 @@ def _stderr(message: str) -> None:
     print(f"privet: {message}", file=sys.stderr)
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256_of(path: str | Path, storage: Storage | None = None) -> str:
+    """SHA-256 of a file: ``path`` relative to ``storage``, or a path (its folder's storage)."""
+    if storage is None:
+        path = Path(path)
+        storage, path = Storage(path.parent), path.name
+    return hashlib.sha256(storage.read_bytes(str(path))).hexdigest()
 
 
 def expand_formats(formats: Iterable[str] | str | None) -> list[str]:
@@ -75,7 +82,9 @@ def expand_formats(formats: Iterable[str] | str | None) -> list[str]:
 
 def export_run(run_dir: str | Path, *, host: Any | None = None,
                formats: Iterable[str] | str | None = ("onnx",), quantize: str | None = None,
-               log: Log | None = _stderr) -> dict[str, Any]:
+               log: Log | None = _stderr, trained: tuple[Any, Any] | None = None,
+               cleaners: list[Any] | None = None,
+               config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export a trained run into ``RUN/export/`` and return the export report.
 
     ``formats`` names exporters (``torch_export``, ``onnx``, ``torchscript``, ``all`` or a
@@ -83,54 +92,35 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
     on validation examples). Raises :class:`ExportError` if an artifact cannot be written
     or does not match the eager model; the bundle is still written, with the failure
     recorded in ``bundle.json`` (``privet predict`` refuses such artifacts).
+
+    Right after training the engine passes what it holds in memory: ``trained`` (the
+    model component and its module), the fitted ``cleaners`` and the resolved ``config``
+    (as saved in ``config.yaml``); whatever is not given is read from the run folder.
     """
-    import yaml
-
-    from ..storage import Storage
-    from ..train.loading import load_cleaners, load_trained
-
     started = time.perf_counter()
     say = log or (lambda m: None)
     run_dir = Path(run_dir).resolve()
     formats = expand_formats(formats)
-    if quantize is not None and quantize not in QUANTIZE_MODES:
-        raise ConfigError(f"unknown quantization {quantize!r}; use int8 or int8-static",
-                          path="export.quantize")
-    if quantize and not {"onnx", "torch_export"} & set(formats):
-        raise ConfigError(f"quantize: {quantize} applies to the onnx and torch_export formats; "
-                          f"add one of them", path="export.formats")
+    _check_quantize(quantize, formats)
     if host is None:
         from ..plugins import load_plugins
 
         host = load_plugins(on_warning=lambda m: say(f"warning: {m}"))
-    model, module = load_trained(run_dir, host)
-    cleaners = load_cleaners(run_dir, host)
-    module = module.to("cpu").eval()
+    if config is None:
+        from ..runs import load_run
+
+        config = load_run(run_dir).config
+    model, module, cleaners = _trained_objects(run_dir, host, trained, cleaners)
     storage = Storage(run_dir)
-    config = yaml.safe_load(storage.read_text("config.yaml"))
     exporters = {f: host.catalog.get("exporter", f, key_path="export.formats") for f in formats}
-    records = _cached_examples(run_dir, storage)
-    example, check, eval_batches = _batches(model, records, run_dir)
+    example, check, eval_batches = _batches(model, _cached_examples(run_dir, storage), run_dir)
     eager_example = _eager(module, example.feed)
     axes = model.dynamic_axes()
-
-    tmp = run_dir / f".tmp-export-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    notes: list[str] = []
+    with storage.atomic_dir("export") as tmp:
         files = _write_preprocessing(model, tmp)
-        artifacts: dict[str, dict[str, Any]] = {}
-        notes: list[str] = []
-        runners: dict[str, Runner] = {}
-        for name, entry in exporters.items():
-            say(f"export: {name} ...")
-            info, runner = _export_one(name, entry, model, module, example, check, eager_example,
-                                       axes, tmp)
-            artifacts[name] = info
-            notes += [f"{name}: {n}" for n in info.get("notes", [])]
-            if runner is not None:
-                runners[name] = runner
+        artifacts, runners = _export_all(exporters, model, module, example, check, eager_example,
+                                         axes, tmp, notes, say)
         quantization: dict[str, Any] = {}
         if quantize:
             from .verify import Evaluator
@@ -140,34 +130,77 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
                                      eval_batches, tmp, notes, say)
         bundle = _bundle_json(run_dir, config, host, model, cleaners, example, eager_example,
                               axes, files, artifacts, tmp)
-        (tmp / "bundle.json").write_text(json.dumps(bundle, indent=2, sort_keys=False) + "\n",
-                                         encoding="utf-8")
-        _replace(tmp, run_dir / "export")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    report = {
+        Storage(tmp).write_text("bundle.json", json.dumps(bundle, indent=2) + "\n")
+    report = _export_report(run_dir, formats, quantize, artifacts, quantization, notes, started)
+    Storage(run_dir / "export").write_json("report.json", report)
+    _raise_for_failures(run_dir, artifacts)
+    say(f"export: {', '.join(artifacts)} verified against the eager model -> {run_dir / 'export'}")
+    return report
+
+
+def _check_quantize(quantize: str | None, formats: list[str]) -> None:
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise ConfigError(f"unknown quantization {quantize!r}; use int8 or int8-static",
+                          path="export.quantize")
+    if quantize and not {"onnx", "torch_export"} & set(formats):
+        raise ConfigError(f"quantize: {quantize} applies to the onnx and torch_export formats; "
+                          f"add one of them", path="export.formats")
+
+
+def _trained_objects(run_dir: Path, host: Any, trained: tuple[Any, Any] | None,
+                     cleaners: list[Any] | None) -> tuple[Any, Any, list[Any]]:
+    """(model component, module on the CPU in eval mode, fitted cleaners)."""
+    from ..train.loading import load_cleaners, load_trained
+
+    model, module = trained if trained is not None else load_trained(run_dir, host)
+    if cleaners is None:
+        cleaners = load_cleaners(run_dir, host)
+    return model, module.to("cpu").eval(), list(cleaners)
+
+
+def _export_all(exporters: dict[str, Any], model: Any, module: Any, example: Any, check: Any,
+                eager_example: list[Any], axes: Any, folder: Path, notes: list[str],
+                say: Log) -> tuple[dict[str, dict[str, Any]], dict[str, Runner]]:
+    artifacts: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Runner] = {}
+    for name, entry in exporters.items():
+        say(f"export: {name} ...")
+        info, runner = _export_one(name, entry, model, module, example, check, eager_example,
+                                   axes, folder)
+        artifacts[name] = info
+        notes += [f"{name}: {n}" for n in info.get("notes", [])]
+        if runner is not None:
+            runners[name] = runner
+    return artifacts, runners
+
+
+def _export_report(run_dir: Path, formats: list[str], quantize: str | None,
+                   artifacts: dict[str, Any], quantization: dict[str, Any], notes: list[str],
+                   started: float) -> dict[str, Any]:
+    keys = ("file", "size_bytes", "verified", "verification", "exporter", "dynamic", "error",
+            "precision")
+    return {
         "bundle": str(run_dir / "export"),
         "format_version": BUNDLE_VERSION,
         "formats": formats,
         "quantize": quantize,
         "tolerance": _tolerance(),
-        "artifacts": {k: {x: v[x] for x in ("file", "size_bytes", "verified", "verification",
-                                            "exporter", "dynamic", "error", "precision")
-                          if x in v} for k, v in artifacts.items()},
+        "artifacts": {k: {x: v[x] for x in keys if x in v} for k, v in artifacts.items()},
         "quantization": quantization,
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    Storage(run_dir / "export").write_json("report.json", report)
-    failed = {k: v for k, v in artifacts.items() if not v.get("verified")}
+
+
+def _raise_for_failures(run_dir: Path, artifacts: dict[str, Any]) -> None:
+    """An fp32 artifact that failed verification fails the export (int8 ones: see notes)."""
+    failed = {k: v for k, v in artifacts.items()
+              if not v.get("verified") and v.get("precision") != "int8"}
     if failed:
         why = "; ".join(f"{k}: {v.get('error') or 'outputs differ from the eager model'}"
                         for k, v in failed.items())
         raise ExportError(f"export of {run_dir.name} failed for {', '.join(failed)} ({why}); "
                           f"details in {run_dir / 'export' / 'bundle.json'}")
-    say(f"export: {', '.join(artifacts)} verified against the eager model -> {run_dir / 'export'}")
-    return report
 
 
 def _tolerance() -> dict[str, float]:
@@ -179,7 +212,6 @@ def _tolerance() -> dict[str, float]:
 def _cached_examples(run_dir: Path, storage: Any) -> dict[str, Any]:
     """The run's cached examples per split (an ArrowTable each), from the prepared cache."""
     from ..data.arrow import ArrowTable
-    from ..storage import Storage
 
     manifest = storage.read_json("manifest.json") if storage.exists("manifest.json") else {}
     candidates = [run_dir / "cache", Path(manifest["data_cache"])] if manifest.get("data_cache") \
@@ -236,7 +268,8 @@ def _write_preprocessing(model: Any, folder: Path) -> dict[str, dict[str, str]]:
     except (TypeError, ValueError) as err:
         raise ExportError(f"model {model.name!r}: state_dict() is not JSON-serialisable ({err}); "
                           f"it must be plain data") from err
-    (folder / "model_state.json").write_text(text, encoding="utf-8")
+    out = Storage(folder)
+    out.write_text("model_state.json", text)
     written = {"model_state": "model_state.json"}
     extra = model.bundle_files(folder) or {}
     for role, name in extra.items():
@@ -250,7 +283,7 @@ def _write_preprocessing(model: Any, folder: Path) -> dict[str, dict[str, str]]:
             raise ExportError(f"model {model.name!r}: bundle file {name!r} looks like a pickle; "
                               f"write JSON or text (bundles hold no pickles)")
         written[role] = name
-    return {role: {"file": name, "sha256": sha256_of(folder / name)} for role, name in written.items()}
+    return {role: {"file": name, "sha256": sha256_of(name, out)} for role, name in written.items()}
 
 
 def _call_export(exporter: Any, module: Any, example_inputs: tuple[Any, ...], folder: Path,
@@ -338,6 +371,7 @@ def _quantize(mode: str, model: Any, module: Any, evaluator: Any, artifacts: dic
                                                   evaluator, runners.get("onnx"),
                                                   {"library": "onnxruntime", "mode": QUANTIZE_MODES[mode]})
         out["onnx_int8"] = artifacts["onnx_int8"]["quantization"]
+        notes += [f"onnx_int8: {n}" for n in artifacts["onnx_int8"]["notes"]]
     elif onnx:
         notes.append("onnx_int8: skipped, the fp32 ONNX artifact failed")
     pt = artifacts.get("torch_export")
@@ -354,6 +388,7 @@ def _quantize(mode: str, model: Any, module: Any, evaluator: Any, artifacts: dic
                 notes.append("torch_int8: torchao has no static int8 scheme for CPUs; used "
                              f"{TORCHAO_SCHEME}")
             out["torch_int8"] = artifacts["torch_int8"]["quantization"]
+            notes += [f"torch_int8: {n}" for n in artifacts["torch_int8"]["notes"]]
         else:
             notes.append("torch_int8: skipped, torchao is not installed (pip install torchao); "
                          "torch.ao.quantization is deprecated upstream")
@@ -362,19 +397,34 @@ def _quantize(mode: str, model: Any, module: Any, evaluator: Any, artifacts: dic
 
 def _quantized_entry(key: str, loader: str, path: Path, base: dict[str, Any], runner: Runner,
                      evaluator: Any, base_runner: Runner | None, how: dict[str, Any]) -> dict[str, Any]:
+    """An int8 artifact's entry; verified only if its metrics or agreement were measured."""
     size = path.stat().st_size
     metrics_before = evaluator.metrics(base_runner) if base_runner is not None else evaluator.metrics()
     metrics_after = evaluator.metrics(runner)
+    agreement = evaluator.agreement(runner)
     quant = {**how, "file": path.name, "size_bytes": size, "fp32_file": base["file"],
              "fp32_size_bytes": base["size_bytes"],
              "size_ratio": round(size / base["size_bytes"], 4) if base["size_bytes"] else None,
              "metrics_before": metrics_before, "metrics_after": metrics_after,
-             "agreement": evaluator.agreement(runner)}
-    return {"exporter": base["exporter"], "loader": loader, "precision": "int8", "file": path.name,
-            "size_bytes": size, "dynamic": base.get("dynamic", True), "verified": True,
-            "verification": {"note": "int8 outputs are compared by validation metrics, not "
-                                     "elementwise", "agreement": quant["agreement"]},
-            "quantization": quant, "notes": []}
+             "agreement": agreement}
+    measured = _measured(metrics_after) or "max_abs_diff" in agreement
+    entry = {"exporter": base["exporter"], "loader": loader, "precision": "int8", "file": path.name,
+             "size_bytes": size, "dynamic": base.get("dynamic", True), "verified": measured,
+             "verification": {"note": "int8 outputs are compared by validation metrics and "
+                                      "agreement with the eager model, not elementwise",
+                              "agreement": agreement, "metrics_after": metrics_after},
+             "quantization": quant, "notes": []}
+    if not measured:
+        why = metrics_after.get("note") or "the model gives no predictions to compare on validation"
+        entry["error"] = (f"not verified: neither validation metrics nor agreement with the eager "
+                          f"model could be measured ({why})")
+        entry["notes"] = [f"{entry['error']}; privet predict refuses this artifact"]
+    return entry
+
+
+def _measured(metrics: dict[str, Any]) -> bool:
+    """Whether ``metrics`` holds at least one measured number (not just a note)."""
+    return any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
 
 
 def _io_spec(names: list[str], arrays: list[Any], axes: dict[str, dict[int, str]]) -> list[dict[str, Any]]:
@@ -388,11 +438,21 @@ def _io_spec(names: list[str], arrays: list[Any], axes: dict[str, dict[int, str]
 
 
 def _component(host: Any, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A component as the bundle records it: name, options and the plugin that provides it.
+
+    The plugin is named by its distribution and version (what to ``pip install``), never
+    by a path: predict uses only plugins installed where it runs. A plugin loaded from a
+    folder (``--plugin-dir``, ``plugins.paths``) is recorded as such, without the folder.
+    """
     entry = host.catalog.get(kind, spec["name"])
     info = host.infos.get(entry.plugin)
+    origin = getattr(info, "origin", None)
+    from_folder = origin == "path"
     return {"name": spec["name"], "plugin": entry.plugin,
-            "distribution": getattr(info, "distribution", None),
-            "version": getattr(info, "version", None), "options": spec.get("options") or {}}
+            "distribution": None if from_folder else getattr(info, "distribution", None),
+            "version": None if from_folder else getattr(info, "version", None),
+            "origin": "plugin folder" if from_folder else (origin or "registered"),
+            "options": spec.get("options") or {}}
 
 
 def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, cleaners: list[Any],
@@ -405,12 +465,13 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
 
     for info in artifacts.values():
         if info.get("file"):
-            info["sha256"] = sha256_of(folder / info["file"])
+            info["sha256"] = sha256_of(info["file"], Storage(folder))
     model_spec = config["model"] if isinstance(config["model"], dict) else {"name": config["model"]}
     cleaner_specs = [c if isinstance(c, dict) else {"name": c}
                      for c in config["data"].get("cleaners") or []]
     usable = [k for k in PREFERRED if artifacts.get(k, {}).get("verified")]
     usable += [k for k, v in artifacts.items() if v.get("verified") and k not in usable]
+    usable.sort(key=lambda k: artifacts[k].get("loader", k) in CODE_LOADERS)  # data first
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
@@ -418,7 +479,7 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
         "privet_version": __version__,
         "torch_version": torch.__version__,
         "run": {"dir": str(run_dir), "name": config.get("name")},
-        "task": model.task,
+        "task": model.task_definition().name or type(model.task_definition()).__name__,
         "model": {**_component(host, "model", model_spec), "state_file": "model_state.json"},
         "cleaners": [{**_component(host, "cleaner", spec), "state": c.state_dict()}
                      for spec, c in zip(cleaner_specs, cleaners)],
@@ -426,7 +487,6 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
         "source": _component(host, "source", config["data"]["source"]
                              if isinstance(config["data"]["source"], dict)
                              else {"name": config["data"]["source"]}),
-        "plugin_paths": list((config.get("plugins") or {}).get("paths") or []),
         "inputs": _io_spec(model.input_names(), [np.asarray(v) for v in example.feed.values()], axes),
         "outputs": _io_spec(model.output_names(), eager_example, axes),
         "files": files,
@@ -435,19 +495,79 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
     }
 
 
-def _replace(tmp: Path, target: Path) -> None:
-    """Swap the new bundle into place; a crash leaves either the old or the new one."""
-    for p in tmp.iterdir():
-        with open(p, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = target.with_name(f".old-{target.name}-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # --- reading --------------------------------------------------------------------------
+
+_DAMAGED = "the bundle is damaged or was edited; re-export the run"
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _need(value: Any, types: type | tuple[type, ...], where: Path, key: str, what: str) -> Any:
+    """``value`` if it has one of ``types`` (a bool is never a number), else a one-line error."""
+    types = types if isinstance(types, tuple) else (types,)
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise ExportError(f"{where}: {key} must be {what}, not {_kind(value)}; {_DAMAGED}")
+    return value
+
+
+def confined(folder: Path, name: Any, where: Path, key: str) -> str:
+    """``name`` if it is a relative path that stays inside ``folder`` (symlinks followed)."""
+    _need(name, str, where, key, "a file name")
+    if (not name or "\x00" in name or "\\" in name or PurePosixPath(name).is_absolute()
+            or PureWindowsPath(name).drive or ".." in PurePosixPath(name).parts):
+        raise ExportError(f"{where}: {key} is {name!r}: files of a bundle are relative paths "
+                          f"inside its folder (no absolute path, no '..'); refusing the bundle")
+    root = folder.resolve()
+    real = (folder / name).resolve()
+    if real == root or not real.is_relative_to(root):
+        raise ExportError(f"{where}: {key} is {name!r}, which leads outside the bundle folder "
+                          f"(through a symlink); refusing the bundle")
+    return name
+
+
+def _check_component(spec: Any, where: Path, key: str) -> None:
+    _need(spec, dict, where, key, "an object")
+    _need(spec.get("name"), str, where, f"{key}.name", "a component name")
+    _need(spec.get("options", {}), dict, where, f"{key}.options", "an object")
+    for field in ("plugin", "distribution", "version", "origin"):
+        _need(spec.get(field), (str, type(None)), where, f"{key}.{field}", "a string")
+
+
+def _check_artifact(folder: Path, info: Any, where: Path, key: str) -> None:
+    _need(info, dict, where, key, "an object")
+    if info.get("file") is not None:
+        confined(folder, info["file"], where, f"{key}.file")
+    for field, types, what in (("sha256", (str, type(None)), "a hex digest"),
+                               ("loader", str, "an exporter name"), ("verified", bool, "true or false"),
+                               ("dynamic", bool, "true or false"), ("example_batch", int, "a number"),
+                               ("external_data", list, "a list of file names")):
+        if field in info:
+            _need(info[field], types, where, f"{key}.{field}", what)
+    if info.get("example_batch", 1) < 1:
+        raise ExportError(f"{where}: {key}.example_batch must be at least 1; {_DAMAGED}")
+    for i, name in enumerate(info.get("external_data") or []):
+        confined(folder, name, where, f"{key}.external_data.{i}")
+
+
+def validate_meta(folder: Path, meta: dict[str, Any], where: Path) -> None:
+    """Check every field predict uses before anything is built from it."""
+    _check_component(meta["model"], where, "model")
+    for i, spec in enumerate(_need(meta["cleaners"], list, where, "cleaners", "a list")):
+        _check_component(spec, where, f"cleaners.{i}")
+        _need(spec.get("state", {}), dict, where, f"cleaners.{i}.state", "an object")
+    if meta.get("source") is not None:
+        _check_component(meta["source"], where, "source")
+    for role, item in _need(meta["files"], dict, where, "files", "an object").items():
+        _need(item, dict, where, f"files.{role}", "an object")
+        confined(folder, item.get("file"), where, f"files.{role}.file")
+        _need(item.get("sha256"), (str, type(None)), where, f"files.{role}.sha256", "a hex digest")
+    for name, info in _need(meta["artifacts"], dict, where, "artifacts", "an object").items():
+        _check_artifact(folder, info, where, f"artifacts.{name}")
+    _need(meta["inputs"], list, where, "inputs", "a list")
+    _need(meta["outputs"], list, where, "outputs", "a list")
+    _need(meta.get("default_artifact"), (str, type(None)), where, "default_artifact", "a name")
 
 
 class Bundle:
@@ -456,10 +576,15 @@ class Bundle:
     def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
         self.folder = folder
         self.meta = meta
+        self.storage = Storage(folder)
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / "bundle.json"
 
     @classmethod
     def open(cls, folder: str | Path) -> "Bundle":
-        """Read ``bundle.json`` and check the version and every preprocessing file."""
+        """Read ``bundle.json``, validate it, and check every preprocessing file."""
         folder = Path(folder)
         if not (folder / "bundle.json").exists() and (folder / "export" / "bundle.json").exists():
             folder = folder / "export"  # a run folder was given
@@ -467,15 +592,16 @@ class Bundle:
         if not path.exists():
             raise ExportError(f"{folder}: not an export bundle (no bundle.json); pass RUN/export "
                               f"from 'privet export RUN'")
+        confined(folder, "bundle.json", path, "bundle.json")
         try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
+            meta = json.loads(Storage(folder).read_text("bundle.json"))
         except (ValueError, UnicodeDecodeError) as err:
             raise ExportError(f"{path}: corrupted bundle.json ({err}); re-export the run") from err
         if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
             raise ExportError(f"{path}: not a Privet bundle description (format is "
                               f"{meta.get('format') if isinstance(meta, dict) else None!r})")
         version = meta.get("format_version")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise ExportError(f"{path}: format_version is missing or not a number; re-export the run")
         if version > BUNDLE_VERSION:
             raise ExportError(f"{path}: bundle format version {version} is newer than this privet "
@@ -484,6 +610,7 @@ class Bundle:
         for key in ("model", "cleaners", "files", "artifacts", "inputs", "outputs"):
             if key not in meta:
                 raise ExportError(f"{path}: missing key {key!r}; the bundle is incomplete, re-export it")
+        validate_meta(folder, meta, path)
         bundle = cls(folder, meta)
         for role, item in meta["files"].items():
             bundle._check_file(item["file"], item.get("sha256"), f"preprocessing file ({role})")
@@ -491,56 +618,97 @@ class Bundle:
 
     def _check_file(self, name: str, sha256: str | None, what: str) -> Path:
         p = self.folder / name
-        if not p.is_file():
+        if not self.storage.path(name).is_file():
             raise ExportError(f"{p}: missing {what}; the bundle is incomplete, copy the whole "
                               f"export folder or re-export the run")
-        if sha256 and sha256_of(p) != sha256:
+        if sha256 and sha256_of(name, self.storage) != sha256:
             raise ExportError(f"{p}: checksum mismatch ({what} is corrupted or truncated); copy "
                               f"the export folder again or re-export the run")
         return p
 
     def read_json(self, role: str) -> Any:
-        item = self.meta["files"][role]
-        p = self.folder / item["file"]
+        name = self.meta["files"][role]["file"]
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
+            return json.loads(self.storage.read_text(name))
         except (ValueError, UnicodeDecodeError) as err:
-            raise ExportError(f"{p}: not valid JSON ({err}); re-export the run") from err
+            raise ExportError(f"{self.folder / name}: not valid JSON ({err}); re-export the run") from err
 
     # -- components -------------------------------------------------------------------------
 
-    def load_plugin_paths(self, host: Any) -> None:
-        """Load the run's in-house plugin folders that exist here (as the run did)."""
-        for folder in self.meta.get("plugin_paths") or []:
-            if Path(folder).is_dir():
-                host.load_path(folder)
+    def components(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(kind, bundle.json key, spec) of every component predict may build."""
+        out = [("model", "model", self.meta["model"])]
+        out += [("cleaner", f"cleaners.{i}", s) for i, s in enumerate(self.meta["cleaners"])]
+        if self.meta.get("source") is not None:
+            out.append(("source", "source", self.meta["source"]))
+        return out
 
-    def _make(self, host: Any, kind: str, spec: dict[str, Any]) -> Any:
+    def check_plugins(self, host: Any) -> None:
+        """Every component's plugin is installed here; else one line naming its distribution."""
+        for kind, _key, spec in self.components():
+            try:
+                host.catalog.get(kind, spec["name"])
+            except PrivetError:
+                raise self._missing(host, kind, spec) from None
+
+    def _missing(self, host: Any, kind: str, spec: dict[str, Any]) -> ExportError:
+        name, plugin = spec["name"], spec.get("plugin")
+        dist, version = spec.get("distribution"), spec.get("version")
+        what = f"{self.folder}: the bundle's {kind} {name!r}"
+        info = host.infos.get(plugin) if plugin else None
+        if info is not None and info.status != "loaded":
+            why = " ".join(str(info.error or "").split())
+            return ExportError(f"{what} needs plugin {plugin!r}, which is {info.status} here"
+                               + (f" ({why})" if why else "") + "; enable it to predict")
+        if spec.get("origin") == "plugin folder":
+            return ExportError(f"{what} comes from the in-house plugin {plugin!r} (a plugin folder "
+                               f"when the run was exported); pass --plugin-dir with the folder "
+                               f"that holds {plugin}.py. A bundle never names code to load")
+        if dist:
+            pin = f"{dist}=={version}" if version else dist
+            return ExportError(f"{what} needs the distribution {dist} {version or ''} (plugin "
+                               f"{plugin!r}), which is not installed; pip install '{pin}'")
+        return ExportError(f"{what} (plugin {plugin!r}) is not installed here")
+
+    def _make(self, host: Any, kind: str, key: str, spec: dict[str, Any]) -> Any:
         import attrs
 
         from ..config import make_converter, structure
 
         try:
             entry = host.catalog.get(kind, spec["name"])
-        except UnknownComponentError as err:
-            raise ExportError(f"{self.folder}: the bundle's {kind} {spec['name']!r} (plugin "
-                              f"{spec.get('plugin')!r}, distribution {spec.get('distribution')!r} "
-                              f"{spec.get('version') or ''}) is not installed; install that "
-                              f"plugin ({err})") from err
+        except PrivetError:
+            raise self._missing(host, kind, spec) from None
         installed = host.infos.get(entry.plugin)
         if installed is not None and spec.get("version") and installed.version != spec.get("version"):
             _stderr(f"warning: {kind} {spec['name']!r} was exported with {spec.get('distribution')} "
                     f"{spec['version']}, {installed.version} is installed")
-        # The options were validated when the run was configured; files they name (a
-        # pretrained checkpoint) need not exist on the machine that predicts.
-        with attrs.validators.disabled():
-            options = structure(make_converter(), spec.get("options") or {}, entry.cls.Options,
-                                prefix=f"bundle {kind} {spec['name']} options")
+        # The options' types are checked here; validators are off because files they name
+        # (a pretrained checkpoint) need not exist on the machine that predicts.
+        try:
+            with attrs.validators.disabled():
+                options = structure(make_converter(), spec.get("options") or {}, entry.cls.Options,
+                                    prefix=f"{key}.options")
+        except ConfigError as err:
+            raise ExportError(f"{self.json_path}: {err}; {_DAMAGED}") from err
         return entry.cls(options)
 
+    def _load_state(self, component: Any, state: Any, where: str) -> None:
+        """``component.load_state_dict(state)``; a state of the wrong shape is one line."""
+        if not isinstance(state, dict):
+            raise ExportError(f"{where} must be a JSON object, not {_kind(state)}; {_DAMAGED}")
+        try:
+            component.load_state_dict(state)
+        except PrivetError:
+            raise
+        except Exception as err:
+            raise ExportError(f"{where} does not fit {component.name!r} ({type(err).__name__}: "
+                              f"{_first_line(err)}); {_DAMAGED}") from err
+
     def load_model(self, host: Any) -> Any:
-        model = self._make(host, "model", self.meta["model"])
-        model.load_state_dict(self.read_json("model_state"))
+        model = self._make(host, "model", "model", self.meta["model"])
+        self._load_state(model, self.read_json("model_state"),
+                         str(self.folder / self.meta["files"]["model_state"]["file"]))
         return model
 
     def read_with_source(self, host: Any, input_path: Path) -> Iterator[tuple[str, Any]]:
@@ -558,7 +726,7 @@ class Bundle:
         if not spec:
             raise ExportError(f"{self.folder}: bundle.json names no source; re-export the run "
                               f"with this version of privet")
-        source = self._make(host, "source", spec)
+        source = self._make(host, "source", "source", spec)
         fields = {f.name for f in attrs.fields(type(source.options))} if attrs.has(type(source.options)) else set()
         if "paths" not in fields:
             raise ExportError(f"source {spec['name']!r} has no 'paths' option; it cannot read "
@@ -574,9 +742,10 @@ class Bundle:
 
     def load_cleaners(self, host: Any) -> list[Any]:
         cleaners = []
-        for spec in self.meta["cleaners"]:
-            cleaner = self._make(host, "cleaner", spec)
-            cleaner.load_state_dict(spec.get("state") or {})
+        for i, spec in enumerate(self.meta["cleaners"]):
+            cleaner = self._make(host, "cleaner", f"cleaners.{i}", spec)
+            self._load_state(cleaner, spec.get("state") or {},
+                             f"{self.json_path}: cleaners.{i}.state")
             cleaners.append(cleaner)
         return cleaners
 
@@ -585,12 +754,28 @@ class Bundle:
     def artifact_names(self) -> list[str]:
         return [k for k, v in self.meta["artifacts"].items() if v.get("file")]
 
-    def choose(self, name: str | None) -> str:
+    def is_code(self, name: str, host: Any | None = None) -> bool:
+        """Whether loading or running this artifact can run code (TorchScript, ``.pt2``).
+
+        A plugin's exporter says so with ``artifact_is_code = False``; unknown loaders count
+        as code.
+        """
+        loader = self.meta["artifacts"][name].get("loader", name)
+        if loader in CODE_LOADERS:
+            return True
+        if loader in ("onnx", "torchao"):
+            return False
+        try:
+            entry = host.catalog.get("exporter", loader) if host is not None else None
+        except PrivetError:
+            entry = None
+        return bool(getattr(entry.cls, "artifact_is_code", True)) if entry is not None else True
+
+    def choose(self, name: str | None, *, trust_code: bool = False, host: Any | None = None) -> str:
+        """The artifact to run: ``name``, or the first verified one that needs no trust."""
         arts = self.meta["artifacts"]
         if name is None:
-            name = self.meta.get("default_artifact")
-            if name is None:
-                raise ExportError(f"{self.folder}: no verified artifact in this bundle; re-export the run")
+            return self._default(trust_code, host)
         if name not in arts or not arts[name].get("file"):
             raise ExportError(f"{self.folder}: no {name!r} artifact (have: "
                               f"{', '.join(self.artifact_names()) or 'none'}); export it with "
@@ -598,12 +783,37 @@ class Bundle:
         if not arts[name].get("verified"):
             raise ExportError(f"{self.folder}: the {name} artifact failed verification at export "
                               f"({arts[name].get('error')}); re-export the run")
+        if not trust_code and self.is_code(name, host):
+            raise self._untrusted(name)
         return name
 
-    def runner(self, name: str, host: Any, model: Any | None = None) -> Runner:
+    def _default(self, trust_code: bool, host: Any | None) -> str:
+        arts = self.meta["artifacts"]
+        order = [self.meta.get("default_artifact"), *PREFERRED, *arts]
+        verified = [k for k in dict.fromkeys(order)
+                    if k in arts and arts[k].get("verified") and arts[k].get("file")]
+        if not verified:
+            raise ExportError(f"{self.folder}: no verified artifact in this bundle; re-export the run")
+        usable = [k for k in verified if trust_code or not self.is_code(k, host)]
+        if not usable:
+            raise self._untrusted(verified[0])
+        return usable[0]
+
+    def _untrusted(self, name: str) -> ExportError:
+        return ExportError(f"{self.folder}: the {name} artifact is a program (loading and running "
+                           f"it can run code); predict with ONNX (--artifact onnx, or "
+                           f"'privet export RUN --format onnx'), or pass --trust-code if you "
+                           f"trust whoever made this bundle")
+
+    def runner(self, name: str, host: Any, model: Any | None = None, *,
+               trust_code: bool = False) -> Runner:
         """Check the artifact's checksum and load it as a runner (no pickles involved)."""
+        if not trust_code and self.is_code(name, host):
+            raise self._untrusted(name)
         info = self.meta["artifacts"][name]
         path = self._check_file(info["file"], info.get("sha256"), f"{name} artifact")
+        for i, extra in enumerate(info.get("external_data") or []):
+            self._check_file(extra, None, f"{name} external data ({i})")
         loader = info.get("loader", name)
         if loader == "torchao":
             from .quantize import load_torchao
@@ -613,7 +823,7 @@ class Bundle:
             return load_torchao(model.build(), path)
         try:
             entry = host.catalog.get("exporter", loader)
-        except ConfigError as err:
+        except PrivetError as err:
             raise ExportError(f"{path}: exporter {loader!r} that wrote this artifact is not "
-                              f"installed ({err})") from err
+                              f"installed ({_first_line(err)})") from err
         return entry.cls(entry.cls.Options()).load(path)

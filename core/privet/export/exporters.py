@@ -4,8 +4,11 @@ Each exporter writes one artifact and can load it back as a *runner*: a callable
 ``{input name: numpy array}`` to the list of output arrays. The bundle code
 (:mod:`privet.export.bundle`) uses the runner to verify the artifact against the eager
 model, and ``privet predict`` uses it to predict. Loading never unpickles arbitrary
-objects: ONNX is protobuf, ``.pt2`` archives are checked for pickled payloads first, and
-TorchScript archives are read by TorchScript's own restricted loader.
+objects: ONNX is protobuf (and may name external data files only inside its own folder),
+``.pt2`` archives are checked for pickled payloads first, and TorchScript archives are read
+by TorchScript's own restricted loader. TorchScript and ``.pt2`` artifacts are still
+programs (their ops run when called), so ``privet predict`` loads them only with
+``--trust-code``; the ``.pt2`` check is a second line of defence, not the first.
 
 Besides the base signature, the built-in ``export`` methods accept ``dynamic_axes``
 (``{name: {axis: axis name}}``, see :meth:`privet.Model.dynamic_axes`) and record what
@@ -21,7 +24,7 @@ import json
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import attrs
 
@@ -215,6 +218,7 @@ def onnx_runner(path: Any, *, threads: int = 0) -> Runner:
     import onnx
     import onnxruntime as ort
 
+    check_onnx_external_data(path)
     try:
         onnx.checker.check_model(str(path))
         options = ort.SessionOptions()
@@ -234,6 +238,39 @@ def onnx_runner(path: Any, *, threads: int = 0) -> Runner:
 
     run.session = session  # type: ignore[attr-defined]
     return run
+
+
+def _onnx_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _onnx_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _onnx_tensors(sub)
+
+
+def check_onnx_external_data(path: Any) -> None:
+    """Refuse an ONNX file whose external data would be read from outside its folder."""
+    import onnx
+
+    from .bundle import confined
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise ExportError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export it") from err
+    for tensor in _onnx_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location")
+            confined(path.parent, location, path, f"external data of tensor {tensor.name!r}")
 
 
 class TorchScriptExporter(Exporter):

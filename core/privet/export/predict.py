@@ -3,6 +3,9 @@
 Per input record, in input order, one output line: the model's prediction
 (:meth:`privet.Model.postprocess`), or an error entry naming the record's location and
 why it could not be predicted. A bad record never stops the others.
+
+A bundle is untrusted input: its components come only from plugins installed here, and
+artifacts that are programs (TorchScript, ``torch.export``) run only with ``trust_code``.
 """
 
 from __future__ import annotations
@@ -55,15 +58,16 @@ class Predictor:
     """A loaded bundle ready to predict: model, cleaners and one artifact's runner."""
 
     def __init__(self, bundle: Bundle, host: Any, *, artifact: str | None = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, trust_code: bool = False) -> None:
         self.bundle = bundle
-        bundle.load_plugin_paths(host)
+        # refuse before building anything: no code artifact without trust, no missing plugin
+        self.artifact = bundle.choose(artifact, trust_code=trust_code, host=host)
+        bundle.check_plugins(host)
         self.model = bundle.load_model(host)
         cleaners = bundle.load_cleaners(host)
         # Cleaners that only make sense on training data (dedupe, label filters) opt out.
         self.cleaners = [c for c in cleaners if getattr(c, "applies_at_inference", True)]
-        self.artifact = bundle.choose(artifact)
-        self.run = bundle.runner(self.artifact, host, self.model)
+        self.run = bundle.runner(self.artifact, host, self.model, trust_code=trust_code)
         info = bundle.meta["artifacts"][self.artifact]
         # an artifact exported with static shapes takes only its example batch size
         self.static_batch = None if info.get("dynamic", True) else int(info.get("example_batch", 1))
@@ -152,7 +156,6 @@ class Predictor:
             self._run_batch(ready)
         yield from (p.entry for p in window)  # type: ignore[misc]
 
-
     def _predict_examples(self, located: Iterator[tuple[str, Record | BadRecord]]) -> Iterator[dict[str, Any]]:
         """Clean every record, let the model build its ``predict`` examples, predict those.
 
@@ -203,11 +206,17 @@ def _failure(location: str, err: Exception, record: Any) -> dict[str, Any]:
 
 
 def predict_path(bundle_dir: str | Path, input_path: str | Path, out: IO[str] | None = None, *,
-                 host: Any, artifact: str | None = None, batch_size: int = 64) -> PredictSummary:
-    """Predict every record of ``input_path`` with the bundle; write JSONL to ``out``."""
+                 host: Any, artifact: str | None = None, batch_size: int = 64,
+                 trust_code: bool = False) -> PredictSummary:
+    """Predict every record of ``input_path`` with the bundle; write JSONL to ``out``.
+
+    ``trust_code`` allows artifacts that are programs (TorchScript, ``torch.export``);
+    without it only data artifacts (ONNX, int8 safetensors) are run.
+    """
     out = out if out is not None else sys.stdout
     bundle = Bundle.open(bundle_dir)
-    predictor = Predictor(bundle, host, artifact=artifact, batch_size=batch_size)
+    predictor = Predictor(bundle, host, artifact=artifact, batch_size=batch_size,
+                          trust_code=trust_code)
     summary = PredictSummary(predictor.artifact)
     if predictor.windowed:  # whole series, read as the run read its data
         located = bundle.read_with_source(host, Path(input_path))

@@ -113,9 +113,8 @@ class Evaluator:
         """``accuracy``/``f1`` or ``mae``/``rmse`` over the batches (``runner``: an artifact)."""
         import torch
 
-        from ..train.metrics import MetricAccumulator
 
-        acc = MetricAccumulator(self.model.task, "val")
+        acc = self.model.metrics("val")
         for b, step in zip(self.batches, self.steps):
             if step.predictions is None or step.targets is None:
                 return {}
@@ -145,7 +144,7 @@ class Evaluator:
             if ref is None or ref.shape != out.shape:
                 return {}
             worst = max(worst, float(np.abs(out - ref).max()) if out.size else 0.0)
-            if self.model.task == "classification":
+            if self.model.task_definition().name == "classification":
                 same += int((out.argmax(-1) == ref.argmax(-1)).sum())
                 total += int(np.prod(out.shape[:-1]))
         result: dict[str, Any] = {"max_abs_diff": worst}

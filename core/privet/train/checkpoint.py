@@ -50,19 +50,28 @@ def restore_rng(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
 
 
 class CheckpointManager:
-    """Writes, lists, prunes and loads the checkpoints of one run (rank 0 writes)."""
+    """The one owner of checkpoint I/O: writing, listing, pruning and restoring.
 
-    def __init__(self, storage: Storage, keep_last: int = 2, folder: str = "checkpoints") -> None:
+    Single-process and DDP runs write one folder from rank 0; FSDP2 runs write their
+    shards from every rank with torch.distributed.checkpoint and rank 0 completes the
+    folder. Either way the folder is built under a temp name and ``state.json`` (the
+    marker) is written last, so a folder without it is never taken as complete; old
+    steps are pruned only after the new one is in place.
+    """
+
+    def __init__(self, storage: Storage, keep_last: int = 2, folder: str = "checkpoints", *,
+                 is_main: bool = True) -> None:
         self.storage = storage
         self.folder = folder
         self.keep_last = max(1, keep_last)
+        self.is_main = is_main
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first (temp folders are ignored)."""
         out = []
         for name in self.storage.listdir(self.folder):
             m = _STEP.match(name)
-            if m and (self.storage.path(self.folder) / name / "state.json").exists():
+            if m and self.storage.exists(f"{self.folder}/{name}/state.json"):
                 out.append(int(m.group(1)))
         return sorted(out)
 
@@ -73,7 +82,15 @@ class CheckpointManager:
     def path(self, step: int) -> Path:
         return self.storage.path(self.folder) / f"step-{step:08d}"
 
+    def clean_partial(self) -> None:
+        """Remove what killed writers left: temp checkpoint folders and a temp ``best/``."""
+        self.storage.clean_partial(self.folder)
+        self.storage.clean_partial()
+
+    # -- writing --------------------------------------------------------------------------
+
     def save(self, step: int, module: Any, tensors: dict[str, Any], plain: dict[str, Any]) -> Path:
+        """Write one step (rank 0 of an unsharded run), then prune the old ones."""
         import torch
         from safetensors.torch import save_model
 
@@ -82,17 +99,67 @@ class CheckpointManager:
             save_model(module, str(tmp / "model.safetensors"))
             torch.save(tensors, tmp / "state.pt")
             # state.json last: its presence marks the checkpoint complete
-            (tmp / "state.json").write_text(json.dumps(plain), encoding="utf-8")
+            Storage(tmp).write_text("state.json", json.dumps(plain))
+        self._prune()
+        return self.path(step)
+
+    def save_sharded(self, step: int, module: Any, optimizer: Any, tensors: dict[str, Any],
+                     plain: dict[str, Any]) -> Path:
+        """FSDP: a collective. Every rank writes its shards into a temp step folder; rank 0
+        adds the rest, renames it and prunes."""
+        import torch
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        name = f"step-{step:08d}"
+        tmp_rel = f"{self.folder}/.tmp-{name}"
+        if self.is_main:
+            self.storage.clean_partial(self.folder)
+            self.storage.makedirs(tmp_rel)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(module, optimizer)
+        try:
+            dcp.save({"model": model_sd, "optim": optim_sd},
+                     checkpoint_id=str(self.storage.path(f"{tmp_rel}/sharded")))
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
+                                  f"checkpoints are intact") from err
+        dist.barrier()
+        if self.is_main:
+            tmp = Storage(self.storage.path(tmp_rel))
+            try:
+                torch.save(tensors, tmp.path("state.pt"))
+            except (OSError, RuntimeError) as err:
+                raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
+                                      f"checkpoints are intact") from err
+            tmp.write_text("state.json", json.dumps(dict(plain, sharded=True)))
+            self.storage.remove(f"{self.folder}/{name}")
+            self.storage.rename(tmp_rel, f"{self.folder}/{name}")
+            self._prune()
+        dist.barrier()
+        return self.path(step)
+
+    def save_best(self, module: Any, full_state: dict[str, Any] | None) -> None:
+        """The best epoch's full weights, for export and ``load_trained`` (rank 0)."""
+        from safetensors.torch import save_file, save_model
+
+        with self.storage.atomic_dir("best") as tmp:
+            if full_state is not None:
+                save_file({k: v.contiguous() for k, v in full_state.items()},
+                          str(tmp / "model.safetensors"))
+            else:
+                save_model(module, str(tmp / "model.safetensors"))
+
+    def _prune(self) -> None:
         for old in self.steps()[: -self.keep_last]:
             self.storage.remove(f"{self.folder}/step-{old:08d}")
-        return self.path(step)
+
+    # -- reading --------------------------------------------------------------------------
 
     @staticmethod
     def load(path: Path, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Load weights into ``module``; return (tensor state, JSON state). Never unpickles code."""
-        import pickle
-
-        import torch
         from safetensors.torch import load_model
 
         path = Path(path)
@@ -105,19 +172,57 @@ class CheckpointManager:
             raise CheckpointError(f"{path}: weights do not match the model (missing "
                                   f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}); "
                                   f"resume with the same pipeline file")
-        try:
-            tensors = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(f"{path / 'state.pt'}: refused to load: it contains pickled "
-                                  f"objects other than tensors and plain data") from err
-        except Exception as err:
-            raise CheckpointError(f"{path / 'state.pt'}: cannot load ({err}); the checkpoint is "
-                                  f"damaged") from err
-        try:
-            plain = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{path / 'state.json'}: cannot read ({err})") from err
-        return tensors, plain
+        return _load_state(path)
+
+    @staticmethod
+    def load_sharded(path: Path, module: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """FSDP: load the shards into ``module`` and ``optimizer`` (a collective)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        path = Path(path)
+        model_sd, optim_sd = get_state_dict(module, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp_load_safely(state, str(path / "sharded"))
+        set_state_dict(module, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        return _load_state(path)
+
+
+def _load_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``state.pt`` (tensors and plain data only) and ``state.json``, checked for shape."""
+    import pickle
+
+    import torch
+
+    try:
+        tensors = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path / 'state.pt'}: refused to load: it contains pickled "
+                              f"objects other than tensors and plain data") from err
+    except Exception as err:
+        raise CheckpointError(f"{path / 'state.pt'}: cannot load ({err}); the checkpoint is "
+                              f"damaged") from err
+    try:
+        plain = json.loads(Storage(path).read_text("state.json"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path / 'state.json'}: cannot read ({err})") from err
+    problem = _state_problem(tensors, plain)
+    if problem:
+        raise CheckpointError(f"{path / 'state.json'}: {problem}; the checkpoint is damaged or "
+                              f"not Privet's")
+    return tensors, plain
+
+
+def _state_problem(tensors: Any, plain: Any) -> str | None:
+    if not isinstance(tensors, dict) or "rng" not in tensors:
+        return "state.pt holds no RNG state"
+    if not isinstance(plain, dict):
+        return "not a JSON object"
+    if not isinstance(plain.get("loop"), dict):
+        return "no 'loop' object"
+    if not isinstance(plain.get("rng"), dict) or not {"python", "numpy"} <= set(plain["rng"]):
+        return "no 'rng' object with python and numpy states"
+    return None
 
 
 def _is_tied(module: Any, key: str) -> bool:
@@ -133,41 +238,60 @@ class _MetadataUnpickler:
     """Unpickles torch.distributed.checkpoint metadata, refusing anything else.
 
     DCP stores its ``.metadata`` with plain pickle; a tampered file could run code on
-    load. Only the dataclasses of DCP's metadata and a few torch/builtin types are
-    allowed.
+    load. Only exact classes and constants (DCP's metadata dataclasses, ``torch.Size``,
+    dtypes) are rebuilt: see :func:`privet.unpickle.dcp_metadata_allowlist`.
     """
-
-    ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
-    ALLOWED = {("torch", "Size"), ("torch", "float32"), ("torch", "float16"), ("torch", "bfloat16"),
-               ("torch", "float64"), ("torch", "int64"), ("torch", "int32"), ("torch", "uint8"),
-               ("torch", "bool"), ("torch", "int8"), ("torch", "int16"), ("torch", "strided"),
-               ("torch", "contiguous_format"), ("collections", "OrderedDict"),
-               ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
-               ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
-               ("pathlib", "PureWindowsPath"),
-               ("torch.serialization", "_get_layout"), ("torch._utils", "_rebuild_tensor_v2")}
 
     @classmethod
     def load(cls, fh: Any) -> Any:
-        import importlib
-        import pickle
+        from ..unpickle import dcp_metadata_allowlist, load_allowlisted
 
-        allowed_modules = cls.ALLOWED_MODULES
-        allowed = cls.ALLOWED
+        return load_allowlisted(fh, dcp_metadata_allowlist())
 
-        class Restricted(pickle.Unpickler):
-            def find_class(self, module: str, name: str) -> Any:
-                if module.startswith(allowed_modules) or (module, name) in allowed:
-                    return getattr(importlib.import_module(module), name)
-                raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}")
 
-        return Restricted(fh).load()
+class _WeightsOnlyBytes:
+    """Wraps a DCP load planner so non-tensor values never reach a full unpickler.
+
+    DCP's default planner loads each non-tensor value (optimizer hyper-parameters, steps)
+    with ``torch.load(weights_only=False)``. Here the value is first loaded with
+    ``weights_only=True`` (tensors and plain containers only), then handed on re-saved.
+    """
+
+    def __init__(self, planner: Any) -> None:
+        self._planner = planner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._planner, name)
+
+    def load_bytes(self, read_item: Any, value: Any) -> None:
+        import io
+
+        import torch
+
+        try:
+            obj = torch.load(value, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"refused to load checkpoint value {read_item.dest_index.fqn!r}: "
+                                  f"it holds objects other than tensors and plain data") from err
+        clean = io.BytesIO()
+        torch.save(obj, clean)
+        clean.seek(0)
+        self._planner.load_bytes(read_item, clean)
+
+
+def _check_storage_paths(metadata: Any, meta_path: Any) -> None:
+    """Every data file the metadata names is a plain file name inside the checkpoint."""
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        rel = getattr(info, "relative_path", None)
+        if not isinstance(rel, str) or not rel or "/" in rel or "\\" in rel or rel in (".", ".."):
+            raise CheckpointError(f"{meta_path}: refused checkpoint metadata: data file {rel!r} "
+                                  f"is not a file name inside the checkpoint folder")
 
 
 def safe_dcp_reader(path: str) -> Any:
-    """A FileSystemReader whose metadata loading cannot execute code."""
+    """A FileSystemReader that cannot execute code or read outside ``path``."""
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
@@ -178,9 +302,36 @@ def safe_dcp_reader(path: str) -> Any:
                     metadata = _MetadataUnpickler.load(fh)
             except Exception as err:
                 raise CheckpointError(f"{meta_path}: refused to load checkpoint metadata ({err})") from err
+            if not isinstance(metadata, Metadata):
+                raise CheckpointError(f"{meta_path}: refused checkpoint metadata: a "
+                                      f"{type(metadata).__name__}, not DCP Metadata")
+            _check_storage_paths(metadata, meta_path)
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
+        def read_data(self, plan: Any, planner: Any) -> Any:
+            return super().read_data(plan, _WeightsOnlyBytes(planner))
+
     return SafeReader(path)
+
+
+def dcp_load_safely(state: dict[str, Any], path: str) -> None:
+    """``dcp.load`` into ``state`` through :func:`safe_dcp_reader`.
+
+    DCP wraps every rank's failure in a ``CheckpointException`` (a BaseException); a
+    refusal or a damaged file becomes one :class:`CheckpointError` naming the first cause.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.load(state, storage_reader=safe_dcp_reader(path))
+    except CheckpointException as err:
+        causes = [f[0] if isinstance(f, tuple) else f for f in err.failures.values()]
+        first = next((c for c in causes if isinstance(c, CheckpointError)), causes[0] if causes else err)
+        if isinstance(first, CheckpointError):
+            raise CheckpointError(str(first)) from err
+        raise CheckpointError(f"{path}: cannot load the sharded checkpoint "
+                              f"({type(first).__name__}: {first})") from err

@@ -201,10 +201,8 @@ class Recipe:
         from ..monitor.manifest import build_manifest
         from .report import plugin_versions
 
-        run, loaded, cfg = self.run_ctx, self.loaded, self.cfg
-        resolved = loaded.resolved()
-        resolved["plugins"]["paths"] = [str((loaded.base_dir / p).resolve()) for p in cfg.plugins.paths]
-        run.storage.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        run, loaded = self.run_ctx, self.loaded
+        run.storage.write_text("config.yaml", yaml.safe_dump(self._resolved_config(), sort_keys=False))
         manifest = build_manifest(config_hash=loaded.config_hash(),
                                   data_files=run.components.source.files(),
                                   plugins=plugin_versions(self.host), pipeline_dir=loaded.base_dir,
@@ -376,12 +374,29 @@ class Recipe:
         run.storage.write_json("manifest.json", manifest)
         export = self.cfg.export
         if export is not None and export.formats:  # formats: [] means no export
-            from ..export.bundle import export_run
-
-            report["export"] = export_run(run.run_dir, host=self.host, formats=export.formats,
-                                          quantize=export.quantize)
+            report["export"] = self._export(export)
             run.storage.write_json("report.json", report)
         return report
+
+    def _export(self, export: Any) -> dict[str, Any]:
+        """Export from what this process holds: the fitted components, the best weights
+        loaded into a fresh module, the resolved config; nothing is read back but weights."""
+        from ..export.bundle import export_run
+        from .loading import build_with_weights
+
+        run = self.run_ctx
+        model = run.components.model
+        module = build_with_weights(model, run.storage, seed=self.cfg.seed)
+        return export_run(run.run_dir, host=self.host, formats=export.formats,
+                          quantize=export.quantize, trained=(model, module),
+                          cleaners=run.components.cleaners, config=self._resolved_config())
+
+    def _resolved_config(self) -> dict[str, Any]:
+        """The config as ``config.yaml`` holds it (plugin folders made absolute)."""
+        loaded, cfg = self.loaded, self.cfg
+        resolved = loaded.resolved()
+        resolved["plugins"]["paths"] = [str((loaded.base_dir / p).resolve()) for p in cfg.plugins.paths]
+        return resolved
 
     def fail(self, err: BaseException) -> None:
         """Record the failure first, then tell the plugins: a hook that raises cannot hide

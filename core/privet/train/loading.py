@@ -16,10 +16,6 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
     checkpoint) or ``last``. Nothing is unpickled: weights come from safetensors and the
     fitted state from JSON.
     """
-    import torch
-    from safetensors.torch import load_model
-
-    from .checkpoint import CheckpointManager
     from ..pipeline import prepare_config
     from ..runs import load_run
 
@@ -33,22 +29,32 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
     state = storage.read_json("state/components.json")
     model = loaded.instantiate(host.catalog, "model")
     model.load_state_dict(state["model"]["state"])
-    torch.manual_seed(loaded.config.seed)
+    return model, build_with_weights(model, storage, seed=loaded.config.seed, weights=weights)
+
+
+def build_with_weights(model: Any, storage: Storage, *, seed: int, weights: str = "best") -> Any:
+    """A fresh module of ``model`` with the run's ``best`` (else last) or ``last`` weights,
+    in eval mode: what export and inference use, built the same way right after training."""
+    import torch
+    from safetensors.torch import load_model
+
+    from .checkpoint import CheckpointManager
+
+    torch.manual_seed(seed)
     module = model.build()
-    best = storage.path("best/model.safetensors")
-    if weights == "best" and best.exists():
-        path = best
+    if weights == "best" and storage.exists("best/model.safetensors"):
+        path = storage.path("best/model.safetensors")
     else:
         latest = CheckpointManager(storage).latest()
         if latest is None:
-            raise PrivetError(f"{run_dir}: no checkpoint to load; train the run first")
+            raise PrivetError(f"{storage.root}: no checkpoint to load; train the run first")
         path = latest / "model.safetensors"
     try:
         load_model(module, str(path), strict=False)
     except Exception as err:
         raise PrivetError(f"{path}: cannot load weights ({err})") from err
     module.eval()
-    return model, module
+    return module
 
 
 def load_cleaners(run_dir: str | Path, host: Any | None = None) -> list[Any]:

@@ -17,7 +17,6 @@ from ..errors import TrainingError
 from ..errors import CheckpointError
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .context import TrainingObjects
-from .metrics import MetricAccumulator
 
 
 #: fp16: this many skipped steps in a row (inf/NaN gradients every time) stop the run.
@@ -69,7 +68,7 @@ class Trainer:
         # A non-finite loss stops the run, except in fp16 where the GradScaler skips the
         # step itself (and halves its scale).
         self.guard_loss = not self.scaler_enabled
-        self.train_metrics = MetricAccumulator(self.model.task, "train")
+        self.train_metrics = self.model.metrics("train")
         # one batch per optimizer step on one process: the mean loss's plain backward
         self.single_batch_steps = self.cfg.accumulate == 1 and run.world_size == 1
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
@@ -443,7 +442,7 @@ class Trainer:
             return {}
         module = self.objects.module
         module.eval()
-        acc = MetricAccumulator(self.model.task, "val")
+        acc = self.model.metrics("val")
         self.val_loader.batch_sampler.set_epoch(0)
         with torch.no_grad():
             for loaded in self.val_loader:

@@ -1,22 +1,189 @@
-"""Metrics by task, accumulated on the device and read out once per evaluation."""
+"""Tasks and their metrics, accumulated on the device and read out once per evaluation.
+
+A :class:`Task` says what a model's predictions mean: which metrics they give (beyond
+the loss every model has) and how the outputs of an exported model become answers in
+``privet predict``. The core knows the built-in tasks by name (:data:`TASKS`); a plugin
+adds its own by subclassing :class:`Task` and naming the class in its model's ``task``,
+without touching the core.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..components import StepOutput
+from ..errors import PluginError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
+    import torch
+
+
+class Task:
+    """What a model predicts: its metrics and its default post-processing.
+
+    Metrics are kept as *sums* (``new_sums``, then ``update`` per batch), so that batches
+    and ranks add up exactly and nothing leaves the device until ``compute`` is called
+    once per evaluation. Every entry of the sums dict must be a number or a tensor that
+    is correct when summed over ranks (``None`` means "nothing yet" and is skipped).
+    """
+
+    #: The name a model gives in ``task`` for a built-in task.
+    name: ClassVar[str] = ""
+    #: Metric names besides ``loss``, as :meth:`compute` returns them (no split prefix).
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    def metric_names(self) -> list[str]:
+        """Every metric an evaluation may report, without the ``val/`` prefix."""
+        return ["loss", *self.metrics]
+
+    def new_sums(self) -> dict[str, Any]:
+        """Fresh accumulators for one evaluation."""
+        return {}
+
+    def update(self, sums: dict[str, Any], predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add one batch's predictions and targets (detached tensors) to ``sums``."""
+
+    def compute(self, sums: dict[str, Any], loss: float) -> dict[str, float]:
+        """The metrics (unprefixed names) from the summed accumulators and the mean loss."""
+        return {}
+
+    def postprocess(self, model: Any, outputs: list[np.ndarray],
+                    records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One JSON-able answer per record from the exported model's outputs (batch first)."""
+        import numpy as np
+
+        return [{"outputs": [np.asarray(o)[i].tolist() for o in outputs]} for i in range(len(records))]
+
+
+class Classification(Task):
+    """Logits over classes: accuracy and macro F1 from a confusion matrix; softmax answers."""
+
+    name = "classification"
+    metrics = ("accuracy", "f1")
+
+    def new_sums(self) -> dict[str, Any]:
+        return {"confusion": None}
+
+    def update(self, sums: dict[str, Any], predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        import torch
+
+        classes = predictions.shape[-1]
+        idx = targets.long().reshape(-1) * classes + predictions.argmax(-1).reshape(-1)
+        counts = torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
+        sums["confusion"] = counts if sums["confusion"] is None else sums["confusion"] + counts
+
+    def compute(self, sums: dict[str, Any], loss: float) -> dict[str, float]:
+        if sums["confusion"] is None:
+            return {}
+        cm = sums["confusion"].double()
+        tp = cm.diag()
+        total = float(cm.sum())
+        support = cm.sum(1)
+        predicted = cm.sum(0)
+        present = (support + predicted) > 0
+        f1 = (2 * tp) / (support + predicted).clamp_min(1)
+        return {"accuracy": float(tp.sum()) / total if total else 0.0,
+                "f1": float(f1[present].mean()) if bool(present.any()) else 0.0}
+
+    def postprocess(self, model: Any, outputs: list[np.ndarray],
+                    records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``{"label", "probabilities"}``: softmax of output 0, labels from ``class_names()``."""
+        import numpy as np
+
+        logits = np.asarray(outputs[0]).reshape(len(records), -1).astype(np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = shifted / shifted.sum(axis=1, keepdims=True)
+        names = model.class_names()
+        out = []
+        for row in probs:
+            k = int(row.argmax())
+            out.append({"label": names[k] if names else k,
+                        "probabilities": [round(float(p), 6) for p in row]})
+        return out
+
+
+class Regression(Task):
+    """Numbers (one or several per example): MAE and RMSE; the predicted values as answers."""
+
+    name = "regression"
+    metrics = ("mae", "rmse")
+
+    def new_sums(self) -> dict[str, Any]:
+        return {"abs_err": 0.0, "sq_err": 0.0, "smape": 0.0, "n_values": 0}
+
+    def update(self, sums: dict[str, Any], predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        pred = (predictions.float().reshape(targets.shape) if predictions.numel() == targets.numel()
+                else predictions.float())
+        diff = pred - targets.float()
+        sums["abs_err"] = sums["abs_err"] + diff.abs().sum()
+        sums["sq_err"] = sums["sq_err"] + (diff * diff).sum()
+        denom = (pred.abs() + targets.float().abs()).clamp_min(1e-8)
+        sums["smape"] = sums["smape"] + (2 * diff.abs() / denom).sum()
+        sums["n_values"] = sums["n_values"] + targets.numel()
+
+    def compute(self, sums: dict[str, Any], loss: float) -> dict[str, float]:
+        n = float(sums["n_values"])
+        if n <= 0:
+            return {}
+        out = {"mae": float(sums["abs_err"]) / n, "rmse": math.sqrt(float(sums["sq_err"]) / n)}
+        if "smape" in self.metrics:
+            out["smape"] = float(sums["smape"]) / n
+        return out
+
+    def postprocess(self, model: Any, outputs: list[np.ndarray],
+                    records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``{"prediction"}``: output 0, a number or a list per record."""
+        import numpy as np
+
+        rows = np.asarray(outputs[0]).reshape(len(records), -1)
+        return [{"prediction": float(r[0]) if r.size == 1 else [float(v) for v in r]} for r in rows]
+
+
+class Forecast(Regression):
+    """Future values of a series: MAE, RMSE and sMAPE."""
+
+    name = "forecast"
+    metrics = ("mae", "rmse", "smape")
+
+
+class LanguageModel(Task):
+    """Next-token prediction: perplexity from the mean token loss; raw outputs as answers."""
+
+    name = "lm"
+    metrics = ("perplexity",)
+
+    def compute(self, sums: dict[str, Any], loss: float) -> dict[str, float]:
+        return {"perplexity": math.exp(min(loss, 50.0))}
+
+
+#: The built-in tasks by name; a model's ``task`` may also be a :class:`Task` subclass.
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Regression, Forecast, LanguageModel)}
+
+
+def get_task(task: str | Task | type[Task]) -> Task:
+    """The :class:`Task` a model's ``task`` attribute stands for (a name, class or instance)."""
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, type) and issubclass(task, Task):
+        return task()
+    if isinstance(task, str) and task in TASKS:
+        return TASKS[task]()
+    raise PluginError(f"unknown model task {task!r}; use one of {', '.join(sorted(TASKS))} or a "
+                      f"privet.Task subclass")
 
 
 class MetricAccumulator:
     """Sums over batches; :meth:`compute` turns them into ``prefix/name`` floats.
 
+    The loss is the same for every task; the rest comes from the :class:`Task`.
     Everything stays a device tensor until :meth:`compute`, so accumulating costs no
     host synchronisation.
     """
 
-    def __init__(self, task: str, prefix: str) -> None:
-        self.task = task
+    def __init__(self, task: str | Task | type[Task], prefix: str) -> None:
+        self.task = get_task(task)
         self.prefix = prefix
         self.reset()
 
@@ -26,33 +193,13 @@ class MetricAccumulator:
         self.losses: list[Any] = []
         self.loss_sum: Any = 0.0
         self.count: Any = 0
-        self.confusion: Any = None
-        self.abs_err: Any = 0.0
-        self.sq_err: Any = 0.0
-        self.smape: Any = 0.0
-        self.n_values: Any = 0
+        self.sums: dict[str, Any] = self.task.new_sums()
 
     def update(self, out: StepOutput) -> None:
-        import torch
-
         self.add_loss(out.loss_sum, out.count)
         if out.predictions is None or out.targets is None:
             return
-        pred = out.predictions.detach()
-        target = out.targets.detach()
-        if self.task == "classification":
-            classes = pred.shape[-1]
-            idx = target.long().reshape(-1) * classes + pred.argmax(-1).reshape(-1)
-            counts = torch.bincount(idx, minlength=classes * classes).reshape(classes, classes)
-            self.confusion = counts if self.confusion is None else self.confusion + counts
-        elif self.task in ("regression", "forecast"):
-            pred = pred.float().reshape(target.shape) if pred.numel() == target.numel() else pred.float()
-            diff = pred - target.float()
-            self.abs_err = self.abs_err + diff.abs().sum()
-            self.sq_err = self.sq_err + (diff * diff).sum()
-            denom = (pred.abs() + target.float().abs()).clamp_min(1e-8)
-            self.smape = self.smape + (2 * diff.abs() / denom).sum()
-            self.n_values = self.n_values + target.numel()
+        self.task.update(self.sums, out.predictions.detach(), out.targets.detach())
 
     def add_loss(self, loss_sum: Any, count: Any) -> None:
         """A summed loss and its item count. Training calls only this, once per optimizer
@@ -82,44 +229,31 @@ class MetricAccumulator:
 
     def all_reduce(self) -> None:
         """Sum the accumulators over all ranks (a no-op outside a distributed run)."""
-        import torch
         import torch.distributed as dist
 
         self._fold_losses()
         if not (dist.is_available() and dist.is_initialized()):
             return
-        for name in ("loss_sum", "count", "abs_err", "sq_err", "smape", "n_values", "confusion"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            t = value.clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            dist.all_reduce(t)
-            setattr(self, name, t)
+        self.loss_sum, self.count = _all_reduce(self.loss_sum), _all_reduce(self.count)
+        for name, value in self.sums.items():
+            if value is not None:
+                self.sums[name] = _all_reduce(value)
 
     def compute(self) -> dict[str, float]:
         self._fold_losses()
-        p = self.prefix
         count = float(self.count)
         if count == 0:
             return {}
         loss = float(self.loss_sum) / count
-        out = {f"{p}/loss": loss}
-        if self.task == "lm":
-            out[f"{p}/perplexity"] = math.exp(min(loss, 50.0))
-        if self.task == "classification" and self.confusion is not None:
-            cm = self.confusion.double()
-            tp = cm.diag()
-            total = float(cm.sum())
-            out[f"{p}/accuracy"] = float(tp.sum()) / total if total else 0.0
-            support = cm.sum(1)
-            predicted = cm.sum(0)
-            present = (support + predicted) > 0
-            f1 = (2 * tp) / (support + predicted).clamp_min(1)
-            out[f"{p}/f1"] = float(f1[present].mean()) if bool(present.any()) else 0.0
-        if self.task in ("regression", "forecast") and float(self.n_values) > 0:
-            n = float(self.n_values)
-            out[f"{p}/mae"] = float(self.abs_err) / n
-            out[f"{p}/rmse"] = math.sqrt(float(self.sq_err) / n)
-            if self.task == "forecast":
-                out[f"{p}/smape"] = float(self.smape) / n
-        return out
+        out = {"loss": loss, **self.task.compute(self.sums, loss)}
+        return {f"{self.prefix}/{name}": value for name, value in out.items()}
+
+
+def _all_reduce(value: Any) -> Any:
+    """The sum of ``value`` (a number or tensor) over all ranks, as a tensor."""
+    import torch
+    import torch.distributed as dist
+
+    t = value.clone() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    dist.all_reduce(t)
+    return t

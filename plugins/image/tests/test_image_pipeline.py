@@ -100,7 +100,7 @@ def test_group_norm_resnet_trains_with_small_batches(image_host, run_pipeline, t
 
 
 def test_pretrained_path_loads_a_saved_state_dict_into_the_run(image_host, run_pipeline, tmp_path):
-    from privet.train.loading import load_trained
+    from privet import load_trained
 
     root = tmp_path / "shapes"
     write_folder(root, per_class=10, size=32, seed=5)
@@ -152,7 +152,7 @@ def test_an_exported_run_predicts_a_folder_of_images(image_host, run_pipeline, t
     (inputs / "same.png").write_bytes((root / "circle" / "0000.png").read_bytes())  # no dedupe here
     (inputs / "broken.png").write_bytes(b"junk")
     out = io.StringIO()
-    summary = predict_path(bundle, inputs, out, host=image_host)
+    summary = predict_path(bundle, inputs, out, host=image_host, trust_code=True)  # TorchScript
     entries = {e["location"]: e for e in map(json.loads, out.getvalue().splitlines())}
     assert summary.predicted == 2
     assert entries["a.png"]["label"] in ("circle", "square", "triangle")
@@ -180,3 +180,27 @@ def test_the_example_pipeline_runs_on_the_example_data(image_host, run_pipeline,
                                "decompression_bomb": 1, "duplicate": 1}
     assert sum(data["counts"].values()) == 30 + 3  # the CMYK, RGBA and grey files are kept
     assert (outcome.run_dir / "export" / "labels.json").exists()
+
+
+def test_starter_pipeline_runs_as_written_and_takes_its_lr_from_the_model(image_host, run_pipeline, tmp_path):
+    import yaml
+
+    config = yaml.safe_load(plugin.starter_pipeline("image"))
+    assert "lr" not in config["train"]["optimizer"]  # the model's default_lr() decides
+    assert config["model"]["name"] == "image.cnn"
+    model = image_host.make("model", "image.cnn", config["model"]["options"])
+    assert model.default_lr() == pytest.approx(3e-3)
+    write_folder(tmp_path / "data" / "images", per_class=8, size=64, seed=2)
+    outcome = run_pipeline(config, overrides=["train.epochs=1", "export=null", "data.num_workers=0",
+                                              "train.progress=none"])
+    outcome.assert_success()
+    assert outcome.report["data"]["counts"]["train"] > 0
+
+
+def test_default_lr_is_lower_for_fine_tuning_and_for_transformers(image_host, tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({}, weights)
+    scratch = image_host.make("model", "image.resnet", {}).default_lr()
+    tuned = image_host.make("model", "image.resnet", {"pretrained_path": str(weights)}).default_lr()
+    vit = image_host.make("model", "image.vit", {"variant": "b_32"}).default_lr()
+    assert tuned < scratch and vit < scratch and 0 < tuned

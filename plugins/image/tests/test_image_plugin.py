@@ -65,7 +65,7 @@ def test_starter_pipeline_validates_once_its_data_folder_exists(host, tmp_path):
     write_folder(tmp_path / "data" / "images", per_class=2, size=16)
     loaded = load_config(path, catalog=host.catalog)
     names = [spec.name for _kind, _path, spec in loaded.component_specs()]
-    assert names[:2] == ["image.folder", "image.verify"] and "image.resnet" in names
+    assert names[:2] == ["image.folder", "image.verify"] and "image.cnn" in names
     assert loaded.config.plugins.required == ["image"]
 
 

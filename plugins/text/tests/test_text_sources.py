@@ -126,7 +126,7 @@ def test_csv_reads_quoted_multiline_cells_and_drops_bad_rows_with_lines(host, tm
 def test_csv_without_the_text_column_says_which_columns_exist(host, tmp_path):
     (tmp_path / "r.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     items = read_all(host.make("source", "text.csv", {"paths": [str(tmp_path / "r.csv")]}))
-    assert len(items) == 1 and items[0].reason == "missing_text_column"
+    assert len(items) == 1 and items[0].reason == "missing_column"
     assert "['a', 'b']" in items[0].detail
 
 
@@ -165,3 +165,22 @@ def test_files_path_must_be_a_folder(host, tmp_path):
     (tmp_path / "a.txt").write_text("x", encoding="utf-8")
     with pytest.raises(ConfigError, match="not a folder"):
         host.make("source", "text.files", {"path": str(tmp_path / "a.txt")})
+
+
+def test_a_bad_csv_header_gets_the_answer_every_privet_reader_gives(host, tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"te\xffxt,label\nhello,a\n")
+
+    items = read_all(host.make("source", "text.csv", {"paths": [str(path)]}))
+
+    assert bad(items) == [("bad_csv_header", "r.csv:1")] and not good(items)
+
+
+def test_records_are_located_by_line_for_the_engine(host, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    source = host.make("source", "text.jsonl", {"paths": [str(path)], "label_field": None})
+
+    located = [where for shard in source.shards() for where, _item in source.read_located(shard)]
+
+    assert located == ["d.jsonl:1", "d.jsonl:3"]

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +175,8 @@ def test_dirty_rows_are_handled_by_rule_and_reported(host, run_pipeline, tmp_pat
 
 
 def test_trained_model_predicts_in_data_units_after_loading(host, run_pipeline, tmp_path):
-    from privet.train.loading import load_cleaners, load_trained
+    from privet import load_trained
+    from privet.train.loading import load_cleaners  # no public equivalent yet
 
     rows = seasonal_rows(500, seed=6)
     for row in rows:
@@ -198,3 +202,73 @@ def test_trained_model_predicts_in_data_units_after_loading(host, run_pipeline, 
     truth = inverse_transform(state, "value", actual)
     assert 4000 < in_units.mean() < 6000
     assert np.abs(in_units - truth).mean() < 0.6 * np.abs(truth - truth.mean()).mean()
+
+
+def short_split_pipeline(tmp_path: Path, rows: int, val: float) -> dict:
+    """A tiny LSTM pipeline (windows of 24 + 6 rows) on ``rows`` hourly rows, ordered split."""
+    write_csv(tmp_path / "series.csv", seasonal_rows(rows, seed=7))
+    cfg = forecast_pipeline({"name": "timeseries.lstm", "options": {
+        "input_length": 24, "horizon": 6, "hidden_size": 4, "num_layers": 1}}, split={"method": "ordered", "val": val})
+    cfg["data"]["cleaners"] = []
+    cfg["train"]["epochs"] = 1
+    return cfg
+
+
+def test_run_whose_validation_split_has_no_full_window_fails_instead_of_completing(host, run_pipeline, tmp_path):
+    from privet import DataError, PrivetError
+
+    out = run_pipeline(short_split_pipeline(tmp_path, 200, val=0.1))  # 20 validation rows < 30
+    assert isinstance(out.error, DataError) and isinstance(out.error, PrivetError)
+    assert str(out.error) == (
+        "model timeseries.lstm: the validation split has no full window: it needs at least 30 rows "
+        "per series (input_length 24 + horizon 6); its longest series 's0' has 20; lower "
+        "input_length/horizon or change data.split (for forecasting, {method: ordered} or "
+        "{method: field} with the source's split_time, so that the split holds a contiguous later "
+        "period)")
+    assert not list(tmp_path.glob("runs/*/report.json")) or all(
+        json.loads(p.read_text()).get("status") != "completed" for p in tmp_path.glob("runs/*/report.json"))
+
+
+def test_run_whose_training_split_has_no_full_window_fails_naming_the_need(host, run_pipeline, tmp_path):
+    from privet import DataError
+
+    out = run_pipeline(short_split_pipeline(tmp_path, 60, val=0.5))  # 30 training rows: one window
+    out.assert_success()
+    out = run_pipeline(short_split_pipeline(tmp_path, 50, val=0.5))  # 25 training rows
+    assert isinstance(out.error, DataError)
+    assert "the training split has no full window: it needs at least 30 rows per series" in str(out.error)
+    assert "its longest series 's0' has 25" in str(out.error)
+
+
+def test_launcher_prints_the_empty_validation_split_as_one_line_and_exits_2(tmp_path):
+    import yaml
+
+    cfg = short_split_pipeline(tmp_path, 200, val=0.1)
+    cfg["runs_dir"] = str(tmp_path / "runs")
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    script = Path(sys.executable).with_name("privet")
+    launcher = [str(script)] if script.exists() else [sys.executable, "-m", "privet"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVET_")}
+    r = subprocess.run([*launcher, "run", "pipeline.yaml"],
+                       cwd=tmp_path, env={**env, "PRIVET_LOAD_PLUGINS": "timeseries"},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "no full window" in line]
+    assert len(errors) == 1 and "validation split" in errors[0] and "Traceback" not in r.stderr
+
+
+def test_starter_pipeline_runs_as_written_and_takes_its_lr_from_the_model(host, run_pipeline, tmp_path):
+    import yaml
+
+    from privet_timeseries import plugin
+
+    config = yaml.safe_load(plugin.starter_pipeline("timeseries"))
+    assert config["train"]["optimizer"] == "adamw"  # no lr: the model's default_lr() decides
+    assert host.make("model", "timeseries.lstm", config["model"]["options"]).default_lr() == 3e-3
+    rows = [{k: r[k] for k in ("timestamp", "value", "temperature")} for r in seasonal_rows(3800, seed=8)]
+    (tmp_path / "data").mkdir()
+    write_csv(tmp_path / "data" / "series.csv", rows)  # from 2024-01-01: 152 rows after split_time
+    out = run_pipeline(config, overrides=["train.epochs=1", "export=null", "train.progress=none"])
+    out.assert_success()
+    assert out.report["data"]["examples"]["val"] > 0
+    assert math.isfinite(out.report["final"]["val/mae"])

@@ -145,3 +145,12 @@ def test_parquet_unparseable_timestamp_names_the_row(host, tmp_path, read):
     recs = read(src)
     assert isinstance(recs[1], BadRecord)
     assert (recs[1].reason, recs[1].location) == ("unparseable_timestamp", "q.parquet:row 2")
+
+
+def test_an_unreadable_csv_header_is_one_bad_record_at_line_1(host, tmp_path, read):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"time\xff,value\n0,1\n")
+    src = host.make("source", "timeseries.csv", {"paths": [str(path)], "time_column": None,
+                                                 "target_columns": ["value"]})
+    items = [i for s in src.shards() for i in src.read(s)]
+    assert [(i.reason, i.location) for i in items] == [("bad_csv_header", "h.csv:1")]

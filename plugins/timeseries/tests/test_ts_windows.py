@@ -110,20 +110,51 @@ def test_no_window_leaks_across_the_train_validation_cut(host):
     assert len(val_windows) == 1  # rows 14..19: exactly one window of 4 + 2
 
 
-def test_empty_validation_windows_explain_how_to_split(host):
+def test_validation_split_without_a_full_window_is_an_error_that_explains_how_to_split(host):
     recs = rows(range(20))
     m = lstm(host)
     m.fit(recs[:15])
     interleaved = [recs[i] for i in (16, 18)]
-    with pytest.warns(TimeSeriesWarning, match=r"no window .* data.split: \{method: ordered\}"):
-        assert list(m.examples(interleaved, "val")) == []
+    with pytest.raises(DataError, match=r"validation split has no full window: it needs at least 6 rows "
+                                        r"per series \(input_length 4 \+ horizon 2\); its longest series "
+                                        r"'s' has 2; .*data.split.*\{method: ordered\}"):
+        list(m.examples(interleaved, "val"))
+
+
+@pytest.mark.filterwarnings("ignore::privet_timeseries.models.base.TimeSeriesWarning")
+def test_validation_rows_all_inside_the_training_period_are_an_error_not_an_empty_split(host):
+    recs = rows(range(20))
+    m = lstm(host)
+    m.fit(recs)
+    with pytest.raises(DataError, match=r"validation split has no full window: .* it has 0 \(3 of its "
+                                        r"rows were dropped for not being after the end of training"):
+        list(m.examples(recs[5:8], "val"))
+
+
+@pytest.mark.filterwarnings("ignore::privet_timeseries.models.base.TimeSeriesWarning")
+def test_windows_all_skipped_for_gaps_say_so(host):
+    recs = rows(range(20))
+    m = lstm(host, fill="none")
+    m.fit(recs[:10])
+    val = rows([10, None, 12, None, 14, None, 16], start=10 * H)
+    with pytest.raises(DataError, match=r"longest series 's' has 7 rows, but its windows were skipped "
+                                        r"\(2 with a gap left after filling\)"):
+        list(m.examples(val, "val"))
+
+
+def test_a_split_given_no_rows_is_not_an_error(host):
+    recs = rows(range(20))
+    m = lstm(host)
+    m.fit(recs)
+    assert list(m.examples([], "val")) == [] and list(m.examples([], "test")) == []
 
 
 def test_too_short_training_series_is_a_clear_error(host):
     recs = rows(range(5))
     m = lstm(host)
     m.fit(recs)
-    with pytest.raises(DataError, match="no window of 6 rows"):
+    with pytest.raises(DataError, match=r"training split has no full window: it needs at least 6 rows "
+                                        r"per series .* has 5; lower input_length/horizon"):
         list(m.examples(recs, "train"))
 
 

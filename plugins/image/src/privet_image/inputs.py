@@ -1,7 +1,9 @@
 """Reading images for ``privet predict``: a file, a folder, or a listing of paths.
 
 Each input comes with its location (the file's path, or ``list.csv:3``) so that an
-unreadable one becomes an error entry naming it while the others are predicted. No
+unreadable one becomes an error entry naming it while the others are predicted. A file
+that resolves outside the folder or listing's folder (a symlink, ``..``) is an
+``outside_root`` error entry and is never opened. No
 decoding here: the bundle's cleaners and the model's ``encode_inputs`` do that.
 """
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import privet
+from privet.io import outside_root
 
 from .sources import IMAGE_SUFFIXES
 
@@ -43,14 +46,16 @@ def read_image_inputs(path: Path, field: str = "image") -> Iterator[Located]:
             raise privet.UsageError(f"{path}: the folder holds no files to predict")
         for file in files:
             rel = file.relative_to(path).as_posix()
-            if file.suffix.lower() in IMAGE_SUFFIXES:
+            if outside_root(file, path):
+                yield rel, privet.BadRecord("outside_root", rel, f"resolves outside {path}; not read")
+            elif file.suffix.lower() in IMAGE_SUFFIXES:
                 yield rel, _image(file, rel, field)
             else:
                 yield rel, privet.BadRecord("unsupported_extension", rel,
                                             f"not one of {', '.join(IMAGE_SUFFIXES)}")
         return
     if _is_listing(path):
-        from privet.export.inputs import read_records  # imported lazily: core's JSONL/CSV reader
+        from privet.io import read_records  # imported lazily: core's JSONL/CSV reader
 
         for location, item in read_records(path):
             if isinstance(item, privet.BadRecord) or field in item:
@@ -60,6 +65,10 @@ def read_image_inputs(path: Path, field: str = "image") -> Iterator[Located]:
             if not isinstance(rel, str) or not rel:
                 yield location, privet.BadRecord("missing_path", location,
                                                  "each row needs a 'path' to an image")
+                continue
+            if outside_root(path.parent / rel, path.parent):
+                yield location, privet.BadRecord("outside_root", location,
+                                                 f"{rel} resolves outside {path.parent}; not read")
                 continue
             image = _image(path.parent / rel, rel, field)
             if isinstance(image, privet.BadRecord):

@@ -286,6 +286,11 @@ class Cnn(ImageClassifier):
                                        f"{len(self.widths)} pooling stages "
                                        f"(needs >= {2 ** len(self.widths)})", "input_size")
 
+    def default_lr(self) -> float | None:
+        """AdamW at 3e-3: on the shapes set (32 px, 6 epochs) it reached 0.93 validation
+        accuracy where 1e-3 reached 0.39 and 1e-2 0.50."""
+        return 3e-3
+
     def network(self, num_classes: int) -> torch.nn.Module:
         from .networks import SmallCNN
 
@@ -308,6 +313,11 @@ class ResNet(ImageClassifier):
         groups: int = attrs.field(default=32, validator=positive)
         #: ``small``: a 3x3 stride-1 stem without max-pool, for 32x32-ish inputs.
         stem: Literal["imagenet", "small"] = "imagenet"
+
+    def default_lr(self) -> float | None:
+        """1e-3 from scratch (the usual AdamW rate for a ResNet); 1e-4 when fine-tuning
+        local pretrained weights, which a larger rate would wash out."""
+        return 1e-4 if self.options.pretrained_path is not None else 1e-3
 
     def network(self, num_classes: int) -> torch.nn.Module:
         from .networks import resnet
@@ -360,6 +370,11 @@ class ViT(ImageClassifier):
             base = VIT_VARIANTS.get(self.variant, (None,) * 5)
             own = (self.patch_size, self.num_layers, self.num_heads, self.hidden_dim, self.mlp_dim)
             return tuple(o if o is not None else b for o, b in zip(own, base))
+
+    def default_lr(self) -> float | None:
+        """Transformers want a smaller rate than CNNs: 3e-4 from scratch, 5e-5 when
+        fine-tuning local pretrained weights."""
+        return 5e-5 if self.options.pretrained_path is not None else 3e-4
 
     def network(self, num_classes: int) -> torch.nn.Module:
         from .networks import vit

@@ -8,8 +8,6 @@ needs none of them, and ``privet plugins`` imports this module.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from pathlib import Path
 from typing import Iterator, Literal, Optional
@@ -17,8 +15,8 @@ from typing import Iterator, Literal, Optional
 import attrs
 
 import privet
-from privet.builtins.sources import iter_lines, open_text
 from privet import OptionValueError, existing_path, positive
+from privet.io import outside_root, read_csv, read_jsonl
 
 #: File suffixes read as images by default (lower case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -56,6 +54,11 @@ def _read_bytes(path: Path, limit: int) -> tuple[bytes | None, str]:
         return None, f"unreadable_file:{err.strerror or err}"
 
 
+def _outside(path: Path, root: Path, where: str) -> privet.BadRecord:
+    return privet.BadRecord("outside_root", where, f"{path} resolves outside {root}; not read "
+                                                   f"(set follow_symlinks: true to read it)")
+
+
 def _bad(why: str, location: str) -> privet.BadRecord:
     reason, _, detail = why.partition(":")
     return privet.BadRecord(reason, location, detail)
@@ -79,6 +82,13 @@ class ImageFolder(privet.Source):
         files_per_shard: int = attrs.field(default=1000, validator=positive)
         #: Larger files become ``file_too_large`` bad records instead of filling memory.
         max_file_bytes: int = attrs.field(default=64 * 2**20, validator=positive)
+        #: Read files that are symlinks to places outside ``root`` (default: an
+        #: ``outside_root`` bad record, never read).
+        follow_symlinks: bool = False
+
+    def _refused(self, rel: str) -> bool:
+        root = self.options.root
+        return not self.options.follow_symlinks and outside_root(root / rel, root)
 
     def _listing(self) -> list[str]:
         """Every non-hidden file under root, as sorted paths relative to root (walked once)."""
@@ -106,7 +116,7 @@ class ImageFolder(privet.Source):
 
     def files(self) -> list[str]:
         root = self.options.root
-        return [str(root / p) for p in self._listing()]
+        return [str(root / p) for p in self._listing() if not self._refused(p)]
 
     def read(self, shard: privet.Shard) -> Iterator[privet.Record | privet.BadRecord]:
         root = Path(shard.path)
@@ -120,6 +130,9 @@ class ImageFolder(privet.Source):
             if Path(rel).suffix.lower() not in suffixes:
                 yield privet.BadRecord("unsupported_extension", rel,
                                        f"suffix not in extensions {sorted(suffixes)}")
+                continue
+            if self._refused(rel):
+                yield _outside(root / rel, root, rel)
                 continue
             data, why = _read_bytes(root / rel, self.options.max_file_bytes)
             if data is None:
@@ -148,6 +161,9 @@ class Manifest(privet.Source):
         split_field: str = "split"
         delimiter: str = ","
         max_file_bytes: int = attrs.field(default=64 * 2**20, validator=positive)
+        #: Read image paths that leave ``root`` (``..``, absolute paths, symlinks to
+        #: elsewhere); by default such a row is an ``outside_root`` bad record.
+        follow_symlinks: bool = False
 
         def __attrs_post_init__(self) -> None:
             if self.format == "auto" and self.kind is None:
@@ -170,60 +186,32 @@ class Manifest(privet.Source):
     def files(self) -> list[str]:
         """The manifest and every image it names (their content defines the data)."""
         out = [str(self.options.path)]
-        for _line, row in self._rows(self.options.path):
-            if isinstance(row, dict) and isinstance(row.get(self.options.path_field), str):
-                out.append(str(self._root() / row[self.options.path_field]))
+        for _where, row in self._rows(self.options.path):
+            rel = row.get(self.options.path_field) if isinstance(row, dict) else None
+            if isinstance(rel, str) and rel.strip() and not self._refused(rel.strip()):
+                out.append(str(self._root() / rel.strip()))
         return out
+
+    def _refused(self, rel: str) -> bool:
+        return not self.options.follow_symlinks and outside_root(self._root() / rel, self._root())
 
     def _root(self) -> Path:
         return self.options.root or self.options.path.parent
 
-    def _rows(self, path: Path) -> Iterator[tuple[int, dict | privet.BadRecord]]:
-        name = path.name
+    def _rows(self, path: Path) -> Iterator[tuple[str, dict | privet.BadRecord]]:
+        """``(manifest:line, row)`` through :mod:`privet.io` (cells stay strings)."""
         if self.options.kind == "jsonl":
-            for lineno, line in iter_lines(str(path)):
-                if line is None:
-                    yield lineno, privet.BadRecord("invalid_utf8", f"{name}:{lineno}")
-                elif line.strip():
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        yield lineno, privet.BadRecord("malformed_json", f"{name}:{lineno}",
-                                                       str(err))
-                        continue
-                    if isinstance(obj, dict):
-                        yield lineno, obj
-                    else:
-                        yield lineno, privet.BadRecord("not_an_object", f"{name}:{lineno}")
-            return
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else self.options.delimiter
-        with open_text(str(path)) as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except (UnicodeDecodeError, csv.Error) as err:
-                    yield reader.line_num, privet.BadRecord("unreadable_row",
-                                                            f"{name}:{reader.line_num}", str(err))
-                    return
-                if None in row or None in row.values():
-                    yield reader.line_num, privet.BadRecord(
-                        "wrong_column_count", f"{name}:{reader.line_num}",
-                        f"header has {len(reader.fieldnames or [])} columns")
-                    continue
-                yield reader.line_num, row
+            return read_jsonl(path)
+        return read_csv(path, delimiter=self.options.delimiter, parse_numbers=False)
 
     def read(self, shard: privet.Shard) -> Iterator[privet.Record | privet.BadRecord]:
         o = self.options
         manifest = Path(shard.path)
         root = self._root()
-        for lineno, row in self._rows(manifest):
+        for where, row in self._rows(manifest):
             if isinstance(row, privet.BadRecord):
                 yield row
                 continue
-            where = f"{manifest.name}:{lineno}"
             rel, label = row.get(o.path_field), row.get(o.label_field)
             if not isinstance(rel, str) or not rel.strip():
                 yield privet.BadRecord("missing_path", where, f"no {o.path_field!r} value")
@@ -240,6 +228,9 @@ class Manifest(privet.Source):
                                            f"{o.split_field}={raw!r}; use train, val or test")
                     continue
                 record["split"] = split
+            if self._refused(record["path"]):
+                yield _outside(root / record["path"], root, where)
+                continue
             data, why = _read_bytes(root / record["path"], o.max_file_bytes)
             if data is None:
                 yield _bad(why, where)

@@ -9,31 +9,13 @@ so that a label column has one type in the Arrow cache even when a file mixes ``
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import attrs
 from privet import BadRecord, Record, Shard, Source
-from privet.builtins.sources import iter_lines
 from privet import existing_path, existing_paths
-
-
-def _expand(paths: list[Path], patterns: tuple[str, ...]) -> list[str]:
-    """Files named directly, plus the matching files of folders (sorted, deterministic)."""
-    out: list[str] = []
-    for p in paths:
-        if p.is_dir():
-            found: set[str] = set()
-            for pattern in patterns:
-                found.update(str(x) for x in p.glob(pattern) if x.is_file())
-            out.extend(sorted(found))
-        else:
-            out.append(str(p))
-    return out
+from privet.io import FileListing, Located, outside_root, read_csv, read_jsonl
 
 
 class _FieldMapper:
@@ -70,14 +52,59 @@ class _FieldOptions:
     label_field: Optional[str] = "label"
     #: Other fields copied into the record unchanged (e.g. a split or id column).
     keep_fields: list[str] = attrs.field(factory=list)
+    #: Read files in the named folders that are symlinks to places outside them.
+    follow_symlinks: bool = False
 
 
-class TextJsonl(Source):
+class _ListedSource(Source):
+    """Files named in ``paths`` plus the matching files of named folders (sorted).
+
+    A file found in a folder that resolves outside it (a symlink to ``/etc/shadow``)
+    is not read: it is an ``outside_root`` bad record unless ``follow_symlinks``.
+    """
+
+    patterns: tuple[str, ...] = ()
+
+    def _listing(self) -> FileListing:
+        cached = getattr(self, "_listing_cache", None)
+        if cached is None:
+            cached = self._listing_cache = FileListing(
+                self.options.paths, self.patterns, follow_symlinks=self.options.follow_symlinks)
+        return cached
+
+    def shards(self) -> list[Shard]:
+        return [Shard(p) for p in self._listing().files]
+
+    def files(self) -> list[str]:
+        return sorted(self._listing().readable())
+
+    def read_located(self, shard: Shard) -> Iterator[Located]:
+        """``(file:line, record or BadRecord)``; the engine names lines with it."""
+        refusal = self._listing().refusal(shard.path)
+        if refusal is not None:
+            yield refusal.location, refusal
+            return
+        o = self.options
+        to_record = _FieldMapper(o.text_field, o.label_field, o.keep_fields)
+        for where, row in self._rows(shard.path):
+            yield where, row if isinstance(row, BadRecord) else to_record(row, where)
+
+    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
+        for _where, item in self.read_located(shard):
+            yield item
+
+    def _rows(self, path: str) -> Iterator[Located]:
+        raise NotImplementedError
+
+
+class TextJsonl(_ListedSource):
     """One JSON object per line (``.jsonl`` or ``.jsonl.gz``); text and label fields by name.
 
     Malformed lines, non-UTF-8 lines, non-object lines and empty texts are dropped with
     the reason and ``file:line``.
     """
+
+    patterns = ("*.jsonl", "*.jsonl.gz", "*.json")
 
     @attrs.define(frozen=True)
     class Options(_FieldOptions):
@@ -87,37 +114,19 @@ class TextJsonl(Source):
             if not self.paths:
                 raise ValueError("paths: name at least one .jsonl file or folder")
 
-    def shards(self) -> list[Shard]:
-        return [Shard(p) for p in _expand(self.options.paths, ("*.jsonl", "*.jsonl.gz", "*.json"))]
-
-    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        o = self.options
-        to_record = _FieldMapper(o.text_field, o.label_field, o.keep_fields)
-        name = Path(shard.path).name
-        for lineno, line in iter_lines(shard.path):
-            where = f"{name}:{lineno}"
-            if line is None:
-                yield BadRecord("invalid_utf8", where)
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield BadRecord("malformed_json", where, err.msg)
-                continue
-            if not isinstance(row, dict):
-                yield BadRecord("not_an_object", where)
-                continue
-            yield to_record(row, where)
+    def _rows(self, path: str) -> Iterator[Located]:
+        return read_jsonl(path)
 
 
-class TextCsv(Source):
+class TextCsv(_ListedSource):
     """CSV (or TSV with ``delimiter: "\\t"``) with a header row; text and label columns by name.
 
     Cells stay strings. A row with undecodable bytes, or with the wrong number of cells,
-    is dropped with ``file:line``; the rest of the file is still read.
+    is dropped with ``file:line``; the rest of the file is still read. A header that
+    cannot be read or lacks the text column skips the file with one bad record at ``:1``.
     """
+
+    patterns = ("*.csv", "*.csv.gz", "*.tsv", "*.tsv.gz")
 
     @attrs.define(frozen=True)
     class Options(_FieldOptions):
@@ -132,65 +141,10 @@ class TextCsv(Source):
             if len(self.delimiter) != 1:
                 raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
 
-    def shards(self) -> list[Shard]:
-        return [Shard(p) for p in _expand(self.options.paths, ("*.csv", "*.csv.gz", "*.tsv", "*.tsv.gz"))]
-
-    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
+    def _rows(self, path: str) -> Iterator[Located]:
         o = self.options
-        to_record = _FieldMapper(o.text_field, o.label_field, o.keep_fields)
-        name = Path(shard.path).name
-        bad_lines: set[int] = set()
-
-        def lines() -> Iterator[str]:
-            # Decode line by line so one bad byte taints one row, not the rest of the file;
-            # the line keeps its shape (replacement characters) so quoting stays in step.
-            opener = gzip.open if shard.path.endswith(".gz") else open
-            with opener(shard.path, "rb") as fh:
-                for lineno, raw in enumerate(fh, start=1):
-                    try:
-                        yield raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        bad_lines.add(lineno)
-                        yield raw.decode("utf-8", errors="replace")
-
-        csv.field_size_limit(min(o.max_field_chars, sys.maxsize))
-        reader = csv.reader(lines(), delimiter=o.delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as err:
-            yield BadRecord("unreadable_header", f"{name}:1", str(err))
-            return
-        if bad_lines:
-            yield BadRecord("invalid_utf8", f"{name}:1", "in the header row; file skipped")
-            return
-        if o.text_field not in header:
-            yield BadRecord("missing_text_column", f"{name}:1",
-                            f"no column {o.text_field!r} in header {header}")
-            return
-        first_line = reader.line_num + 1
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as err:
-                yield BadRecord("unreadable_row", f"{name}:{reader.line_num}", str(err))
-                first_line = reader.line_num + 1
-                continue
-            span = range(first_line, reader.line_num + 1)
-            where = f"{name}:{first_line}"
-            first_line = reader.line_num + 1
-            if any(n in bad_lines for n in span):
-                yield BadRecord("invalid_utf8", where)
-                continue
-            if not row:
-                continue
-            if len(row) != len(header):
-                yield BadRecord("wrong_column_count", where, f"{len(row)} cells, header has {len(header)}")
-                continue
-            yield to_record(dict(zip(header, row)), where)
+        return read_csv(path, delimiter=o.delimiter, parse_numbers=False,
+                        required=[o.text_field], max_field_chars=o.max_field_chars)
 
 
 class TextFiles(Source):
@@ -208,6 +162,8 @@ class TextFiles(Source):
         labels_from: Optional[str] = attrs.field(
             default="subfolder", validator=attrs.validators.in_(["subfolder", None]))
         max_bytes: int = 10_000_000
+        #: Read files that are symlinks to places outside ``path`` (default: refused).
+        follow_symlinks: bool = False
 
         def __attrs_post_init__(self) -> None:
             if not self.path.is_dir():
@@ -217,10 +173,21 @@ class TextFiles(Source):
         root = self.options.path
         return [Shard(str(p)) for p in sorted(root.glob(self.options.pattern)) if p.is_file()]
 
+    def _outside(self, path: str) -> bool:
+        return not self.options.follow_symlinks and outside_root(path, self.options.path)
+
+    def files(self) -> list[str]:
+        """Files the cache fingerprint may hash: never one outside the folder."""
+        return [s.path for s in self.shards() if not self._outside(s.path)]
+
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
         path = Path(shard.path)
         rel = path.relative_to(self.options.path)
         where = str(rel)
+        if self._outside(shard.path):
+            yield BadRecord("outside_root", where, f"resolves outside {self.options.path}; not "
+                                                   f"read (set follow_symlinks: true to read it)")
+            return
         size = path.stat().st_size
         if size > self.options.max_bytes:
             yield BadRecord("file_too_large", where, f"{size} bytes > max_bytes {self.options.max_bytes}")

@@ -36,16 +36,3 @@ def seasonal_naive_mae(examples: Iterable[dict[str, Any]], season: int) -> float
         raise ValueError("no window examples to evaluate")
     return total / count
 
-
-def smape(forecast: np.ndarray, actual: np.ndarray) -> float:
-    """Symmetric MAPE in [0, 2]: mean of 2|f - a| / (|f| + |a|)."""
-    f, a = np.asarray(forecast, np.float64), np.asarray(actual, np.float64)
-    return float(np.mean(2 * np.abs(f - a) / np.maximum(np.abs(f) + np.abs(a), 1e-8)))
-
-
-def quantile_loss(forecast: np.ndarray, actual: np.ndarray, quantiles: list[float]) -> float:
-    """Pinball loss averaged over values, summed over quantiles (the last axis of ``forecast``)."""
-    f = np.asarray(forecast, np.float64)
-    diff = np.asarray(actual, np.float64)[..., None] - f
-    q = np.asarray(quantiles, np.float64)
-    return float(np.maximum(q * diff, (q - 1) * diff).reshape(-1, len(q)).mean(0).sum())

@@ -58,15 +58,6 @@ class Calendar(Cleaner):
         super().__init__(options)
         self.tz = zoneinfo.ZoneInfo(self.options.timezone)
 
-    def output_columns(self) -> list[str]:
-        out = []
-        for f in self.options.features:
-            if self.options.cyclical and f in PERIODS:
-                out += [f"{PREFIX}{f}_sin", f"{PREFIX}{f}_cos"]
-            else:
-                out.append(f"{PREFIX}{f}")
-        return out
-
     def clean(self, record: Record) -> Record:
         t = finite(record.get(self.options.time_field))
         if t is None:

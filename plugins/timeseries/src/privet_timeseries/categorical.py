@@ -78,13 +78,6 @@ class Categorical(Cleaner):
         self.fitted = True
         self._index = {c: {v: i for i, v in enumerate(cats)} for c, cats in self.categories.items()}
 
-    def output_columns(self) -> list[str]:
-        """The keys this cleaner writes (after fitting)."""
-        if self.options.method == "label":
-            suffix = "_code" if self.options.keep_original else ""
-            return [f"{c}{suffix}" for c in self.categories]
-        return [f"{c}={v}" for c, cats in self.categories.items() for v in [*cats, UNKNOWN]]
-
     def clean(self, record: Record) -> Record:
         if not self.fitted:
             raise DataError(f"cleaner {self.name} was used before it was fitted")

@@ -9,7 +9,7 @@ from importlib.resources import files
 
 from privet import hookimpl
 
-from . import augment
+from . import augmenters
 from .calendar_features import Calendar
 from .categorical import Categorical
 from .impute import Impute
@@ -18,7 +18,7 @@ from .models.mlp import MLP
 from .models.tft import TFT
 from .outliers import Outliers
 from .regularize import Regularize
-from .scale import Scale
+from .scaling import Scale
 from .sources import TimeSeriesCsv, TimeSeriesParquet
 
 
@@ -40,11 +40,11 @@ def register_cleaners(register):
 
 @hookimpl
 def register_augmenters(register):
-    register("timeseries.jitter", augment.Jitter)
-    register("timeseries.magnitude_scale", augment.MagnitudeScale)
-    register("timeseries.window_slice", augment.WindowSlice)
-    register("timeseries.time_warp", augment.TimeWarp)
-    register("timeseries.resample", augment.Resample)
+    register("timeseries.jitter", augmenters.Jitter)
+    register("timeseries.magnitude_scale", augmenters.MagnitudeScale)
+    register("timeseries.window_slice", augmenters.WindowSlice)
+    register("timeseries.time_warp", augmenters.TimeWarp)
+    register("timeseries.resample", augmenters.Resample)
 
 
 @hookimpl

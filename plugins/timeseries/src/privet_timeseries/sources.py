@@ -18,6 +18,7 @@ import attrs
 
 from privet import BadRecord, DataError, Record, Shard, Source
 from privet import OptionValueError, existing_paths, positive
+from privet.io import FileListing
 
 from .timeparse import parse_time
 
@@ -70,6 +71,9 @@ class SeriesFileOptions:
     #: others ``split: train``: use with ``data.split: {method: field, field: split}``.
     split_time: Optional[str] = None
     test_time: Optional[str] = None
+    #: Read files in the named folders that are symlinks to places outside them
+    #: (default: an ``outside_root`` bad record, never read).
+    follow_symlinks: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.layout == "long" and not self.target_columns:
@@ -217,24 +221,32 @@ def _series_text(value: Any) -> str:
     return str(value).strip() if isinstance(value, str) else str(value)
 
 
-def _expand(paths: list[Path], patterns: tuple[str, ...]) -> list[str]:
-    out: list[str] = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted({str(x) for pat in patterns for x in p.glob(pat)})
-            out.extend(found)
-        else:
-            out.append(str(p))
-    return out
+class _ListedSource(Source):
+    """Files named in ``paths`` plus the matching files of named folders; a file that
+    resolves outside its folder is an ``outside_root`` bad record, never opened."""
+
+    patterns: tuple[str, ...] = ()
+
+    def _listing(self) -> FileListing:
+        cached = getattr(self, "_listing_cache", None)
+        if cached is None:
+            cached = self._listing_cache = FileListing(
+                self.options.paths, self.patterns, follow_symlinks=self.options.follow_symlinks)
+        return cached
+
+    def files(self) -> list[str]:
+        return sorted(self._listing().readable())
 
 
-class TimeSeriesCsv(Source):
+class TimeSeriesCsv(_ListedSource):
     """Rows of CSV files as time series records (long or wide layout, many series per file).
 
     Timestamps are parsed into ``time`` (seconds since the epoch); rows whose timestamp
     cannot be read are dropped as ``unparseable_timestamp``. With ``chunk_mb`` a big file
     is read as several byte-range shards (no quoted newlines across a chunk boundary).
     """
+
+    patterns = ("*.csv", "*.csv.gz")
 
     @attrs.define(frozen=True)
     class Options(SeriesFileOptions):
@@ -245,7 +257,11 @@ class TimeSeriesCsv(Source):
     def shards(self) -> list[Shard]:
         out: list[Shard] = []
         chunk = int(self.options.chunk_mb * (1 << 20))
-        for path in _expand(self.options.paths, ("*.csv", "*.csv.gz")):
+        listing = self._listing()
+        for path in listing.files:
+            if listing.refusal(path) is not None:
+                out.append(Shard(path))
+                continue
             size = Path(path).stat().st_size
             if chunk <= 0 or path.endswith(".gz") or size <= chunk:
                 out.append(Shard(path))
@@ -254,15 +270,21 @@ class TimeSeriesCsv(Source):
         return out
 
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
+        refusal = self._listing().refusal(shard.path)
+        if refusal is not None:
+            yield refusal
+            return
         name = Path(shard.path).name
         opener = gzip.open if shard.path.endswith(".gz") else open
         with opener(shard.path, "rb") as fh:
             header_raw = fh.readline()
             try:
                 header = next(csv.reader([header_raw.decode("utf-8-sig")], delimiter=self.options.delimiter))
-            except (UnicodeDecodeError, StopIteration, csv.Error) as err:
-                raise DataError(f"{name}:1: unreadable CSV header ({err}); the first line must "
-                                f"name the columns") from None
+            except StopIteration:
+                return
+            except (UnicodeDecodeError, csv.Error) as err:  # as privet.io reports a bad header
+                yield BadRecord("bad_csv_header", f"{name}:1", f"{err}; file skipped")
+                return
             header = [h.strip() for h in header]
             conv = _RowConverter(self.options, header, name)
             if shard.start > len(header_raw):
@@ -335,12 +357,14 @@ class _LineBase:
         return self._value
 
 
-class TimeSeriesParquet(Source):
+class TimeSeriesParquet(_ListedSource):
     """Rows of Parquet files as time series records, read one row group at a time.
 
     Arrow timestamp columns are used as they are; string columns are text features.
     Each row group is a shard, so big files stream and spread over workers and ranks.
     """
+
+    patterns = ("*.parquet", "*.pq")
 
     @attrs.define(frozen=True)
     class Options(SeriesFileOptions):
@@ -351,7 +375,11 @@ class TimeSeriesParquet(Source):
         import pyarrow.parquet as pq
 
         out: list[Shard] = []
-        for path in _expand(self.options.paths, ("*.parquet", "*.pq")):
+        listing = self._listing()
+        for path in listing.files:
+            if listing.refusal(path) is not None:
+                out.append(Shard(path))  # read() reports it without opening it
+                continue
             try:
                 groups = pq.ParquetFile(path).metadata.num_row_groups
             except Exception as err:  # pyarrow raises several types for a broken file
@@ -363,6 +391,10 @@ class TimeSeriesParquet(Source):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        refusal = self._listing().refusal(shard.path)
+        if refusal is not None:
+            yield refusal
+            return
         name = Path(shard.path).name
         pf = pq.ParquetFile(shard.path)
         schema = pf.schema_arrow

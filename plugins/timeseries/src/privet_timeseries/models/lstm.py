@@ -33,7 +33,7 @@ class LSTM(WindowModel):
         series_embedding: int = attrs.field(default=0, validator=_non_negative)
 
     def build(self) -> Any:
-        from ..nets.lstm import LSTMNet  # imported lazily: torch
+        from ..networks.lstm import LSTMNet  # imported lazily: torch
 
         self._require_fit()
         o = self.options

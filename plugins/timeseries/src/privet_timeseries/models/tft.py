@@ -34,7 +34,7 @@ class TFT(WindowModel):
                                        f"attention_heads ({self.attention_heads})", "hidden_size")
 
     def build(self) -> Any:
-        from ..nets.tft import TFTNet  # imported lazily: torch
+        from ..networks.tft import TFTNet  # imported lazily: torch
 
         self._require_fit()
         o = self.options

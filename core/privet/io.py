@@ -1,0 +1,319 @@
+"""Reading records from files: the one JSONL/CSV reader of Privet, public for plugins.
+
+The built-in sources, the text and image plugins' sources and ``privet predict`` all read
+JSON Lines and CSV through this module, so a bad line gets the same answer everywhere:
+a :class:`~privet.BadRecord` whose ``location`` is ``file:line`` and whose ``reason`` is
+a stable key (``invalid_utf8``, ``malformed_json``, ``not_an_object``, ``bad_csv_header``,
+``missing_column``, ``unreadable_row``, ``wrong_column_count``). Readers yield
+``(location, record or BadRecord)``; they stream, so memory does not grow with the file.
+
+It also holds the folder-walking rule every source follows: a file found in a folder
+that is a symlink to somewhere outside that folder is never read unless the source's
+``follow_symlinks`` option says so (:func:`outside_root`). Standard library only.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator, Sequence
+
+from .components import BadRecord, Record
+from .errors import UsageError
+
+__all__ = [
+    "CSV_SUFFIXES", "JSONL_SUFFIXES", "Located", "expand_paths", "format_of", "input_files",
+    "iter_lines", "open_text", "outside_root", "read_csv", "read_file", "read_jsonl",
+    "read_records", "FileListing",
+]
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+
+Located = tuple[str, "Record | BadRecord"]
+"""``(location, item)``: where a record came from (``data.csv:12``) and the record."""
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def open_text(path: str | os.PathLike[str]) -> IO[str]:
+    """Open a text file, transparently gunzipping ``.gz``; undecodable bytes raise."""
+    raw = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+
+
+def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str | None]]:
+    """Yield (line number, text) for each line, or (line number, None) if not UTF-8.
+
+    Streams the file (``.gz`` is gunzipped): memory does not grow with its size.
+    """
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield lineno, None
+
+
+def outside_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when ``path`` (found under ``root``) resolves to a file outside ``root``.
+
+    A symlink in a data folder may point anywhere on the machine (``/etc/shadow``, a
+    colleague's private data); a source that walks a folder reads only what is really
+    inside it unless its options say ``follow_symlinks: true``. ``..`` components and
+    absolute paths are caught the same way.
+    """
+    try:
+        real = Path(path).resolve(strict=False)
+        base = Path(root).resolve(strict=False)
+    except (OSError, RuntimeError):  # a symlink loop: nothing to read inside root either
+        return True
+    return real != base and base not in real.parents
+
+
+def expand_paths(paths: Iterable[str | os.PathLike[str]], patterns: Sequence[str]
+                 ) -> list[tuple[str, str | None]]:
+    """``(file, root)`` for each file named directly (root ``None``: the user named it)
+    and each file matching ``patterns`` in a named folder (root: that folder), sorted
+    per folder. Files are listed, not opened; pair with :func:`outside_root`."""
+    out: list[tuple[str, str | None]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = {str(x) for pattern in patterns for x in p.glob(pattern)
+                     if x.is_file() or x.is_symlink()}
+            out.extend((f, str(p)) for f in sorted(found))
+        else:
+            out.append((str(p), None))
+    return out
+
+
+class FileListing:
+    """The files a source's ``paths`` name, each with the folder it was found in.
+
+    Build it once per source (listing a big folder is not free). :meth:`refusal` is
+    what a source's ``read`` yields, instead of opening the file, for a file that
+    leaves its folder; :meth:`readable` is what its ``files()`` (the cache fingerprint,
+    which hashes contents) may look at.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]], patterns: Sequence[str],
+                 *, follow_symlinks: bool = False) -> None:
+        self.entries = expand_paths(paths, patterns)
+        self.roots = dict(self.entries)
+        self.follow_symlinks = follow_symlinks
+
+    @property
+    def files(self) -> list[str]:
+        """Every file listed, readable or not (each becomes a shard, so it is reported)."""
+        return [f for f, _root in self.entries]
+
+    def readable(self) -> list[str]:
+        return [f for f, _root in self.entries if self.refusal(f) is None]
+
+    def refusal(self, path: str, where: str | None = None) -> BadRecord | None:
+        """A BadRecord ``outside_root`` if ``path`` may not be read, else ``None``."""
+        root = self.roots.get(path)
+        if root is None or self.follow_symlinks or not outside_root(path, root):
+            return None
+        return BadRecord("outside_root", where or Path(path).name,
+                         f"{path} resolves outside {root}; not read (set follow_symlinks: "
+                         f"true to read files that symlinks point to)")
+
+
+# -- JSON Lines --------------------------------------------------------------------------------
+
+def read_jsonl(path: str | os.PathLike[str], label: str | None = None) -> Iterator[Located]:
+    """One record (a JSON object) per non-blank line; bad lines become BadRecords.
+
+    ``label`` names the file in locations (default: its file name).
+    """
+    label = label or Path(path).name
+    for lineno, line in iter_lines(path):
+        where = f"{label}:{lineno}"
+        if line is None:
+            yield where, BadRecord("invalid_utf8", where)
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as err:
+            yield where, BadRecord("malformed_json", where, getattr(err, "msg", str(err)))
+            continue
+        if not isinstance(obj, dict):
+            yield where, BadRecord("not_an_object", where, f"got {type(obj).__name__}")
+            continue
+        yield where, obj
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+def parse_number(value: str) -> object:
+    """``int`` or ``float`` if the cell reads as one, ``None`` if empty, else the text."""
+    if value == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+class _Lines:
+    """Decodes a CSV file line by line, so one bad byte taints one row, not the file.
+
+    An undecodable line keeps its shape (replacement characters) so quoting stays in
+    step; its number is remembered and the row holding it becomes ``invalid_utf8``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.bad: set[int] = set()
+
+    def __iter__(self) -> Iterator[str]:
+        opener = gzip.open if str(self.path).endswith(".gz") else open
+        with opener(self.path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    self.bad.add(lineno)
+                    yield raw.decode("utf-8", errors="replace")
+
+
+def _header_problem(header: list[str], required: Sequence[str]) -> tuple[str, str] | None:
+    if not header or all(not h.strip() for h in header):
+        return "bad_csv_header", "the first line is empty; it must name the columns"
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        return "bad_csv_header", f"column names repeat: {', '.join(map(repr, dupes))}"
+    missing = [c for c in required if c not in header]
+    if missing:
+        return "missing_column", f"no column {', '.join(map(repr, missing))} in header {header}"
+    return None
+
+
+def read_csv(path: str | os.PathLike[str], label: str | None = None, *, delimiter: str = ",",
+             parse_numbers: bool = True, required: Sequence[str] = (),
+             max_field_chars: int = 10_000_000) -> Iterator[Located]:
+    """One record per row, keyed by the header row; bad rows become BadRecords.
+
+    A header that cannot be read (not UTF-8, broken quoting, empty, repeated names) or
+    that lacks a ``required`` column gives one BadRecord at ``file:1`` and the file is
+    skipped. A row's location is the line it starts on. With ``parse_numbers`` cells
+    become ``int``/``float`` where they read as numbers and empty cells ``None``;
+    otherwise cells stay strings. ``.tsv`` files use a tab whatever ``delimiter`` says.
+    """
+    label = label or Path(path).name
+    if str(path).lower().endswith((".tsv", ".tsv.gz")):
+        delimiter = "\t"
+    lines = _Lines(path)
+    csv.field_size_limit(min(max_field_chars, sys.maxsize))
+    reader = csv.reader(lines, delimiter=delimiter)
+    head = f"{label}:1"
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as err:
+        yield head, BadRecord("bad_csv_header", head, f"{err}; file skipped")
+        return
+    if lines.bad:
+        yield head, BadRecord("bad_csv_header", head, "not UTF-8; file skipped")
+        return
+    if reader.line_num > 1:
+        yield head, BadRecord("bad_csv_header", head, f"the header runs over {reader.line_num} "
+                                                      f"lines (an unclosed quote?); file skipped")
+        return
+    header = [h.strip() for h in header]
+    if header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    problem = _header_problem(header, required)
+    if problem is not None:
+        yield head, BadRecord(problem[0], head, f"{problem[1]}; file skipped")
+        return
+    first = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            where = f"{label}:{reader.line_num}"
+            first = reader.line_num + 1
+            yield where, BadRecord("unreadable_row", where, str(err))
+            continue
+        where, span = f"{label}:{first}", range(first, reader.line_num + 1)
+        first = reader.line_num + 1
+        if any(n in lines.bad for n in span):
+            yield where, BadRecord("invalid_utf8", where)
+            continue
+        if not row or (len(row) == 1 and not row[0].strip() and len(header) > 1):
+            continue
+        if len(row) != len(header):
+            yield where, BadRecord("wrong_column_count", where,
+                                   f"{len(row)} cells, header has {len(header)}")
+            continue
+        yield where, ({k: parse_number(v) for k, v in zip(header, row)} if parse_numbers
+                      else dict(zip(header, row)))
+
+
+# -- whole inputs (privet predict) -------------------------------------------------------------
+
+def format_of(path: str | os.PathLike[str]) -> str | None:
+    """``jsonl`` or ``csv`` from the file name's suffix, else ``None``."""
+    name = Path(path).name.lower()
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    return None
+
+
+def read_file(path: str | os.PathLike[str], label: str | None = None, **csv_options: Any
+              ) -> Iterator[Located]:
+    """Records of one JSONL or CSV file, picked by its suffix."""
+    kind = format_of(path)
+    if kind is None:
+        raise UsageError(f"{path}: cannot read this kind of file; give a .jsonl or .csv file")
+    if kind == "jsonl":
+        yield from read_jsonl(path, label)
+    else:
+        yield from read_csv(path, label, **csv_options)
+
+
+def input_files(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> list[Path]:
+    """The readable files ``path`` names: itself, or the JSONL/CSV files in a folder.
+
+    Hidden files are skipped, and so are files in the folder that resolve outside it
+    unless ``follow_symlinks``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"input not found: {path}; pass a .jsonl or .csv file or a folder of them")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and format_of(p) is not None
+                       and not p.name.startswith(".")
+                       and (follow_symlinks or not outside_root(p, path)))
+        if not files:
+            raise UsageError(f"{path}: no .jsonl or .csv files in this folder")
+        return files
+    if format_of(path) is None:
+        raise UsageError(f"{path}: cannot read this kind of file; the model reads .jsonl or .csv "
+                         f"records (its plugin may read other inputs)")
+    return [path]
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[Located]:
+    """``(location, record or BadRecord)`` for each line or row of a file or folder."""
+    root = Path(path)
+    for file in input_files(root):
+        label = file.relative_to(root).as_posix() if root.is_dir() else file.name
+        yield from read_file(file, label)
