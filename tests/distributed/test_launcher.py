@@ -212,6 +212,8 @@ def test_privet_run_nproc_per_node_2_states_world_size_and_global_batch_everywhe
     assert report["status"] == "completed"
     assert report["world_size"] == 2 == manifest["world_size"]
     assert report["global_batch"] == 2 * 8 * 2 == manifest["global_batch"]
+    # every rank's samples, not rank 0's share
+    assert report["samples_seen"] == report["data"]["counts"]["train"] * len(report["history"])
     assert manifest["elastic_run_id"] not in (None, "none")  # set by the re-launch through torchrun
     events = EventAccumulator(str(run_dir / "tensorboard" / "hparams"))
     events.Reload()

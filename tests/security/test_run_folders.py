@@ -183,3 +183,29 @@ def test_a_raising_on_run_error_hook_does_not_hide_the_error_and_the_report_is_w
     report = json.loads((tmp_path / "runs" / "blobs" / "report.json").read_text())
     assert report["status"] == "failed" and "loss is nan" in report["error"]
     assert report["data"]["counts"]["train"] > 0
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_gives_its_name_to_the_next(run, tmp_path):
+    import privet
+
+    failed = run(probe_pipeline(model={"fault": "nan_loss", "fault_at": 2}))
+    assert isinstance(failed.error, privet.TrainingError)
+    first = tmp_path / "runs" / "blobs"
+    report_of_failure = (first / "report.json").read_text()
+
+    outcome = run(probe_pipeline())
+    outcome.assert_success()
+    assert outcome.run_dir == first.resolve()
+    kept = tmp_path / "runs" / "blobs.failed-1"
+    assert (kept / "report.json").read_text() == report_of_failure  # the evidence is kept
+
+
+def test_a_failed_run_with_a_checkpoint_keeps_its_name_for_resume(run, tmp_path):
+    import privet
+
+    failed = run(probe_pipeline(checkpoint={"every_n_steps": 2}, model={"fault": "nan_loss", "fault_at": 5}))
+    assert isinstance(failed.error, privet.TrainingError)
+    outcome = run(probe_pipeline())
+    outcome.assert_success()
+    assert outcome.run_dir.name == "blobs-2"
+    assert checkpoints(tmp_path / "runs" / "blobs"), "the resumable run is left where it was"
