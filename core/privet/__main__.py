@@ -1,5 +1,5 @@
 """``python -m privet`` / ``torchrun -m privet run FILE``."""
 
-from .cli import main
+from .cli import entry
 
-main()
+entry()
