@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 # imports this package but needs none of attrs, pluggy or the component classes.
 _EXPORTS = {
     "Augmenter": "components", "BadRecord": "components", "Cleaner": "components",
-    "Component": "components", "Exporter": "components", "Model": "components",
+    "Component": "components", "Exporter": "components", "KeyProvider": "components",
+    "Model": "components",
     "NoOptions": "components", "Optimizer": "components", "Record": "components",
     "Scheduler": "components", "Task": "train.metrics",
     "Shard": "components", "Source": "components", "StepOutput": "components",
@@ -46,7 +47,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from .components import (Augmenter, BadRecord, Cleaner, Component, Exporter, Model,
+    from .components import (Augmenter, BadRecord, Cleaner, Component, Exporter, KeyProvider, Model,
                              NoOptions, Optimizer, Record, Scheduler, Shard, Source,
                              StepOutput)
     from .errors import (CheckpointError, ConfigError, DataError, DropRecord, ExportError,

@@ -26,6 +26,9 @@ BUILTIN_COMMANDS = {
     "resume": "privet.commands.run:resume",
     "export": "privet.commands.export:export",
     "predict": "privet.commands.predict:predict",
+    "generate": "privet.commands.generate:generate",
+    "chat": "privet.commands.generate:chat",
+    "cache": "privet.commands.cache:cache",
 }
 #: Shown by ``privet --help`` without importing the command modules.
 SHORT_HELP = {
@@ -35,8 +38,11 @@ SHORT_HELP = {
     "init": "Write a starter pipeline file for an installed modality.",
     "run": "Run a pipeline: prepare data, train, evaluate, export.",
     "resume": "Continue a stopped or killed run from its last checkpoint.",
-    "export": "Export a trained run to ONNX, torch.export or TorchScript.",
+    "export": "Export a trained run (ONNX, torch.export, TorchScript or a plugin's format).",
     "predict": "Predict with an exported bundle on raw records.",
+    "generate": "Generate text with a language model run or export, streamed.",
+    "chat": "Chat interactively with a language model run or export.",
+    "cache": "List or delete the prepared data caches of a runs folder.",
 }
 
 
@@ -104,6 +110,34 @@ def _fail(err: BaseException, ctx: click.Context | None = None, *, debug: bool =
     sys.exit(getattr(err, "exit_code", 2))
 
 
+def installed_plugin_distributions() -> list[tuple[str, str, list[str]]]:
+    """(distribution, version, plugin names) of each ``privet.plugins`` entry point.
+
+    Read from the installed metadata only: no plugin (and so no torch) is imported, so
+    ``privet --version`` stays as fast as ``--help``.
+    """
+    from importlib.metadata import entry_points
+
+    found: dict[tuple[str, str], list[str]] = {}
+    for ep in entry_points(group="privet.plugins"):
+        dist = ep.dist
+        key = (dist.name, dist.version) if dist is not None else ("(unknown distribution)", "")
+        found.setdefault(key, []).append(ep.name)
+    return [(name, version, sorted(plugins)) for (name, version), plugins in sorted(found.items())]
+
+
+def _show_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """The eager ``--version`` option: the core's version, then each plugin distribution's."""
+    if not value or ctx.resilient_parsing:
+        return
+    lines = [f"privet, version {__version__}"]
+    plugins = installed_plugin_distributions()
+    lines.append("plugins:" if plugins else "plugins: none installed")
+    lines += [f"  {name} {version} ({', '.join(names)})" for name, version, names in plugins]
+    click.echo("\n".join(lines))
+    ctx.exit()
+
+
 def _validate_p(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
     for v in value:
         if not v.startswith("no:") or len(v) <= 3:
@@ -112,8 +146,10 @@ def _validate_p(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Plugins may add commands (e.g. 'privet generate'); 'privet plugins -v' lists them.")
-@click.version_option(__version__, prog_name="privet")
+             epilog="Plugins may add commands; 'privet plugins -v' lists them.")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_version,
+              help="Show the version of privet and of the installed plugin distributions.")
 @click.option("-p", "p", multiple=True, metavar="no:NAME", callback=_validate_p,
               help="Disable the plugin NAME (repeatable); it is not even imported.")
 @click.option("--plugin-dir", multiple=True, type=click.Path(file_okay=False),

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 Record = dict[str, Any]
 """One record: a plain dict of JSON-like values (str, int, float, bytes, lists)."""
 
-KINDS = ("source", "cleaner", "augmenter", "model", "optimizer", "scheduler", "exporter")
+KINDS = ("source", "cleaner", "augmenter", "model", "optimizer", "scheduler", "exporter",
+         "key_provider")
 
 
 @attrs.define(frozen=True)
@@ -196,6 +197,20 @@ class Model(Component):
         transformer 1e-3 or less). Default: ``None`` (the core then uses 1e-3).
         """
         return None
+
+    def trainable_state_dict(self, module: Any) -> dict[str, Any] | None:
+        """The tensors a checkpoint and ``best/`` hold for ``module``.
+
+        Default ``None``: all of the module's weights. A model that trains a small part of
+        a large frozen one (a LoRA adapter on a pretrained LLM) returns only that part, so
+        checkpoints stay small; it then implements :meth:`load_trainable_state_dict`.
+        """
+        return None
+
+    def load_trainable_state_dict(self, module: Any, tensors: dict[str, Any]) -> None:
+        """Put what :meth:`trainable_state_dict` returned back into a freshly built module."""
+        raise NotImplementedError(f"{type(self).__name__} returns a trainable_state_dict but cannot "
+                                  f"load one; implement load_trainable_state_dict")
 
     def task_definition(self) -> Task:
         """The :class:`privet.Task` that :attr:`task` names (metrics, post-processing)."""
@@ -370,6 +385,23 @@ class Model(Component):
         """
         return self.task_definition().postprocess(self, outputs, records)
 
+    def generate(self, module: Any, prompt: str | list[dict[str, str]], *,
+                 max_new_tokens: int = 100, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 raw: bool = False) -> Iterator[str]:
+        """Yield the text ``module`` writes after ``prompt``, piece by piece, as it is sampled.
+
+        What ``privet generate`` and ``privet chat`` stream. ``prompt`` is a text, or a chat:
+        a list of ``{"role": ..., "content": ...}`` messages. A model with a chat template
+        renders a text prompt as one user turn unless ``raw`` (continue the text as given).
+        ``temperature`` 0 is greedy; ``seed`` makes sampling reproducible. Only new text is
+        yielded, never the prompt. Default: this model does not generate text.
+        """
+        from .errors import UsageError
+
+        raise UsageError(f"model {self.name!r} does not generate text; privet generate and "
+                         f"privet chat need a language model (text.gpt, llm.causal_lm)")
+
     def predict_batch(self, run: Any, records: list[Record], items: list[Any]) -> list[dict[str, Any]]:
         """Predict one batch with an exported artifact; one dict per record.
 
@@ -430,6 +462,17 @@ class Exporter(Component):
 
     kind = "exporter"
     suffix: ClassVar[str] = ""
+    #: Whether the artifact is a program (TorchScript, ``.pt2``): ``privet predict`` and
+    #: ``generate`` then run it only with ``--trust-code``. ONNX and weight folders are data.
+    artifact_is_code: ClassVar[bool] = True
+    #: True for an exporter that needs no traced example inputs and checks its artifact
+    #: against the trained model itself (a language model merged into a Hugging Face
+    #: folder). The core then skips tracing and elementwise verification and calls
+    #: ``export(module, (), out_dir, input_names, output_names, model=..., records=...)``
+    #: with the model component and up to 64 cached validation examples; the exporter
+    #: puts its comparison in ``self.verification`` (``{"validation": {"max_abs_diff": x,
+    #: "ok": bool, ...}}``). Its artifact may be a folder.
+    verifies_itself: ClassVar[bool] = False
 
     @abc.abstractmethod
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
@@ -446,6 +489,31 @@ class Exporter(Component):
     def load(self, path: Any) -> Any:
         ...
 
+    def load_module(self, path: Any) -> Any:
+        """The artifact at ``path`` as a ``torch.nn.Module`` that :meth:`Model.generate` takes
+        (``privet generate`` on an export). Default: this artifact is not a module."""
+        raise ExportError(f"{path}: a {self.name or type(self).__name__} artifact cannot be loaded "
+                          f"as a module for generation; generate from the run folder instead")
+
+
+class KeyProvider(Component):
+    """Fetches an encryption key named by a reference ``NAME:ARGUMENT`` in the pipeline file.
+
+    ``security.encryption.key: "env:PRIVET_KEY"`` asks the provider registered as ``env``
+    for the key with argument ``PRIVET_KEY``. A provider for a key service (KMS, Vault)
+    is a plugin. The pipeline file and the run folder hold only the reference.
+    """
+
+    kind = "key_provider"
+
+    @abc.abstractmethod
+    def load(self, argument: str, base_dir: Any) -> bytes:
+        """The 32-byte key. ``base_dir`` is the pipeline file's folder (for relative paths).
+
+        Raise :class:`privet.crypto.KeyMissingError` (a :class:`PrivetError`) with one line
+        saying what is missing; :func:`privet.crypto.decode_key` turns base64 text into the key.
+        """
+
 
 BASES: dict[str, type[Component]] = {
     "source": Source,
@@ -455,10 +523,11 @@ BASES: dict[str, type[Component]] = {
     "optimizer": Optimizer,
     "scheduler": Scheduler,
     "exporter": Exporter,
+    "key_provider": KeyProvider,
 }
 
 __all__ = [
     "Augmenter", "BadRecord", "BASES", "Cleaner", "Component", "DropRecord", "Exporter",
-    "KINDS", "Model", "NoOptions", "Optimizer", "Record", "Scheduler", "Shard", "Source",
+    "KeyProvider", "KINDS", "Model", "NoOptions", "Optimizer", "Record", "Scheduler", "Shard", "Source",
     "StepOutput",
 ]

@@ -94,6 +94,13 @@ class SplitConfig:
 
 
 @attrs.define
+class CacheConfig:
+    """Retention of the prepared cache: ``keep: false`` deletes it when the run ends."""
+
+    keep: bool = True
+
+
+@attrs.define
 class DataConfig:
     source: ComponentSpec
     cleaners: list[ComponentSpec] = attrs.field(factory=list)
@@ -105,6 +112,7 @@ class DataConfig:
     on_error: Literal["drop", "fail"] = "drop"
     max_bad_fraction: float = attrs.field(default=0.01, validator=probability)
     shard_rows: int = attrs.field(default=50_000, validator=at_least(1))
+    cache: CacheConfig = attrs.field(factory=CacheConfig)
 
 
 @attrs.define
@@ -194,6 +202,25 @@ class ExportConfig:
     quantize: Optional[Literal["int8", "int8-static"]] = None
 
 
+def _key_reference(_instance: Any, attribute: Any, value: str) -> None:
+    provider, sep, arg = str(value).partition(":")
+    if not sep or not provider or not arg:
+        raise OptionValueError("a key reference is PROVIDER:ARGUMENT (env:NAME, file:PATH, "
+                               "command:...), never the key itself", attribute.name)
+
+
+@attrs.define
+class EncryptionConfig:
+    """Encryption at rest: where the key comes from (a reference, never the key)."""
+
+    key: str = attrs.field(validator=_key_reference)
+
+
+@attrs.define
+class SecurityConfig:
+    encryption: Optional[EncryptionConfig] = None
+
+
 @attrs.define
 class PipelineConfig:
     """The whole pipeline file."""
@@ -206,15 +233,33 @@ class PipelineConfig:
     plugins: PluginsConfig = attrs.field(factory=PluginsConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     export: Optional[ExportConfig] = None
+    security: SecurityConfig = attrs.field(factory=SecurityConfig)
 
 
 # --- structuring -----------------------------------------------------------------------
 
 
 def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
-    """A strict converter: extra keys rejected; relative ``Path`` options resolved."""
-    conv = cattrs.Converter(forbid_extra_keys=True)
+    """A strict converter: extra keys rejected; relative ``Path`` options resolved.
 
+    Every hook raises :class:`OptionValueError` with a message written for users; the
+    caller turns the first one into a ``ConfigError`` naming the key path and line.
+    """
+    conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook(Path, _path_hook(base_dir))
+    conv.register_unstructure_hook(Path, str)
+    conv.register_structure_hook(ComponentSpec, _structure_spec)
+    _register_optimizer_hooks(conv)
+    conv.register_structure_hook(float, _structure_float)
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(bool, _structure_bool)
+    conv.register_structure_hook(str, _structure_str)
+    conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, _structure_literal)
+    conv.register_structure_hook_func(lambda t: t is list or get_origin(t) is list, _list_hook(conv))
+    return conv
+
+
+def _path_hook(base_dir: Path | None) -> Any:
     def structure_path(value: Any, _t: Any) -> Path:
         if not isinstance(value, (str, Path)):
             raise OptionValueError(f"expected a path string, got {value!r}")
@@ -223,63 +268,67 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
             p = base_dir / p
         return p
 
-    conv.register_structure_hook(Path, structure_path)
-    conv.register_unstructure_hook(Path, str)
+    return structure_path
 
-    def structure_spec(value: Any, _t: Any) -> ComponentSpec:
-        if isinstance(value, str):
-            return ComponentSpec(value)
-        if not isinstance(value, dict):
-            raise OptionValueError("expected a component name or {name: ..., options: {...}}")
-        extra = set(value) - {"name", "options"}
-        if extra:
-            raise OptionValueError(f"unknown keys {sorted(extra)}; component settings go "
-                                   f"under 'options'")
-        if "name" not in value:
-            raise OptionValueError("missing 'name'")
-        opts = value.get("options") or {}
-        if not isinstance(opts, dict):
-            raise OptionValueError("'options' must be a mapping")
-        return ComponentSpec(str(value["name"]), dict(opts))
 
-    conv.register_structure_hook(ComponentSpec, structure_spec)
-    _register_optimizer_hooks(conv)
+def _structure_spec(value: Any, _t: Any) -> ComponentSpec:
+    if isinstance(value, str):
+        return ComponentSpec(value)
+    if not isinstance(value, dict):
+        raise OptionValueError("expected a component name or {name: ..., options: {...}}")
+    extra = set(value) - {"name", "options"}
+    if extra:
+        raise OptionValueError(f"unknown keys {sorted(extra)}; component settings go "
+                               f"under 'options'")
+    if "name" not in value:
+        raise OptionValueError("missing 'name'")
+    opts = value.get("options") or {}
+    if not isinstance(opts, dict):
+        raise OptionValueError("'options' must be a mapping")
+    return ComponentSpec(str(value["name"]), dict(opts))
 
-    def structure_float(value: Any, _t: Any) -> float:
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        except (TypeError, ValueError):
-            raise OptionValueError(f"expected a number, got {value!r}") from None
 
-    def structure_int(value: Any, _t: Any) -> int:
-        try:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        except (TypeError, ValueError):
-            raise OptionValueError(f"expected an integer, got {value!r}") from None
-
-    def structure_bool(value: Any, _t: Any) -> bool:
+def _structure_float(value: Any, _t: Any) -> float:
+    try:
         if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise OptionValueError(f"expected true or false, got {value!r}")
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise OptionValueError(f"expected a number, got {value!r}") from None
 
-    def structure_str(value: Any, _t: Any) -> str:
-        if isinstance(value, (dict, list)):
-            raise OptionValueError(f"expected a string, got {type(value).__name__}")
-        return str(value)
 
-    def structure_literal(value: Any, t: Any) -> Any:
-        allowed = get_args(t)
-        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-            raise OptionValueError(f"expected one of {', '.join(map(repr, allowed))}, "
-                                   f"got {value!r}")
+def _structure_int(value: Any, _t: Any) -> int:
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        return int(value)
+    except (TypeError, ValueError):
+        raise OptionValueError(f"expected an integer, got {value!r}") from None
+
+
+def _structure_bool(value: Any, _t: Any) -> bool:
+    if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise OptionValueError(f"expected true or false, got {value!r}")
 
+
+def _structure_str(value: Any, _t: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise OptionValueError(f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _structure_literal(value: Any, t: Any) -> Any:
+    allowed = get_args(t)
+    if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+        raise OptionValueError(f"expected one of {', '.join(map(repr, allowed))}, "
+                               f"got {value!r}")
+    return value
+
+
+def _list_hook(conv: cattrs.Converter) -> Any:
     def structure_list(value: Any, t: Any) -> list[Any]:
         # cattrs would iterate a string ("onnx" -> o, n, n, x): a list must be a list,
         # except that one path may stand for a list of paths (paths: data.jsonl).
@@ -300,13 +349,7 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
             raise IterableValidationError(f"While structuring {t!r}", errors, t)
         return out
 
-    conv.register_structure_hook(float, structure_float)
-    conv.register_structure_hook(int, structure_int)
-    conv.register_structure_hook(bool, structure_bool)
-    conv.register_structure_hook(str, structure_str)
-    conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, structure_literal)
-    conv.register_structure_hook_func(lambda t: t is list or get_origin(t) is list, structure_list)
-    return conv
+    return structure_list
 
 
 _AT = re.compile(r"^(?P<msg>.*?) @ \$(?P<path>.*)$")

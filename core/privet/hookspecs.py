@@ -158,6 +158,25 @@ def register_exporters(register: Register) -> None:
     """
 
 
+@hookspec
+def register_key_providers(register: Register) -> None:
+    """Register key providers (subclasses of :class:`privet.KeyProvider`).
+
+    :param register: ``register(name, cls)``; ``name`` is the prefix of a key reference.
+
+    Called once when the catalog is built. ``security.encryption.key: "NAME:ARGUMENT"``
+    asks the provider ``NAME`` for the run's 32-byte key with ``ARGUMENT``; the key itself
+    is never in the pipeline file or the run folder. The core registers ``env``, ``file``
+    and ``command`` this way; a key service (KMS, Vault) is a plugin.
+
+    Example::
+
+        @privet.hookimpl
+        def register_key_providers(register):
+            register("acme_kms", AcmeKmsKey)   # key: "acme_kms:projects/p/keys/privet"
+    """
+
+
 # --- launcher ------------------------------------------------------------------------
 
 

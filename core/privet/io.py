@@ -29,7 +29,7 @@ from .errors import UsageError
 __all__ = [
     "CSV_SUFFIXES", "JSONL_SUFFIXES", "Located", "expand_paths", "format_of", "input_files",
     "iter_lines", "open_text", "outside_root", "read_csv", "read_file", "read_jsonl",
-    "read_records", "FileListing",
+    "read_records", "FileListing", "ListedFiles", "ListedFilesSource",
 ]
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
@@ -124,6 +124,50 @@ class FileListing:
         return BadRecord("outside_root", where or Path(path).name,
                          f"{path} resolves outside {root}; not read (set follow_symlinks: "
                          f"true to read files that symlinks point to)")
+
+
+class ListedFiles:
+    """Mixin for a source whose options hold ``paths`` and ``follow_symlinks``: the listing
+    (made once) and ``files()`` for the cache fingerprint, which never hashes a file that
+    leaves its folder. Subclasses set ``patterns`` (``("*.jsonl",)``)."""
+
+    patterns: tuple[str, ...] = ()
+
+    def listing(self) -> FileListing:
+        cached = getattr(self, "_listing_cache", None)
+        if cached is None:
+            options = self.options  # type: ignore[attr-defined]
+            cached = self._listing_cache = FileListing(
+                options.paths, self.patterns, follow_symlinks=options.follow_symlinks)
+        return cached
+
+    def files(self) -> list[str]:
+        return sorted(self.listing().readable())
+
+
+class ListedFilesSource(ListedFiles):
+    """:class:`ListedFiles` plus one shard per file and the ``outside_root`` refusal:
+    a source implements only ``read_file(path)``, yielding ``(file:line, record)``."""
+
+    def shards(self) -> list[Any]:
+        from .components import Shard
+
+        return [Shard(p) for p in self.listing().files]
+
+    def read_located(self, shard: Any) -> Iterator[Located]:
+        """``(file:line, record or BadRecord)``: the engine names lines with it."""
+        refusal = self.listing().refusal(shard.path)
+        if refusal is not None:
+            yield refusal.location, refusal
+            return
+        yield from self.read_file(shard.path)
+
+    def read(self, shard: Any) -> Iterator[Record | BadRecord]:
+        for _where, item in self.read_located(shard):
+            yield item
+
+    def read_file(self, path: str) -> Iterator[Located]:
+        raise NotImplementedError(f"{type(self).__name__} must implement read_file(path)")
 
 
 # -- JSON Lines --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from .errors import PluginError
 GROUP = "privet.plugins"
 #: Core modules registered through the same hooks as any plugin (pytest's default_plugins).
 BUILTINS = ("privet.builtins.optimizers", "privet.builtins.schedulers", "privet.builtins.exporters",
-            "privet.builtins.sources")
+            "privet.builtins.sources", "privet.builtins.keys")
 ENV_DISABLE = "PRIVET_DISABLE_PLUGINS"
 ENV_LOAD = "PRIVET_LOAD_PLUGINS"
 ENV_STRICT = "PRIVET_STRICT_PLUGINS"
@@ -42,6 +42,7 @@ _COMPONENT_HOOKS = {
     "optimizer": "register_optimizers",
     "scheduler": "register_schedulers",
     "exporter": "register_exporters",
+    "key_provider": "register_key_providers",
 }
 
 

@@ -1,8 +1,15 @@
 """Every read and write of a run folder goes through here.
 
-One small module so that encryption at rest and object stores can be added in one place
-later. Writes are atomic: temp file, fsync, rename, fsync of the folder. A failed write
-(full disk, killed process) leaves the previous version of the file intact.
+One small module, so that encryption at rest and object stores live in one place. Writes
+are atomic: temp file, fsync, rename, fsync of the folder. A failed write (full disk,
+killed process) leaves the previous version of the file intact. Folders are created 0700
+and files 0600 whatever the umask (chmod explicitly): they hold data derived from private
+data.
+
+With a :class:`privet.crypto.Cipher`, every file but :data:`PLAIN_NAMES` is sealed on
+write and opened (fully authenticated) on read. A Storage made without an explicit cipher
+takes the one :func:`protect` registered for a folder above its root, so code that makes
+its own ``Storage(path)`` inside an encrypted run folder or cache cannot write plaintext.
 """
 
 from __future__ import annotations
@@ -16,6 +23,55 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import CheckpointError, PrivetError
+
+#: Files that stay plaintext in an encrypted folder: the config (key reference only, never
+#: the key), the manifest and the reports (counts, metrics, times). See docs/security.md.
+PLAIN_NAMES = frozenset({"config.yaml", "manifest.json", "report.json", ".lock"})
+_FROM_REGISTRY: Any = object()
+_PROTECTED: dict[Path, Any] = {}
+
+
+def protect(root: str | os.PathLike[str], cipher: Any) -> None:
+    """Every Storage under ``root`` made without a cipher uses ``cipher`` (None: plaintext)."""
+    _PROTECTED[Path(root).resolve()] = cipher
+
+
+def _registered(root: Path) -> Any:
+    if not _PROTECTED:
+        return None
+    resolved = root.resolve()
+    for candidate in (resolved, *resolved.parents):
+        if candidate in _PROTECTED:
+            return _PROTECTED[candidate]
+    return None
+
+
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """umask 077 for the block: files that libraries create themselves (TensorBoard event
+    files, exporters' artifacts) are owner-only too; the previous umask is restored."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mkdirs(p: Path) -> None:
+    """Create ``p`` and its missing parents as 0700 (chmod: the umask cannot widen or narrow it)."""
+    missing = []
+    q = p
+    while not q.exists():
+        missing.append(q)
+        if q.parent == q:
+            break
+        q = q.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(d, 0o700)
 
 
 class StorageError(PrivetError, OSError):
@@ -43,10 +99,22 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Storage:
-    """A folder with atomic writes. Paths given to methods are relative to ``root``."""
+    """A folder with atomic, owner-only writes, encrypted when it has a cipher.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    Paths given to methods are relative to ``root``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], cipher: Any = _FROM_REGISTRY) -> None:
         self.root = Path(root)
+        self.cipher = _registered(self.root) if cipher is _FROM_REGISTRY else cipher
+
+    def sub(self, rel: str | os.PathLike[str]) -> "Storage":
+        """The Storage of folder ``rel`` (or of an absolute folder), with the same cipher."""
+        return Storage(self.root / rel, cipher=self.cipher)
+
+    def encrypts(self, rel: str | os.PathLike[str]) -> bool:
+        """Whether ``rel`` is sealed here (a cipher, and not one of :data:`PLAIN_NAMES`)."""
+        return self.cipher is not None and Path(rel).name not in PLAIN_NAMES
 
     def path(self, rel: str | os.PathLike[str] = "") -> Path:
         """The local path of ``rel`` (for libraries that need a real file, like mmap)."""
@@ -59,10 +127,27 @@ class Storage:
         """Create ``rel`` (owner-only: run folders hold data derived from private data)."""
         p = self.path(rel)
         try:
-            p.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _mkdirs(p)
         except OSError as err:
             raise _fail("create", p, err) from err
         return p
+
+    def size(self, rel: str = "") -> int:
+        """Bytes on disk of file or folder ``rel`` (links not followed)."""
+        p = self.path(rel)
+        if not p.is_dir():
+            return p.stat().st_size if p.exists() else 0
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+
+    def mtime(self, rel: str) -> float:
+        return self.path(rel).stat().st_mtime
+
+    def touch(self, rel: str) -> None:
+        """Mark ``rel`` as used now (its mtime): what ``privet cache list`` shows as last use."""
+        try:
+            os.utime(self.path(rel))
+        except OSError:
+            pass  # a read-only cache is still usable
 
     def listdir(self, rel: str = "") -> list[str]:
         p = self.path(rel)
@@ -71,10 +156,46 @@ class Storage:
     # -- reads ----------------------------------------------------------------------------
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.path(rel).read_bytes()
+        """The file's bytes, decrypted and authenticated when this folder is encrypted.
+
+        An encrypted file read without a key is refused ("key missing"), and a plaintext
+        file where a sealed one belongs is refused ("authentication failed"): a swapped-in
+        plaintext file is never taken for the real one.
+        """
+        from .crypto import KeyMissingError, is_encrypted
+
+        p = self.path(rel)
+        data = p.read_bytes()
+        if self.encrypts(rel):
+            return self.cipher.decrypt(data, name=p)
+        if is_encrypted(data):
+            raise KeyMissingError(f"{p}: key missing: the file is encrypted; set "
+                                  f"security.encryption.key (or --key) to the run's key")
+        return data
+
+    def local_file(self, rel: str) -> Path:
+        """The path of plaintext file ``rel``, for a library that reads files itself (mmap).
+
+        Only for folders that do not encrypt it; an encrypted file found there is refused
+        with "key missing" rather than handed to a parser as garbage.
+        """
+        from .crypto import MAGIC, KeyMissingError
+
+        p = self.path(rel)
+        if self.encrypts(rel):
+            raise StorageError(f"{p}: an encrypted file has no plaintext path; read its bytes")
+        try:
+            with open(p, "rb") as fh:
+                head = fh.read(len(MAGIC))
+        except OSError:
+            return p  # the library reports the missing or unreadable file itself
+        if head == MAGIC:
+            raise KeyMissingError(f"{p}: key missing: the file is encrypted; set "
+                                  f"security.encryption.key (or --key) to the run's key")
+        return p
 
     def read_text(self, rel: str) -> str:
-        return self.path(rel).read_text(encoding="utf-8")
+        return self.read_bytes(rel).decode("utf-8")
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.read_text(rel))
@@ -94,12 +215,15 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> Path:
         """Atomically replace ``rel`` with ``data``."""
         target = self.path(rel)
+        if self.encrypts(rel):
+            data = self.cipher.encrypt(data)
         try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _mkdirs(target.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         except OSError as err:
             raise _fail("write", target, err) from err
         try:
+            os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
@@ -130,18 +254,23 @@ class Storage:
         target = self.path(rel)
         tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
         try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _mkdirs(target.parent)
             if tmp.exists():
                 shutil.rmtree(tmp)
-            tmp.mkdir(mode=0o700)
+            _mkdirs(tmp)
         except OSError as err:
             raise CheckpointError(f"cannot write {target}: {err.strerror or err}; "
                                   f"the previous files are intact") from err
         try:
             yield tmp
-            for child in tmp.iterdir():
-                with open(child, "rb") as fh:
-                    os.fsync(fh.fileno())
+            for child in sorted(tmp.rglob("*"), reverse=True):  # subfolders too (model folders)
+                if child.is_dir() and not child.is_symlink():
+                    os.chmod(child, 0o700)
+                    _fsync_dir(child)
+                elif child.is_file() and not child.is_symlink():
+                    with open(child, "rb") as fh:  # files a library wrote: owner-only too
+                        os.fchmod(fh.fileno(), 0o600)
+                        os.fsync(fh.fileno())
             _fsync_dir(tmp)
             if target.exists():
                 shutil.rmtree(target)
@@ -159,6 +288,27 @@ class Storage:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def seal_tree(self, rel: str = "") -> list[str]:
+        """Seal, in place, the plaintext files a library wrote under folder ``rel`` (an
+        exporter's artifacts, in a temp folder not yet renamed into place). Returns their
+        names; does nothing without a cipher."""
+        from .crypto import MAGIC
+
+        if self.cipher is None:
+            return []
+        folder = self.path(rel)
+        sealed = []
+        for p in sorted(folder.rglob("*")):
+            if p.is_symlink() or not p.is_file() or p.name in PLAIN_NAMES:
+                continue
+            with open(p, "rb") as fh:
+                if fh.read(len(MAGIC)) == MAGIC:
+                    continue
+            name = str(p.relative_to(self.root))
+            self.write_bytes(name, p.read_bytes())
+            sealed.append(name)
+        return sealed
+
     def claim(self, rel: str) -> bool:
         """Create folder ``rel`` (0700) if nobody has: ``False`` when it already exists.
 
@@ -167,6 +317,7 @@ class Storage:
         p = self.path(rel)
         try:
             p.mkdir(mode=0o700)
+            os.chmod(p, 0o700)
             return True
         except FileExistsError:
             return False
@@ -177,9 +328,11 @@ class Storage:
         """A raw descriptor (0600) for what needs one, such as an advisory lock file."""
         p = self.path(rel)
         try:
-            return os.open(p, flags, 0o600)
+            fd = os.open(p, flags, 0o600)
         except OSError as err:
             raise _fail("open", p, err) from err
+        os.fchmod(fd, 0o600)
+        return fd
 
     def symlink(self, rel: str, target: str | os.PathLike[str]) -> None:
         """Point ``rel`` at ``target`` (a folder), replacing a link to somewhere else."""
@@ -203,9 +356,14 @@ class Storage:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def rename(self, rel: str, new_rel: str) -> None:
-        """Atomically move ``rel`` to ``new_rel`` (same folder tree), then fsync the folder."""
+        """Atomically move ``rel`` to ``new_rel`` (same folder tree), then fsync the folder.
+
+        A file moved into place is made owner-only (a library may have written it).
+        """
         target = self.path(new_rel)
         try:
+            if self.path(rel).is_file():
+                os.chmod(self.path(rel), 0o600)
             os.replace(self.path(rel), target)
         except OSError as err:
             raise _fail("rename", self.path(rel), err) from err
@@ -213,7 +371,9 @@ class Storage:
 
     def remove(self, rel: str) -> None:
         p = self.path(rel)
-        if p.is_dir():
+        if p.is_symlink():  # a link (the run's ``cache``): the link goes, not its target
+            p.unlink()
+        elif p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()

@@ -72,11 +72,17 @@ def test_help_lists_commands_without_importing_them(privet_cli):
     assert "Check a pipeline file without touching data." in result.stdout
 
 
-def test_version(privet_cli):
+def test_version_lists_the_installed_plugin_distributions(privet_cli, fake_site):
+    # a plugin whose import would fail: --version reads metadata only, it imports nothing
+    fake_site.add("acme", "raise RuntimeError('imported')", dist="acme-privet", version="2.3.4")
+
     result = privet_cli("--version")
 
-    assert result.returncode == 0
-    assert result.stdout.strip() == f"privet, version {privet.__version__}"
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [f"privet, version {privet.__version__}", "plugins:"]
+    assert "  acme-privet 2.3.4 (acme)" in lines
+    assert result.stderr == ""
 
 
 def test_plugin_dir_loads_every_py_module_as_a_plugin(privet_cli, sample_plugins):

@@ -402,6 +402,39 @@ def test_register_schedulers_builtins_build_working_schedulers(privet_host):
                                   torch.optim.lr_scheduler.ReduceLROnPlateau)), name
 
 
+class FixedKey(privet.KeyProvider):
+    """A key provider of a plugin: the key is derived from the argument (tests only)."""
+
+    def load(self, argument, base_dir):
+        import hashlib
+
+        return hashlib.sha256(argument.encode()).digest()
+
+
+def test_register_key_providers_plugin_key_seals_the_run_folder(run_pipeline, host):
+    import hashlib
+
+    from privet.crypto import Cipher
+    from privet.storage import Storage
+
+    class Plugin:
+        @privet.hookimpl
+        def register_key_providers(self, register):
+            register("acme_kms", FixedKey)
+
+    host.register_plugin(Plugin(), "acme")
+    assert {"env", "file", "command", "acme_kms"} <= set(host.catalog.names("key_provider"))
+    outcome = run_pipeline(_pipeline(security={"encryption": {"key": "acme_kms:projects/p/keys/k"}},
+                                     export={"formats": []}))
+
+    outcome.assert_success()
+    state = outcome.run_dir / "state" / "components.json"
+    assert not state.read_bytes().startswith(b"{")
+    key = hashlib.sha256(b"projects/p/keys/k").digest()
+    opened = Storage(outcome.run_dir, cipher=Cipher(key)).read_json("state/components.json")
+    assert opened["model"]["name"] == "tiny.mlp"
+
+
 class NpzExporter(privet.Exporter):
     """Writes the module's weights to an ``.npz`` file."""
 

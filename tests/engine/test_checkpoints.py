@@ -136,3 +136,48 @@ def test_load_trained_returns_the_fitted_model_and_the_best_or_last_weights(run,
     _model, last_module = load_trained(outcome.run_dir, host=host, weights="last")
     last = read_weights(checkpoints(outcome.run_dir)[-1] / "model.safetensors")
     assert all(torch.equal(v, last[k]) for k, v in last_module.state_dict().items())
+
+
+def test_a_model_that_trains_a_part_checkpoints_only_that_part_and_resumes_exactly(host, run, tmp_path):
+    """``Model.trainable_state_dict``: what an adapter model (LoRA on a frozen LLM) relies on."""
+    from safetensors.torch import load_file
+
+    from engine_support import tinyplugin
+
+    class HeadOnly(tinyplugin.MLP):
+        """The MLP with its first layer frozen: checkpoints hold the other layers only."""
+
+        def build(self):
+            module = super().build()
+            module[0].requires_grad_(False)
+            return module
+
+        def trainable_state_dict(self, module):
+            return {k: v for k, v in module.state_dict().items() if not k.startswith("0.")}
+
+        def load_trainable_state_dict(self, module, tensors):
+            missing, unexpected = module.load_state_dict(tensors, strict=False)
+            assert not unexpected and all(k.startswith("0.") for k in missing)
+
+    host.register_plugin(type("HeadOnlyPlugin", (), {
+        "register_models": privet.hookimpl(lambda self, register: register("tiny.head_only", HeadOnly))})(),
+        "head_only")
+    config = blobs_pipeline(checkpoint={"every_n_steps": 5}, epochs=3, deterministic=True)
+    config["model"] = {"name": "tiny.head_only", "options": {"hidden": 8}}
+    reference = run(config)
+    reference.assert_success()
+    saved = load_file(str(checkpoints(reference.run_dir)[-1] / "model.safetensors"))
+    assert sorted(saved) == ["3.bias", "3.weight", "5.bias", "5.weight"]
+    assert sorted(load_file(str(reference.run_dir / "best" / "model.safetensors"))) == sorted(saved)
+
+    config["train"]["max_steps"] = 12  # stop part-way, then resume to the end
+    stopped = run({**config, "name": "part"})
+    stopped.assert_success()
+    import yaml
+
+    run_dir = stopped.run_dir
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    stored["train"]["max_steps"] = 0
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    _resume(host, run_dir)
+    assert_same_tensors(load_file(str(checkpoints(run_dir)[-1] / "model.safetensors")), saved)

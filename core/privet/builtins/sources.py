@@ -11,50 +11,17 @@ from typing import Iterator
 
 import attrs
 
-from ..components import BadRecord, Record, Shard, Source
+from ..components import Source
 from ..hookspecs import hookimpl
-from ..io import FileListing, Located, iter_lines, open_text, read_csv, read_jsonl
+from ..io import ListedFilesSource, Located, iter_lines, open_text, read_csv, read_jsonl
 from ..validators import existing_paths
 
 __all__ = ["Csv", "JsonLines", "iter_lines", "open_text"]  # the two readers moved to privet.io
 
 
-class _FileSource(Source):
-    """Shared listing: files named in ``paths`` plus matching files in named folders.
-
-    A file in a folder that is a symlink to somewhere outside it is not read: it becomes
-    an ``outside_root`` bad record (``follow_symlinks: true`` reads it).
-    """
-
-    patterns: tuple[str, ...] = ()
-
-    def _listing(self) -> FileListing:
-        cached = getattr(self, "_listing_cache", None)
-        if cached is None:
-            cached = self._listing_cache = FileListing(
-                self.options.paths, self.patterns, follow_symlinks=self.options.follow_symlinks)
-        return cached
-
-    def shards(self) -> list[Shard]:
-        return [Shard(p) for p in self._listing().files]
-
-    def files(self) -> list[str]:
-        return sorted(self._listing().readable())
-
-    def read_located(self, shard: Shard) -> Iterator[Located]:
-        """``(file:line, record or BadRecord)``: the engine names lines with it."""
-        refusal = self._listing().refusal(shard.path)
-        if refusal is not None:
-            yield refusal.location, refusal
-            return
-        yield from self._read_file(shard.path)
-
-    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        for _where, item in self.read_located(shard):
-            yield item
-
-    def _read_file(self, path: str) -> Iterator[Located]:
-        raise NotImplementedError
+class _FileSource(ListedFilesSource, Source):
+    """Files named in ``paths`` plus matching files in named folders (``privet.io``'s
+    listing: a symlink out of its folder is an ``outside_root`` bad record)."""
 
 
 class JsonLines(_FileSource):
@@ -68,7 +35,7 @@ class JsonLines(_FileSource):
         #: Read files in the folders that are symlinks to places outside them.
         follow_symlinks: bool = False
 
-    def _read_file(self, path: str) -> Iterator[Located]:
+    def read_file(self, path: str) -> Iterator[Located]:
         return read_jsonl(path)
 
 
@@ -89,7 +56,7 @@ class Csv(_FileSource):
         #: Read files in the folders that are symlinks to places outside them.
         follow_symlinks: bool = False
 
-    def _read_file(self, path: str) -> Iterator[Located]:
+    def read_file(self, path: str) -> Iterator[Located]:
         return read_csv(path, delimiter=self.options.delimiter,
                         parse_numbers=self.options.parse_numbers)
 

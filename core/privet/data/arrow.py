@@ -1,7 +1,10 @@
 """Memory-mapped Arrow IPC shards: written once, read with random access.
 
 Reading maps the files, so a shuffled epoch needs no copy of the data in RAM and
-DataLoader workers share the pages with the main process.
+DataLoader workers share the pages with the main process. In an encrypted cache a shard
+is serialised in memory and sealed by the storage module, and read back by decrypting
+it whole, shard by shard, into memory (DataLoader workers forked after that share those
+pages): no plaintext shard ever reaches the disk.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import DataError
 from ..storage import Storage
+
+_FROM_FOLDER: Any = object()
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from .columns import Columns
@@ -33,8 +38,10 @@ def _approx_size(record: dict[str, Any]) -> int:
 class ArrowShardWriter:
     """Buffers records and writes them as Arrow IPC files of at most ``shard_rows`` rows."""
 
-    def __init__(self, folder: Path, split: str, shard_rows: int) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: Path | Storage, split: str, shard_rows: int) -> None:
+        #: a Storage keeps its cipher; a plain path gets its folder's (see privet.storage)
+        self.storage = folder if isinstance(folder, Storage) else Storage(folder)
+        self.folder = self.storage.root
         self.split = split
         self.shard_rows = max(1, shard_rows)
         self.rows = 0
@@ -59,16 +66,22 @@ class ArrowShardWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
             raise DataError(f"records of split {self.split!r} cannot be stored: {err}; a "
                             f"component yields values of different types under one key") from err
-        storage = Storage(self.folder)
+        storage = self.storage
         storage.makedirs()
         name = f"{self.split}-{len(self._files):05d}.arrow"
         path = storage.path(name)
-        # pyarrow writes the file itself (the storage module hands it the path), then the
-        # rename makes the shard appear whole
-        with pa.OSFile(str(storage.path(name + ".tmp")), "wb") as sink, \
-                pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        storage.rename(name + ".tmp", name)
+        if storage.encrypts(name):  # serialised in memory, sealed, written atomically
+            buffer = pa.BufferOutputStream()
+            with pa.ipc.new_file(buffer, table.schema) as writer:
+                writer.write_table(table)
+            storage.write_bytes(name, memoryview(buffer.getvalue()))
+        else:
+            # pyarrow writes the file itself (the storage module hands it the path), then
+            # the rename makes the shard appear whole
+            with pa.OSFile(str(storage.path(name + ".tmp")), "wb") as sink, \
+                    pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            storage.rename(name + ".tmp", name)
         self._files.append(str(path))
         self._buffer = []
         self._bytes = 0
@@ -91,10 +104,17 @@ def _index_array(indices: Any) -> Any:
 
 
 class ArrowTable:
-    """Random access over the rows of several Arrow IPC files, memory-mapped."""
+    """Random access over the rows of several Arrow IPC files, memory-mapped.
 
-    def __init__(self, files: list[str]) -> None:
+    ``cipher``: the cache's (decrypt each shard into memory); by default the one the
+    storage module registered for the files' folder, if any.
+    """
+
+    def __init__(self, files: list[str], cipher: Any = _FROM_FOLDER) -> None:
         self.files = list(files)
+        if cipher is _FROM_FOLDER:
+            cipher = Storage(Path(self.files[0]).parent).cipher if self.files else None
+        self.cipher = cipher
         self._tables: list[Any] | None = None
         self._offsets: list[int] = []
         #: numpy views of columns, per file (see privet.data.columns.column_views)
@@ -110,12 +130,21 @@ class ArrowTable:
             offsets = []
             total = 0
             for f in self.files:
-                table = pa.ipc.open_file(pa.memory_map(f, "r")).read_all()
+                table = self._read(f)
                 offsets.append(total)
                 total += table.num_rows
                 tables.append(table)
             self._tables, self._offsets = tables, offsets
         return self._tables
+
+    def _read(self, file: str) -> Any:
+        import pyarrow as pa
+
+        storage = Storage(Path(file).parent, cipher=self.cipher)
+        name = Path(file).name
+        if storage.encrypts(name):  # authenticated whole before pyarrow parses a byte
+            return pa.ipc.open_file(pa.BufferReader(storage.read_bytes(name))).read_all()
+        return pa.ipc.open_file(pa.memory_map(str(storage.local_file(name)), "r")).read_all()
 
     def __len__(self) -> int:
         return self.num_rows

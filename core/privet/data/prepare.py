@@ -145,6 +145,8 @@ class Preparer:
         self.seed = seed
         self.fingerprint_extra = fingerprint_extra
         self.log = log
+        #: the cache's cipher (set by :meth:`prepare` from the storage module), or None
+        self.cipher: Any = None
 
     # -- fingerprint --------------------------------------------------------------------------
 
@@ -157,8 +159,11 @@ class Preparer:
         paths = self.source.files()
         hash_below = (1 << 20) if len(paths) <= 2000 else -1
         files = [file_fingerprint(f, full_hash_below=hash_below) for f in paths]
+        extra = dict(self.fingerprint_extra)
+        if self.cipher is not None:  # an encrypted cache is another cache, one per key
+            extra["encryption"] = self.cipher.key_id
         blob = json.dumps({"version": CACHE_VERSION, "files": files, "seed": self.seed,
-                           "code": self.code_versions(), **self.fingerprint_extra},
+                           "code": self.code_versions(), **extra},
                           sort_keys=True, default=str)
         if len(files) > 1000:  # keep meta.json small: a digest stands for the list
             listing = json.dumps(files, sort_keys=True, default=str).encode()
@@ -279,16 +284,18 @@ class Preparer:
         when ``meta.json`` is written: a process killed mid-way leaves no folder that
         looks complete, and the next run prepares again (and removes the leftovers).
         """
+        root = Storage(cache_root)  # encrypted when the run registered its cipher for it
+        self.cipher = root.cipher
         fp, files = self.fingerprint()
-        cache = Storage(Path(cache_root) / fp)
+        cache = root.sub(fp)
         if cache.exists("meta.json"):
             return self._reuse(cache, fp)
         started = time.perf_counter()
-        root = Storage(cache_root)
         _remove_leftovers(root)
         work_name = f".tmp-{fp}-{os.getpid()}"
         root.remove(work_name)
-        work = Storage(root.makedirs(work_name))
+        root.makedirs(work_name)
+        work = root.sub(work_name)
         try:
             meta = self._build(work, fp, files)
             meta["seconds"] = round(time.perf_counter() - started, 3)
@@ -308,6 +315,7 @@ class Preparer:
 
     def _reuse(self, cache: Storage, fp: str) -> Prepared:
         meta = cache.read_json("meta.json")
+        cache.touch("meta.json")  # its last use, for privet cache list / clear --older-than
         self._load_states(meta)
         self.log(f"data: reusing prepared cache {cache.root}")
         return Prepared(cache, fp, self._open(cache, meta), meta, True)
@@ -325,7 +333,7 @@ class Preparer:
         drops = DropCounter()
         total = [0]
         counters: list[Any] = []
-        writers = {s: ArrowShardWriter(cache.path("records"), s, self.data.shard_rows) for s in SPLITS}
+        writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
         snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
         for part, record in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
             writers[part].add(record)
@@ -335,12 +343,12 @@ class Preparer:
             raise DataError(f"no training records left after cleaning ({total[0]} read, "
                             f"{drops.total} dropped: {dict(drops.counts)}); check the source and "
                             f"cleaner options")
-        records = {s: ArrowTable(fs) for s, fs in record_files.items()}
+        records = {s: ArrowTable(fs, cipher=cache.cipher) for s, fs in record_files.items()}
         self.model.fit(_Reiterable(records["train"].iter_rows))
         example_files = dict(record_files)
         if type(self.model).examples is not Model.examples:
             for s in SPLITS:
-                w = ArrowShardWriter(cache.path("examples"), s, self.data.shard_rows)
+                w = ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows)
                 for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
                     w.add(ex)
                 example_files[s] = w.close()
@@ -355,7 +363,7 @@ class Preparer:
             "read": total[0],
             "kept": sum(w.rows for w in writers.values()),
             "counts": {s: writers[s].rows for s in SPLITS},
-            "examples": {s: ArrowTable(example_files[s]).num_rows for s in SPLITS},
+            "examples": {s: ArrowTable(example_files[s], cipher=cache.cipher).num_rows for s in SPLITS},
             "dropped": dict(drops.counts),
             "bad": drops.bad,
             "dropped_examples": drops.examples,
@@ -380,7 +388,8 @@ class Preparer:
 
     @staticmethod
     def _open(cache: Storage, meta: dict[str, Any]) -> dict[str, ArrowTable]:
-        return {s: ArrowTable([str(cache.path(f)) for f in meta["example_files"][s]]) for s in SPLITS}
+        return {s: ArrowTable([str(cache.path(f)) for f in meta["example_files"][s]], cipher=cache.cipher)
+                for s in SPLITS}
 
 
 class _Reiterable:
@@ -407,6 +416,13 @@ def counts_since(after: Any, before: Any) -> Any:
     if isinstance(after, numeric) and isinstance(before, numeric) and not isinstance(after, bool):
         return after - before
     return after
+
+
+def remove_cache(cache: Storage, run_storage: Storage | None = None) -> None:
+    """Delete a prepared cache folder (and the run folder's ``cache`` link to it)."""
+    Storage(cache.root.parent, cipher=cache.cipher).remove(cache.root.name)
+    if run_storage is not None:
+        run_storage.remove("cache")
 
 
 def _remove_leftovers(cache_root: Storage) -> None:

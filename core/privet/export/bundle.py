@@ -56,11 +56,37 @@ def _stderr(message: str) -> None:
 
 
 def sha256_of(path: str | Path, storage: Storage | None = None) -> str:
-    """SHA-256 of a file: ``path`` relative to ``storage``, or a path (its folder's storage)."""
+    """SHA-256 of a file: ``path`` relative to ``storage``, or a path (its folder's storage).
+
+    A folder artifact (a Hugging Face model folder) hashes the sorted list of its files'
+    relative names and digests, so a renamed, added, removed or edited file changes it.
+    """
     if storage is None:
         path = Path(path)
         storage, path = Storage(path.parent), path.name
+    if storage.path(str(path)).is_dir():
+        lines = [f"{rel}\0{sha256_of(f'{path}/{rel}', storage)}\n"
+                 for rel in _tree_files(storage.path(str(path)))]
+        return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
     return hashlib.sha256(storage.read_bytes(str(path))).hexdigest()
+
+
+def _tree_files(folder: Path) -> list[str]:
+    """Relative POSIX names of the files under ``folder``; a symlink inside is refused."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_symlink():
+            raise ExportError(f"{p}: a symlink inside an artifact folder; refusing it")
+        if p.is_file():
+            out.append(p.relative_to(folder).as_posix())
+    return out
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_dir():
+        return sum((path / rel).stat().st_size for rel in _tree_files(path))
+    return path.stat().st_size
 
 
 def expand_formats(formats: Iterable[str] | str | None) -> list[str]:
@@ -113,14 +139,21 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
     model, module, cleaners = _trained_objects(run_dir, host, trained, cleaners)
     storage = Storage(run_dir)
     exporters = {f: host.catalog.get("exporter", f, key_path="export.formats") for f in formats}
-    example, check, eval_batches = _batches(model, _cached_examples(run_dir, storage), run_dir)
-    eager_example = _eager(module, example.feed)
-    axes = model.dynamic_axes()
+    tables = _cached_examples(run_dir, storage)
+    example = check = None
+    eager_example: list[Any] = []
+    eval_batches: list[Any] = []
+    axes: dict[str, Any] = {}
+    if not all(getattr(e.cls, "verifies_itself", False) for e in exporters.values()):
+        example, check, eval_batches = _batches(model, tables, run_dir)
+        eager_example = _eager(module, example.feed)
+        axes = model.dynamic_axes()
+    records = _validation_records(tables)
     notes: list[str] = []
     with storage.atomic_dir("export") as tmp:
         files = _write_preprocessing(model, tmp)
         artifacts, runners = _export_all(exporters, model, module, example, check, eager_example,
-                                         axes, tmp, notes, say)
+                                         axes, tmp, notes, say, records)
         quantization: dict[str, Any] = {}
         if quantize:
             from .verify import Evaluator
@@ -128,6 +161,7 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
             evaluator = Evaluator(model, module, eval_batches)
             quantization = _quantize(quantize, model, module, evaluator, artifacts, runners,
                                      eval_batches, tmp, notes, say)
+        storage.sub(tmp).seal_tree()  # encrypted run: artifacts are sealed before the rename
         bundle = _bundle_json(run_dir, config, host, model, cleaners, example, eager_example,
                               axes, files, artifacts, tmp)
         Storage(tmp).write_text("bundle.json", json.dumps(bundle, indent=2) + "\n")
@@ -160,13 +194,16 @@ def _trained_objects(run_dir: Path, host: Any, trained: tuple[Any, Any] | None,
 
 def _export_all(exporters: dict[str, Any], model: Any, module: Any, example: Any, check: Any,
                 eager_example: list[Any], axes: Any, folder: Path, notes: list[str],
-                say: Log) -> tuple[dict[str, dict[str, Any]], dict[str, Runner]]:
+                say: Log, records: list[Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Runner]]:
     artifacts: dict[str, dict[str, Any]] = {}
     runners: dict[str, Runner] = {}
     for name, entry in exporters.items():
         say(f"export: {name} ...")
-        info, runner = _export_one(name, entry, model, module, example, check, eager_example,
-                                   axes, folder)
+        if getattr(entry.cls, "verifies_itself", False):
+            info, runner = _export_self_verified(name, entry, model, module, records, folder), None
+        else:
+            info, runner = _export_one(name, entry, model, module, example, check, eager_example,
+                                       axes, folder)
         artifacts[name] = info
         notes += [f"{name}: {n}" for n in info.get("notes", [])]
         if runner is not None:
@@ -252,6 +289,48 @@ def _batches(model: Any, tables: dict[str, Any], run_dir: Path) -> tuple[Any, An
         if b is not None:
             eval_batches.append(b)
     return example, check, eval_batches
+
+
+def _validation_records(tables: dict[str, Any]) -> list[Any]:
+    """Up to ``VERIFY_BATCH`` cached examples of the first non-empty split of val, test, train."""
+    split = next((s for s in ("val", "test", "train") if s in tables and len(tables[s])), None)
+    if split is None:
+        return []
+    return tables[split].rows(list(range(min(len(tables[split]), VERIFY_BATCH))))
+
+
+def _export_self_verified(name: str, entry: Any, model: Any, module: Any, records: list[Any],
+                          folder: Path) -> dict[str, Any]:
+    """Export with an exporter that checks its own artifact (``Exporter.verifies_itself``)."""
+    exporter = entry.cls(entry.cls.Options())
+    info: dict[str, Any] = {"exporter": name, "loader": name, "precision": "fp32"}
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = Path(exporter.export(module, (), folder, model.input_names(),
+                                        model.output_names(), model=model, records=records))
+    except PrivetError as err:
+        return {**info, "verified": False, "error": str(err), "file": None, "size_bytes": 0}
+    except Exception as err:
+        return {**info, "verified": False, "file": None, "size_bytes": 0,
+                "error": f"{type(err).__name__}: {_first_line(err)}"}
+    if path.parent.resolve() != folder.resolve():
+        raise ExportError(f"exporter {name!r} wrote {path} outside the bundle folder")
+    details = dict(getattr(exporter, "details", {}))
+    info.update(seconds=round(time.perf_counter() - t0, 3), notes=list(getattr(exporter, "notes", [])),
+                dynamic=details.pop("dynamic", True), details=details, file=path.name,
+                size_bytes=size_of(path), precision=details.pop("precision", "fp32"))
+    verification = dict(getattr(exporter, "verification", {}))
+    info["verification"] = verification
+    checks = [v for v in verification.values() if isinstance(v, dict)]
+    info["verified"] = bool(checks) and all(v.get("ok") for v in checks)
+    if not info["verified"]:
+        bad = next((v for v in checks if not v.get("ok")), {})
+        info["error"] = bad.get("error") or (
+            f"max |diff| {bad.get('max_abs_diff')} exceeds the tolerance {bad.get('tolerance')}"
+            if bad else "the exporter reported no verification")
+    return info
 
 
 def _eager(module: Any, feed: dict[str, Any]) -> list[Any]:
@@ -350,8 +429,8 @@ def _quantize(mode: str, model: Any, module: Any, evaluator: Any, artifacts: dic
               runners: dict[str, Runner], eval_batches: list[Any], folder: Path,
               notes: list[str], say: Log) -> dict[str, Any]:
     """int8 copies of the ONNX and torch_export artifacts, with size and metrics before/after."""
-    from .quantize import (TORCHAO_SCHEME, load_torchao, quantize_onnx, quantize_torchao,
-                           torchao_available)
+    from .quantize import (INSTALL_INT8, TORCHAO_SCHEME, load_torchao, quantize_onnx,
+                           quantize_torchao, torchao_available)
 
     eager_metrics = evaluator.metrics()
     out: dict[str, Any] = {"mode": QUANTIZE_MODES[mode], "validation_examples": evaluator.count,
@@ -390,7 +469,7 @@ def _quantize(mode: str, model: Any, module: Any, evaluator: Any, artifacts: dic
             out["torch_int8"] = artifacts["torch_int8"]["quantization"]
             notes += [f"torch_int8: {n}" for n in artifacts["torch_int8"]["notes"]]
         else:
-            notes.append("torch_int8: skipped, torchao is not installed (pip install torchao); "
+            notes.append(f"torch_int8: skipped, torchao is not installed ({INSTALL_INT8}); "
                          "torch.ao.quantization is deprecated upstream")
     return out
 
@@ -487,8 +566,9 @@ def _bundle_json(run_dir: Path, config: dict[str, Any], host: Any, model: Any, c
         "source": _component(host, "source", config["data"]["source"]
                              if isinstance(config["data"]["source"], dict)
                              else {"name": config["data"]["source"]}),
-        "inputs": _io_spec(model.input_names(), [np.asarray(v) for v in example.feed.values()], axes),
-        "outputs": _io_spec(model.output_names(), eager_example, axes),
+        "inputs": _io_spec(model.input_names(), [np.asarray(v) for v in example.feed.values()],
+                           axes) if example is not None else [],
+        "outputs": _io_spec(model.output_names(), eager_example, axes) if example is not None else [],
         "files": files,
         "artifacts": artifacts,
         "default_artifact": usable[0] if usable else None,
@@ -618,7 +698,9 @@ class Bundle:
 
     def _check_file(self, name: str, sha256: str | None, what: str) -> Path:
         p = self.folder / name
-        if not self.storage.path(name).is_file():
+        if self.storage.path(name).is_dir() and what.endswith(" artifact"):
+            pass  # a folder artifact (a Hugging Face model folder): its digest covers every file
+        elif not self.storage.path(name).is_file():
             raise ExportError(f"{p}: missing {what}; the bundle is incomplete, copy the whole "
                               f"export folder or re-export the run")
         if sha256 and sha256_of(name, self.storage) != sha256:
@@ -769,7 +851,7 @@ class Bundle:
             entry = host.catalog.get("exporter", loader) if host is not None else None
         except PrivetError:
             entry = None
-        return bool(getattr(entry.cls, "artifact_is_code", True)) if entry is not None else True
+        return bool(entry.cls.artifact_is_code) if entry is not None else True
 
     def choose(self, name: str | None, *, trust_code: bool = False, host: Any | None = None) -> str:
         """The artifact to run: ``name``, or the first verified one that needs no trust."""
@@ -827,3 +909,17 @@ class Bundle:
             raise ExportError(f"{path}: exporter {loader!r} that wrote this artifact is not "
                               f"installed ({_first_line(err)})") from err
         return entry.cls(entry.cls.Options()).load(path)
+
+    def load_module(self, name: str, host: Any, *, trust_code: bool = False) -> Any:
+        """Check the artifact's checksum and load it as a module (``privet generate``)."""
+        if not trust_code and self.is_code(name, host):
+            raise self._untrusted(name)
+        info = self.meta["artifacts"][name]
+        path = self._check_file(info["file"], info.get("sha256"), f"{name} artifact")
+        loader = info.get("loader", name)
+        try:
+            entry = host.catalog.get("exporter", loader)
+        except PrivetError as err:
+            raise ExportError(f"{path}: exporter {loader!r} that wrote this artifact is not "
+                              f"installed ({_first_line(err)})") from err
+        return entry.cls(entry.cls.Options()).load_module(path)

@@ -35,6 +35,22 @@ Runner = Callable[[dict[str, Any]], list[Any]]
 DynamicAxes = dict[str, dict[int, str]]
 
 
+def require_modules(*modules: str) -> None:
+    """One line naming what to install when a package of the ONNX path is missing.
+
+    onnx, onnxscript and onnxruntime are dependencies of the core, so this only happens in
+    an environment installed with ``--no-deps`` or pruned later; without the check the user
+    sees torch's "Module onnx is not installed!" from deep inside the exporter.
+    """
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"{', '.join(missing)} not installed; ONNX export and predict need "
+                          f"{'it' if len(missing) == 1 else 'them'} (dependencies of privet): "
+                          f"pip install {' '.join(missing)}")
+
+
 def default_axes(input_names: list[str], output_names: list[str]) -> DynamicAxes:
     """Axis 0 of every input and output is the batch."""
     return {n: {0: "batch"} for n in [*input_names, *output_names]}
@@ -165,6 +181,7 @@ class OnnxExporter(Exporter):
     """ONNX through the dynamo exporter (dynamic batch); falls back to the TorchScript one."""
 
     suffix = ".onnx"
+    artifact_is_code = False  # a graph of standard operators, run by ONNX Runtime
 
     @attrs.define(frozen=True)
     class Options:
@@ -174,6 +191,7 @@ class OnnxExporter(Exporter):
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
                input_names: list[str], output_names: list[str], *,
                dynamic_axes: DynamicAxes | None = None) -> Path:
+        require_modules("onnx", "onnxscript", "onnxruntime")
         import torch
 
         axes = dynamic_axes if dynamic_axes is not None else default_axes(input_names, output_names)
@@ -215,6 +233,7 @@ class OnnxExporter(Exporter):
 
 def onnx_runner(path: Any, *, threads: int = 0) -> Runner:
     """Check an ONNX file with ``onnx.checker`` and open it in ONNX Runtime (CPU)."""
+    require_modules("onnx", "onnxruntime")
     import onnx
     import onnxruntime as ort
 

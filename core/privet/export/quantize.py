@@ -20,6 +20,8 @@ from typing import Any, Iterable
 from ..errors import ExportError
 from .exporters import Runner, _first_line, torch_runner
 
+#: What to install for the PyTorch int8 artifact (torchao is an extra of the core).
+INSTALL_INT8 = "pip install 'privet[int8]'"
 #: torchao scheme used for the PyTorch int8 artifact: int8 weights, float activations.
 #: torchao's dynamic-activation kernels target GPUs and run slower than fp32 on CPUs.
 TORCHAO_SCHEME = "int8_weight_only"
@@ -100,7 +102,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, mode: str = "dynamic",
 
 
 def torchao_available() -> bool:
-    """Whether torchao imports here (it is optional: ``pip install torchao``)."""
+    """Whether torchao imports here (it is optional: ``pip install 'privet[int8]'``)."""
     try:
         with _quiet_logging():
             import torchao.quantization  # noqa: F401
@@ -148,7 +150,7 @@ def quantize_torchao(module: Any, dst: str | Path) -> Any:
 def load_torchao(module: Any, path: str | Path) -> Runner:
     """Load a torchao int8 safetensors file into ``module`` (built by the model plugin)."""
     if not torchao_available():
-        raise ExportError(f"{path}: this artifact needs torchao; pip install torchao, or predict "
+        raise ExportError(f"{path}: this artifact needs torchao; {INSTALL_INT8}, or predict "
                           f"with another artifact (--artifact onnx)")
     from safetensors import safe_open
     from safetensors.torch import load_file

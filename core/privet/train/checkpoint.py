@@ -4,17 +4,21 @@
 (optimizer, scheduler, scaler, torch RNG: tensors and plain containers, loaded with
 ``weights_only=True``) and ``state.json`` (position in the data, python/numpy RNG,
 early-stopping state). The folder is written under a temp name, fsynced and renamed:
-a kill or a full disk mid-write leaves the previous checkpoints intact.
+a kill or a full disk mid-write leaves the previous checkpoints intact. In an encrypted
+run folder every file is serialised to bytes in memory and sealed by the storage module;
+otherwise the libraries write the files themselves, as fast as before.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import re
 from pathlib import Path
 from typing import Any
 
+from ..crypto import AuthenticationError, KeyMissingError
 from ..errors import CheckpointError
 from ..storage import Storage
 
@@ -60,8 +64,9 @@ class CheckpointManager:
     """
 
     def __init__(self, storage: Storage, keep_last: int = 2, folder: str = "checkpoints", *,
-                 is_main: bool = True) -> None:
+                 is_main: bool = True, model: Any = None) -> None:
         self.storage = storage
+        self.model = model  # the Model component: it may keep only a trainable part
         self.folder = folder
         self.keep_last = max(1, keep_last)
         self.is_main = is_main
@@ -92,14 +97,19 @@ class CheckpointManager:
     def save(self, step: int, module: Any, tensors: dict[str, Any], plain: dict[str, Any]) -> Path:
         """Write one step (rank 0 of an unsharded run), then prune the old ones."""
         import torch
-        from safetensors.torch import save_model
 
         self.storage.clean_partial(self.folder)
         with self.storage.atomic_dir(f"{self.folder}/step-{step:08d}") as tmp:
-            save_model(module, str(tmp / "model.safetensors"))
-            torch.save(tensors, tmp / "state.pt")
+            out = self.storage.sub(tmp)
+            write_weights(tmp / "model.safetensors", module, self.model, storage=out)
+            if out.encrypts("state.pt"):
+                buffer = io.BytesIO()
+                torch.save(tensors, buffer)
+                out.write_bytes("state.pt", buffer.getbuffer())
+            else:
+                torch.save(tensors, tmp / "state.pt")
             # state.json last: its presence marks the checkpoint complete
-            Storage(tmp).write_text("state.json", json.dumps(plain))
+            out.write_text("state.json", json.dumps(plain))
         self._prune()
         return self.path(step)
 
@@ -112,6 +122,10 @@ class CheckpointManager:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
+        if self.storage.cipher is not None:
+            raise CheckpointError("encrypted sharded (FSDP) checkpoints are not supported: "
+                                  "torch.distributed.checkpoint writes its files itself; use "
+                                  "train.strategy: ddp with security.encryption")
         name = f"step-{step:08d}"
         tmp_rel = f"{self.folder}/.tmp-{name}"
         if self.is_main:
@@ -142,14 +156,13 @@ class CheckpointManager:
 
     def save_best(self, module: Any, full_state: dict[str, Any] | None) -> None:
         """The best epoch's full weights, for export and ``load_trained`` (rank 0)."""
-        from safetensors.torch import save_file, save_model
-
         with self.storage.atomic_dir("best") as tmp:
+            out = self.storage.sub(tmp)
             if full_state is not None:
-                save_file({k: v.contiguous() for k, v in full_state.items()},
-                          str(tmp / "model.safetensors"))
+                _save_tensors(out, "model.safetensors",
+                              {k: v.contiguous() for k, v in full_state.items()}, None)
             else:
-                save_model(module, str(tmp / "model.safetensors"))
+                write_weights(tmp / "model.safetensors", module, self.model, storage=out)
 
     def _prune(self) -> None:
         for old in self.steps()[: -self.keep_last]:
@@ -158,20 +171,10 @@ class CheckpointManager:
     # -- reading --------------------------------------------------------------------------
 
     @staticmethod
-    def load(path: Path, module: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def load(path: Path, module: Any, model: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Load weights into ``module``; return (tensor state, JSON state). Never unpickles code."""
-        from safetensors.torch import load_model
-
         path = Path(path)
-        try:
-            missing, unexpected = load_model(module, str(path / "model.safetensors"), strict=False)
-        except Exception as err:
-            raise CheckpointError(f"{path / 'model.safetensors'}: cannot load weights ({err}); "
-                                  f"the checkpoint is damaged or from another model") from err
-        if unexpected or [k for k in missing if not _is_tied(module, k)]:
-            raise CheckpointError(f"{path}: weights do not match the model (missing "
-                                  f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}); "
-                                  f"resume with the same pipeline file")
+        read_weights(path / "model.safetensors", module, model, storage=Storage(path))
         return _load_state(path)
 
     @staticmethod
@@ -188,22 +191,131 @@ class CheckpointManager:
         return _load_state(path)
 
 
+def _keeps_a_part(model: Any) -> bool:
+    """Whether ``model`` overrides :meth:`privet.Model.trainable_state_dict`."""
+    from ..components import Model
+
+    return model is not None and type(model).trainable_state_dict is not Model.trainable_state_dict
+
+
+def _save_tensors(storage: Storage, name: str, tensors: dict[str, Any],
+                  metadata: dict[str, str] | None) -> None:
+    """safetensors into ``storage``: sealed bytes when it encrypts, else a file safetensors writes."""
+    from safetensors.torch import save, save_file
+
+    if storage.encrypts(name):
+        storage.write_bytes(name, save(tensors, metadata=metadata))
+    else:
+        save_file(tensors, str(storage.path(name)), metadata=metadata)
+
+
+def _load_tensors(storage: Storage, name: str) -> dict[str, Any]:
+    """The inverse of :func:`_save_tensors` (memory-mapped when the file is plaintext)."""
+    from safetensors.torch import load, load_file
+
+    if storage.encrypts(name):
+        return load(storage.read_bytes(name))
+    return load_file(str(storage.local_file(name)))  # plaintext: safetensors maps it
+
+
+def write_weights(path: Path, module: Any, model: Any = None, *,
+                  storage: Storage | None = None) -> None:
+    """``module``'s weights as safetensors: all of them, or the part the model trains.
+
+    ``storage`` is the folder ``path`` is in (its cipher seals the file); by default the
+    folder's own Storage.
+    """
+    from safetensors.torch import _remove_duplicate_names, save_model
+
+    path = Path(path)
+    storage = Storage(path.parent) if storage is None else storage
+    part = model.trainable_state_dict(module) if _keeps_a_part(model) else None
+    if part is not None:
+        _save_tensors(storage, path.name, {k: v.detach().contiguous().cpu() for k, v in part.items()},
+                      {"privet": "trainable_part"})
+        return
+    if not storage.encrypts(path.name):
+        save_model(module, str(storage.path(path.name)))
+        return
+    # sealed: what safetensors' save_model does, into bytes (tied tensors stored once)
+    state = module.state_dict()
+    metadata: dict[str, str] = {}
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata.setdefault(name, kept)
+            del state[name]
+    _save_tensors(storage, path.name, {k: v.contiguous() for k, v in state.items()},
+                  metadata or None)
+
+
+def read_weights(path: Path, module: Any, model: Any = None, *,
+                 storage: Storage | None = None) -> None:
+    """The inverse of :func:`write_weights`; a mismatch is one :class:`CheckpointError`.
+
+    A file that does not authenticate (encrypted runs) is the storage module's one-line
+    error naming it; nothing is loaded into ``module`` then.
+    """
+    path = Path(path)
+    storage = Storage(path.parent) if storage is None else storage
+    try:
+        tensors = _load_tensors(storage, path.name)
+        if _keeps_a_part(model):
+            model.load_trainable_state_dict(module, tensors)
+            return
+        missing, unexpected = _load_into(module, tensors)
+    except (AuthenticationError, KeyMissingError):
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot load weights ({err}); the checkpoint is damaged or "
+                              f"from another model") from err
+    if unexpected or [k for k in missing if not _is_tied(module, k)]:
+        raise CheckpointError(f"{path.parent}: weights do not match the model (missing "
+                              f"{list(missing)[:3]}, unexpected {list(unexpected)[:3]}); "
+                              f"resume with the same pipeline file")
+
+
+def _load_into(module: Any, tensors: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """``module.load_state_dict(tensors, strict=False)`` counting tied names as present,
+    as safetensors' load_model does; returns (missing, unexpected)."""
+    from safetensors.torch import _remove_duplicate_names
+
+    to_remove = _remove_duplicate_names(module.state_dict(), preferred_names=tensors.keys())
+    missing_list, unexpected = module.load_state_dict(tensors, strict=False)
+    missing = set(missing_list)
+    for group in to_remove.values():
+        for name in group:
+            if name in missing:
+                missing.remove(name)
+            else:
+                unexpected.append(name)
+    return missing, unexpected
+
+
 def _load_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``state.pt`` (tensors and plain data only) and ``state.json``, checked for shape."""
     import pickle
 
     import torch
 
+    storage = Storage(path)
     try:
-        tensors = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        if storage.encrypts("state.pt"):  # decrypted (and authenticated) whole, in memory
+            source: Any = io.BytesIO(storage.read_bytes("state.pt"))
+        else:
+            source = storage.local_file("state.pt")
+        tensors = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path / 'state.pt'}: refused to load: it contains pickled "
                               f"objects other than tensors and plain data") from err
+    except (AuthenticationError, KeyMissingError):
+        raise
     except Exception as err:
         raise CheckpointError(f"{path / 'state.pt'}: cannot load ({err}); the checkpoint is "
                               f"damaged") from err
     try:
-        plain = json.loads(Storage(path).read_text("state.json"))
+        plain = json.loads(storage.read_text("state.json"))
+    except (AuthenticationError, KeyMissingError):
+        raise
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path / 'state.json'}: cannot read ({err})") from err
     problem = _state_problem(tensors, plain)

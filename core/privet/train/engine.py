@@ -141,6 +141,12 @@ class Recipe:
         self.lr: float | None = None
 
     def run(self, *, name: str | None, resume_dir: str | Path | None) -> tuple[Path, dict[str, Any]]:
+        from ..storage import owner_only
+
+        with owner_only():  # what libraries write themselves (TensorBoard) is owner-only too
+            return self._run(name=name, resume_dir=resume_dir)
+
+    def _run(self, *, name: str | None, resume_dir: str | Path | None) -> tuple[Path, dict[str, Any]]:
         self.setup_run_folder(name, resume_dir)
         try:
             self.setup_data()
@@ -154,31 +160,49 @@ class Recipe:
             self.fail(err)
             raise
         finally:
+            self.discard_cache()  # data.cache.keep: false, on success and on failure
             if self.lock is not None:
                 self.lock.release()
         return self.run_ctx.run_dir, report
+
+    def discard_cache(self) -> None:
+        """``data.cache.keep: false``: rank 0 deletes the prepared cache and the run's link."""
+        from ..data.prepare import remove_cache
+
+        run = self.run_ctx
+        if self.cfg.data.cache.keep or not self.is_main or run is None or run.prepared is None:
+            return
+        remove_cache(run.prepared.cache, run.storage)
 
     # -- 1. the run folder (rank 0 decides, the others follow) ----------------------------------
 
     def setup_run_folder(self, name: str | None, resume_dir: str | Path | None) -> None:
         from . import distributed
 
+        from ..crypto import check_key, cipher_for, protect_run
+
         cfg, env = self.cfg, self.env
         components = _instantiate(self.loaded, self.host.catalog)
         check_monitor(self.loaded, components.model, components.scheduler)
+        # the key first: a missing or bad key fails before anything is created or written
+        cipher = cipher_for(cfg, self.host.catalog, self.loaded.base_dir,
+                            where=str(Path(resume_dir) / "config.yaml") if resume_dir else self.loaded.file)
         if resume_dir is not None:
             run_dir = Path(resume_dir).resolve()
         else:
             run_dir = distributed.broadcast(self._new_folder(name) if self.is_main else None, env)
         if self.is_main and self.lock is None:  # before anything is written: a second
             self.lock = RunLock(run_dir).acquire()  # process is refused here
+        check_key(Storage(run_dir, cipher=cipher), create=self.is_main)  # wrong key: stop here
+        protect_run(run_dir, cipher)  # the folder and the cache: sealed with the run's key
         device = select_device(cfg.train.device, env.local_rank)
         if device.type == "cpu":
             from .malloc import tune_for_training
 
             tune_for_training()
         self.run_ctx = RunContext(config=cfg, loaded=self.loaded, run_dir=run_dir,
-                                  storage=Storage(run_dir), host=self.host, components=components,
+                                  storage=Storage(run_dir, cipher=cipher), host=self.host,
+                                  components=components,
                                   rank=env.rank, local_rank=env.local_rank,
                                   world_size=env.world_size, device=device,
                                   resumed=resume_dir is not None)
@@ -274,7 +298,7 @@ class Recipe:
             scheduler = run.components.scheduler.build(objects.optimizer, run.plan.total_steps,
                                                        run.plan.steps_per_epoch)
         checkpoints = CheckpointManager(run.storage, cfg.train.checkpoint.keep_last,
-                                        is_main=self.is_main)
+                                        is_main=self.is_main, model=run.components.model)
         self.trainer = Trainer(run, objects, val_loader=val_loader, scheduler=scheduler,
                                scheduler_component=run.components.scheduler,
                                raw_module=raw_module, checkpoints=checkpoints)
@@ -362,7 +386,8 @@ class Recipe:
 
         run, trainer = self.run_ctx, self.trainer
         samples = trainer.sync_samples()  # a collective: the samples of every rank
-        report = build_report(run, state, self.started, self.timings, samples_seen=samples)
+        report = build_report(run, state, self.started, self.timings, samples_seen=samples,
+                              memory=trainer.memory_by_epoch)
         if not self.is_main:
             return report
         best = {k: v for k, v in (state.best_metrics or {}).items() if k.startswith("val/")}
@@ -421,4 +446,5 @@ def _fingerprint_extra(loaded: LoadedConfig) -> dict[str, Any]:
     data.pop("augmenters", None)
     data.pop("num_workers", None)
     data.pop("sampler", None)
+    data.pop("cache", None)  # retention is not part of what the cache holds
     return {"data": data, "model": resolved["model"]}

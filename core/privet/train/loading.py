@@ -16,13 +16,14 @@ def load_trained(run_dir: str | Path, host: Any | None = None, *, weights: str =
     checkpoint) or ``last``. Nothing is unpickled: weights come from safetensors and the
     fitted state from JSON.
     """
+    from ..crypto import open_stored_run
     from ..pipeline import prepare_config
     from ..runs import load_run
 
     stored = load_run(run_dir)
     run_dir = stored.run_dir
     host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
-    storage = Storage(run_dir)
+    storage = Storage(run_dir, cipher=open_stored_run(stored, loaded, host))
     if not storage.exists("state/components.json"):
         raise PrivetError(f"{run_dir}: no state/components.json; the run did not finish preparing "
                           f"its data")
@@ -36,9 +37,8 @@ def build_with_weights(model: Any, storage: Storage, *, seed: int, weights: str 
     """A fresh module of ``model`` with the run's ``best`` (else last) or ``last`` weights,
     in eval mode: what export and inference use, built the same way right after training."""
     import torch
-    from safetensors.torch import load_model
 
-    from .checkpoint import CheckpointManager
+    from .checkpoint import CheckpointManager, read_weights
 
     torch.manual_seed(seed)
     module = model.build()
@@ -49,22 +49,21 @@ def build_with_weights(model: Any, storage: Storage, *, seed: int, weights: str 
         if latest is None:
             raise PrivetError(f"{storage.root}: no checkpoint to load; train the run first")
         path = latest / "model.safetensors"
-    try:
-        load_model(module, str(path), strict=False)
-    except Exception as err:
-        raise PrivetError(f"{path}: cannot load weights ({err})") from err
+    read_weights(Path(path), module, model, storage=storage.sub(Path(path).parent))
     module.eval()
     return module
 
 
 def load_cleaners(run_dir: str | Path, host: Any | None = None) -> list[Any]:
     """The run's cleaners with their fitted state (for preprocessing at inference)."""
+    from ..crypto import open_stored_run
     from ..pipeline import prepare_config
     from ..runs import load_run
 
     stored = load_run(run_dir)
     host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
-    state = stored.storage.read_json("state/components.json")
+    storage = Storage(stored.run_dir, cipher=open_stored_run(stored, loaded, host))
+    state = storage.read_json("state/components.json")
     cleaners = []
     for i, item in enumerate(state["cleaners"]):
         cleaner = loaded.instantiate(host.catalog, f"data.cleaners.{i}")

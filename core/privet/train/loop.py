@@ -15,6 +15,7 @@ import attrs
 
 from ..errors import TrainingError
 from ..errors import CheckpointError
+from ..monitor.memory import MemoryMonitor, is_out_of_memory, out_of_memory_error
 from .checkpoint import CheckpointManager, capture_rng, restore_rng
 from .context import TrainingObjects
 
@@ -75,6 +76,10 @@ class Trainer:
         self._skips_in_a_row = 0
         self._local_samples = 0  # this rank's samples since the last sync_samples
         self.total_steps = run.plan.total_steps
+        self.memory = MemoryMonitor(self.device)
+        # readings of this process per epoch (report.json "memory"): measurements of the
+        # machine, not training state, so not checkpointed (resume stays bit-identical)
+        self.memory_by_epoch: list[dict[str, float]] = []
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -108,7 +113,7 @@ class Trainer:
             tensors, plain = CheckpointManager.load_sharded(path, self.objects.module,
                                                             self.objects.optimizer)
         else:
-            tensors, plain = CheckpointManager.load(path, self.raw_module)
+            tensors, plain = CheckpointManager.load(path, self.raw_module, self.model)
         try:
             if not self.sharded:
                 self.objects.optimizer.load_state_dict(tensors["optimizer"])
@@ -200,6 +205,19 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def fit(self) -> LoopState:
+        """Train; running out of device memory ends in one line naming what lowers it."""
+        try:
+            return self._fit()
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            st = self.state
+            raise out_of_memory_error(err, device=self.device, train=self.cfg,
+                                      model_options=getattr(self.model, "options", None),
+                                      where=f"at step {st.global_step + 1} (epoch {st.epoch + 1})"
+                                      ) from err
+
+    def _fit(self) -> LoopState:
         cfg = self.cfg
         st = self.state
         loader = self.objects.train_loader
@@ -213,6 +231,7 @@ class Trainer:
         samples_since_log = 0
         while st.epoch < cfg.epochs and not st.stopped_early and not self._done():
             sampler.set_epoch(st.epoch, st.batch_in_epoch)
+            self.memory.start_epoch()
             self.objects.module.train()
             batches = iter(loader)
             exhausted = False
@@ -381,7 +400,9 @@ class Trainer:
         metrics = self.validate()
         metrics["epoch"] = st.epoch + 1
         st.history.append(metrics)
-        self.scalars.log({k: v for k, v in metrics.items() if k != "epoch"}, st.global_step)
+        memory = self.memory.end_epoch()
+        self.memory_by_epoch.append({"epoch": st.epoch + 1, **memory})
+        self.scalars.log({**{k: v for k, v in metrics.items() if k != "epoch"}, **memory}, st.global_step)
         self.scalars.flush()
         self.progress.message(f"epoch {st.epoch + 1}: " + " ".join(
             f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/")))

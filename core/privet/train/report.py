@@ -7,12 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..monitor.memory import memory_section
 from ..storage import Storage
 from .context import RunContext
 
 
 def build_report(run: RunContext, state: Any, started: float, timings: dict[str, float],
-                 *, samples_seen: int) -> dict[str, Any]:
+                 *, samples_seen: int, memory: list[dict[str, float]] = ()) -> dict[str, Any]:
     """The report of a finished run (every rank builds it; rank 0 writes it)."""
     prepared = run.prepared
     meta = prepared.meta
@@ -35,6 +36,7 @@ def build_report(run: RunContext, state: Any, started: float, timings: dict[str,
         "model": run.components.model.report(),
         "data": {**data_section(prepared), "dropped_in_training": state.dropped_in_training},
         "timings": timings,
+        "memory": memory_section(memory, run.device),
     }
 
 

@@ -218,3 +218,121 @@ def test_back_translation_bad_translators(host, translator_module):
     aug = host.make("augmenter", "text.back_translation", {"translator": "fake_mt:broken", "p": 1.0})
     with pytest.raises(DataError, match="returned a int, not a string"):
         aug.augment({"text": "x"}, rng())
+
+
+# --- part of speech: tags from text.pos_tag restrict WordNet synonyms ---------------------
+
+@pytest.fixture
+def ambiguous_wordnet(tmp_path):
+    """"dog" is a noun (hound) and a verb (tag, chase), as in WordNet 3.0."""
+    return write_wordnet(tmp_path / "wn-pos", {
+        "noun": [["dog", "hound"], ["the", "vitamin_the"]],
+        "verb": [["dog", "tag", "chase"]],
+    })
+
+
+def tagged(text, tokens, tags):
+    return {"text": text, "tokens": tokens, "pos": tags}
+
+
+def test_synonyms_keep_the_tagged_part_of_speech(host, ambiguous_wordnet):
+    aug = host.make("augmenter", "text.synonym",
+                    {"wordnet": True, "wordnet_path": str(ambiguous_wordnet), "p": 1.0, "alpha": 1.0})
+    noun = tagged("The dog, barks", ["The", "dog", ",", "barks"], ["DET", "NOUN", "PUNCT", "VERB"])
+    verb = tagged("they dog him", ["they", "dog", "him"], ["PRP", "VBP", "PRP"])
+    nouns = {aug.augment(noun, rng(s))["text"] for s in range(30)}
+    verbs = {aug.augment(verb, rng(s))["text"] for s in range(30)}
+    assert nouns == {"The hound, barks"}  # a determiner gets no WordNet synonym ("vitamin the")
+    assert verbs == {"they tag him", "they chase him"}
+    untagged = {aug.augment({"text": "they dog him"}, rng(s))["text"] for s in range(30)}
+    assert untagged == {"they hound him", "they tag him", "they chase him"}
+
+
+def test_tags_that_no_longer_fit_the_text_are_ignored(host, ambiguous_wordnet):
+    from privet_text.augmenters import word_pos
+
+    assert word_pos("The dog, barks", ["The", "dog", ",", "barks"], ["DT", "NN", ",", "VBZ"]) == [
+        "other", "noun", "verb"]
+    assert word_pos("they dog him", ["they", "dog"], ["PRP", "VBP"]) is None  # text grew
+    assert word_pos("him dog they", ["they", "dog", "him"], ["PRP", "VBP", "PRP"]) is None  # swapped
+    assert word_pos("they dog", ["they", "dog", "him"], ["PRP", "VBP", "PRP"]) is None  # text shrank
+    assert word_pos("a b", ["a", "b"], ["DT"]) is None and word_pos("a", "a", "DT") is None
+    aug = host.make("augmenter", "text.synonym",
+                    {"wordnet": True, "wordnet_path": str(ambiguous_wordnet), "p": 1.0, "alpha": 1.0})
+    stale = tagged("they dog him now", ["they", "dog", "him"], ["PRP", "VBP", "PRP"])
+    assert {aug.augment(stale, rng(s))["text"] for s in range(30)} == {
+        "they hound him now", "they tag him now", "they chase him now"}
+
+
+def test_random_insertion_inserts_synonyms_of_the_tagged_part_of_speech(host, ambiguous_wordnet):
+    aug = host.make("augmenter", "text.random_insertion",
+                    {"wordnet": True, "wordnet_path": str(ambiguous_wordnet), "p": 1.0, "alpha": 1.0})
+    record = tagged("dog dog", ["dog", "dog"], ["NN", "NNS"])
+    inserted = set()
+    for s in range(30):
+        inserted |= set(aug.augment(record, rng(s))["text"].split())
+    assert inserted == {"dog", "hound"}
+
+
+# --- back-translation with local MarianMT folders (tiny random weights, built here) -------
+
+@pytest.fixture(scope="module")
+def marian_folders(tmp_path_factory):
+    """Two tiny random-weight MarianMT models with a word-level tokenizer, saved as a user
+    would save real ones: transformers' own trick for fast tests (no download)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = "<pad> </s> <unk> the dog runs fast a cat sleeps der hund läuft schnell eine katze".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                                     eos_token="</s>", unk_token="<unk>")
+    config = transformers.MarianConfig(
+        vocab_size=len(words), d_model=16, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_position_embeddings=64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    folders = []
+    for seed, name in enumerate(("opus-mt-en-de", "opus-mt-de-en")):
+        torch.manual_seed(seed)
+        folder = tmp_path_factory.mktemp("marian") / name
+        transformers.MarianMTModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders.append(folder)
+    return folders
+
+
+def test_back_translation_through_local_marian_folders_is_seeded(host, marian_folders):
+    import torch
+
+    forward, backward = marian_folders
+    options = {"forward_model": str(forward), "backward_model": str(backward), "p": 1.0,
+               "sample": True, "max_new_tokens": 6}
+    aug = host.make("augmenter", "text.back_translation", options)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    outs = [aug.augment({"text": "the dog runs fast", "id": 7}, rng(s)) for s in range(6)]
+    assert torch.equal(torch.rand(3), before)  # the process's own torch RNG was not advanced
+    assert all(isinstance(o["text"], str) and o["id"] == 7 for o in outs)
+    assert all(set(o["text"].split()) <= set("the dog runs fast a cat sleeps der hund läuft schnell "
+                                              "eine katze".split()) for o in outs)
+    again = host.make("augmenter", "text.back_translation", options)
+    assert [again.augment({"text": "the dog runs fast"}, rng(s))["text"] for s in range(6)] == [
+        o["text"] for o in outs]  # same seeds, same paraphrases, in a fresh instance
+    assert len({o["text"] for o in outs}) > 1  # sampling: different paraphrases per seed
+
+
+def test_back_translation_model_folders_are_checked_before_training(host, marian_folders, tmp_path):
+    forward, _ = marian_folders
+    with pytest.raises(ConfigError, match=r"needs both 'forward_model'.*and 'backward_model'"):
+        host.make("augmenter", "text.back_translation", {"forward_model": str(forward)})
+    with pytest.raises(ConfigError, match=r"backward_model: .* is not a local translation model folder "
+                                          r"\(no config.json\).*never downloads"):
+        host.make("augmenter", "text.back_translation",
+                  {"forward_model": str(forward), "backward_model": str(tmp_path)})
+    with pytest.raises(ConfigError, match="either 'translator' or 'forward_model'"):
+        host.make("augmenter", "text.back_translation",
+                  {"translator": "os:getcwd", "forward_model": str(forward), "backward_model": str(forward)})

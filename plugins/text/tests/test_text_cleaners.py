@@ -220,3 +220,100 @@ def test_normalize_accepts_python_unicode_escapes_and_group_references(host):
     cleaner = host.make("cleaner", "text.normalize", {
         "remove": r"[\u200b\U0001F600]", "replace": {r"(\w+)@(\w+)": r"\2 at \1", r"\p{Nd}+": "#"}})
     assert cleaner.clean({"text": "a\u200bb\U0001F600 joe@host ٣٤ 12"})["text"] == "ab host at joe # #"
+
+
+# --- text.pos_tag: a tiny spaCy tagger trained here (nothing downloaded) ------------------
+
+TAGGED = [("the dog runs quickly .", "DT NN VBZ RB ."),
+          ("she dogs the cat .", "PRP VBZ DT NN ."),
+          ("the happy cat sleeps , quickly", "DT JJ NN VBZ , RB")]
+PENN_TO_UPOS = {"DT": "DET", "NN": "NOUN", "VBZ": "VERB", "RB": "ADV", "PRP": "PRON", "JJ": "ADJ",
+                ".": "PUNCT", ",": "PUNCT"}
+
+
+@pytest.fixture(scope="module")
+def tiny_tagger(tmp_path_factory):
+    """A spaCy pipeline with a trained tagger (Penn tags) and an attribute ruler mapping
+    them to universal tags, saved with ``nlp.to_disk`` as a user would."""
+    spacy = pytest.importorskip("spacy")
+    from spacy.training import Example
+
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("tagger")
+    ruler = nlp.add_pipe("attribute_ruler")
+    examples = [Example.from_dict(nlp.make_doc(text), {"tags": tags.split()}) for text, tags in TAGGED]
+    optimizer = nlp.initialize(lambda: examples)
+    ruler.load_from_tag_map({tag: {"POS": pos} for tag, pos in PENN_TO_UPOS.items()})
+    for _ in range(40):
+        nlp.update(examples, sgd=optimizer)
+    folder = tmp_path_factory.mktemp("spacy") / "tiny_tagger"
+    nlp.to_disk(folder)
+    return folder
+
+
+def test_pos_tag_adds_a_tag_per_token_from_a_local_spacy_tagger(host, tiny_tagger):
+    cleaner = host.make("cleaner", "text.pos_tag", {"pipeline": str(tiny_tagger)})
+    record = cleaner.clean({"text": "the dog runs quickly .", "label": 1})
+    assert record["tokens"] == ["the", "dog", "runs", "quickly", "."]
+    assert record["pos"] == ["DET", "NOUN", "VERB", "ADV", "PUNCT"]
+    assert record["text"] == "the dog runs quickly ." and record["label"] == 1
+    fine = host.make("cleaner", "text.pos_tag", {"pipeline": str(tiny_tagger), "scheme": "fine",
+                                                 "store_as": "tags", "tokens_as": "words"})
+    record = fine.clean({"text": "she dogs the cat ."})
+    assert record["words"] == ["she", "dogs", "the", "cat", "."]
+    assert record["tags"] == ["PRP", "VBZ", "DT", "NN", "."]
+    assert "pos" not in record
+
+
+def test_pos_tags_survive_pickling_to_a_worker_process(host, tiny_tagger):
+    import pickle
+
+    cleaner = host.make("cleaner", "text.pos_tag", {"pipeline": str(tiny_tagger)})
+    copy = pickle.loads(pickle.dumps(cleaner))
+    assert copy.clean({"text": "the happy cat sleeps , quickly"})["pos"] == [
+        "DET", "ADJ", "NOUN", "VERB", "PUNCT", "ADV"]
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/wordnet/index.noun").is_file(),
+                    reason="WordNet 3.0 data not installed (Debian: apt-get install wordnet-base)")
+def test_pos_tagged_dog_the_noun_never_becomes_tag_the_verb(host, tiny_tagger):
+    import numpy as np
+    from privet_text.synonyms import WordNet
+
+    tagger = host.make("cleaner", "text.pos_tag", {"pipeline": str(tiny_tagger)})
+    synonym = host.make("augmenter", "text.synonym", {"wordnet": True, "p": 1.0, "alpha": 1.0})
+    verb_words = {w for s in WordNet().synonyms("dog", "verb") for w in s.split()} - {"after"}
+    noun_words = {w for s in WordNet().synonyms("dog", "noun") for w in s.split()}
+    assert "tag" in verb_words and "hound" in noun_words
+    tagged, untagged = set(), set()
+    for seed in range(40):
+        record = tagger.clean({"text": "the dog runs quickly ."})
+        tagged |= set(synonym.augment(record, np.random.default_rng([seed, 0, 0]))["text"].split())
+        plain = {"text": "the dog runs quickly ."}
+        untagged |= set(synonym.augment(plain, np.random.default_rng([seed, 0, 0]))["text"].split())
+    assert tagged & noun_words and not tagged & verb_words
+    assert untagged & verb_words  # without tags WordNet's verb senses of "dog" are used too
+
+
+def test_pos_tag_names_what_to_install_when_the_pipeline_is_missing(host):
+    with pytest.raises(ConfigError, match=r"text.pos_tag.*pipeline: spaCy pipeline 'no_such_pipeline_xyz' "
+                                          r"is neither an installed package nor a folder; install .*"
+                                          r"en_core_web_sm.*downloads nothing"):
+        host.make("cleaner", "text.pos_tag", {"pipeline": "no_such_pipeline_xyz"})
+
+
+def test_pos_tag_refuses_a_pipeline_without_a_tagger(host, tmp_path):
+    spacy = pytest.importorskip("spacy")
+    spacy.blank("en").to_disk(tmp_path / "blank")
+    with pytest.raises(ConfigError, match=r"has no tagger \(components: none\).*'tagger' or 'morphologizer'"):
+        host.make("cleaner", "text.pos_tag", {"pipeline": str(tmp_path / "blank")})
+
+
+def test_pos_tag_without_spacy_says_which_extra_to_install(host, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "spacy" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs spaCy, which is not installed; pip install 'privet-text\[spacy\]'"):
+        host.make("cleaner", "text.pos_tag", {"pipeline": "en_core_web_sm"})

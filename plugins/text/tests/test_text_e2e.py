@@ -99,12 +99,17 @@ def test_gpt_beats_the_unigram_baseline_saves_its_tokenizer_and_generates(host, 
     assert examples[1]["ids"] == packed[size - 1: 2 * size - 1]
     assert module.tok_emb.num_embeddings == tok.vocab_size
 
-    # 3. privet generate prints the prompt and a continuation
-    result = privet_cli("generate", str(run_dir), "--prompt", "the cat", "--max-new-tokens", "20",
-                        "--seed", "1", "--top-k", "20", "--top-p", "0.95", cwd=tmp_path)
+    # 3. privet generate (a core command: generation is a model capability) prints the
+    # prompt (--echo) and a continuation; the same seed gives the same text
+    args = ("generate", str(run_dir), "--prompt", "the cat", "--max-new-tokens", "20",
+            "--seed", "1", "--top-k", "20", "--top-p", "0.95")
+    result = privet_cli(*args, "--echo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = result.stdout.strip()
     assert text.startswith("the cat") and len(text) > len("the cat") + 5
+    again = privet_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert result.stdout == "the cat" + again.stdout
 
 
 def test_privet_generate_on_a_folder_that_is_not_a_run_is_one_clear_line(tmp_path):

@@ -90,14 +90,38 @@ def test_gpt_options_are_validated(host):
         host.make("model", "text.gpt", {"tokenizer": {"vocab": 100}})
 
 
-def test_gpt_generate_is_reproducible_with_a_seed_and_returns_the_prompt(gpt):
+def test_gpt_generate_streams_a_reproducible_continuation_with_a_seed(gpt):
     torch.manual_seed(0)
     module = gpt.build()
-    one = gpt.generate(module, "the cat", max_new_tokens=12, seed=7)
-    two = gpt.generate(module, "the cat", max_new_tokens=12, seed=7)
-    assert one == two and one.startswith("the cat")
-    greedy = gpt.generate(module, "the cat", max_new_tokens=12, temperature=0)
-    assert greedy == gpt.generate(module, "the cat", max_new_tokens=12, temperature=0)
+    pieces = list(gpt.generate(module, "the cat", max_new_tokens=12, seed=7))
+    one = "".join(pieces)
+    assert len(pieces) > 1 and all(pieces)  # streamed piece by piece, only new text
+    assert one == "".join(gpt.generate(module, "the cat", max_new_tokens=12, seed=7))
+    greedy = "".join(gpt.generate(module, "the cat", max_new_tokens=12, temperature=0))
+    assert greedy == "".join(gpt.generate(module, "the cat", max_new_tokens=12, temperature=0))
+    # the pieces are the decoded new tokens: the same text the tokenizer gives for them
+    tok = gpt._require_tokenizer()
+    ids = torch.tensor([[tok.eos_id] + tok.encode("the cat")])
+    new = []
+    with torch.no_grad():
+        for _ in range(12):
+            next_id = int(module(ids[:, -gpt.options.context_length:])[0, -1].argmax())
+            if next_id == tok.eos_id:
+                break
+            new.append(next_id)
+            ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+    assert greedy == tok.decode(new)
+
+
+def test_gpt_refuses_a_chat_and_an_untrained_model_does_not_generate(gpt, host):
+    from privet import UsageError
+
+    module = gpt.build()
+    with pytest.raises(UsageError, match="no chat template"):
+        list(gpt.generate(module, [{"role": "user", "content": "hi"}]))
+    classifier = host.make("model", "text.classifier", {})
+    with pytest.raises(UsageError, match="does not generate text"):
+        classifier.generate(module, "hi")
 
 
 def test_state_round_trip_keeps_the_tokenizer(host, gpt):

@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 from typing import Any, Literal, Optional
 
 import attrs
-from privet import Cleaner, DropRecord, OptionValueError, Record
+from privet import Cleaner, ConfigError, DropRecord, OptionValueError, Record
 
 from .safe_regex import check_template, compile_regex
 
@@ -297,4 +297,98 @@ class LanguageFilter(Cleaner):
         return {f"dropped_{lang}": n for lang, n in sorted(self._dropped.items())}
 
 
-__all__ = ["LanguageFilter", "LengthFilter", "Normalize", "StripHtml", "strip_html"]
+# --- text.pos_tag ------------------------------------------------------------------------
+
+#: spaCy components whose output is a part-of-speech tag (token.tag_ or token.pos_).
+_TAG_ATTRS = ("token.tag", "token.pos")
+
+
+def _spacy_pipeline_named(_instance: Any, attribute: Any, value: str) -> None:
+    """Refuse, at config time, a pipeline that cannot load: one line saying what to install."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("spacy") is None:
+        raise OptionValueError("text.pos_tag needs spaCy, which is not installed; "
+                               "pip install 'privet-text[spacy]'", attribute.name)
+    if Path(value).expanduser().is_dir():
+        return
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", value) or importlib.util.find_spec(value) is None:
+        raise OptionValueError(
+            f"spaCy pipeline {value!r} is neither an installed package nor a folder; install a "
+            f"pipeline with a tagger (pip install en_core_web_sm from your package mirror; "
+            f"Privet downloads nothing) or name a folder saved by nlp.to_disk()", attribute.name)
+
+
+def load_spacy_tagger(name: str) -> Any:
+    """``spacy.load(name)`` (an installed package or a folder), checked to assign POS tags.
+
+    Loading a package imports it, and a folder's config names the components to build:
+    both are trusted like a plugin, since the pipeline file names them.
+    """
+    import spacy  # imported lazily: optional dependency, slow to import
+
+    try:
+        nlp = spacy.load(name, exclude=["parser", "ner", "lemmatizer", "senter", "textcat"])
+    except (OSError, ValueError, ImportError) as err:
+        raise ConfigError(f"cannot load spaCy pipeline {name!r}: {str(err).splitlines()[0]}") from err
+    taggers = [pipe for pipe in nlp.pipe_names
+               if any(a in _TAG_ATTRS for a in nlp.get_pipe_meta(pipe).assigns)]
+    if not taggers:
+        raise ConfigError(f"spaCy pipeline {name!r} has no tagger (components: "
+                          f"{', '.join(nlp.pipe_names) or 'none'}); use a pipeline with a "
+                          f"'tagger' or 'morphologizer', such as en_core_web_sm")
+    return nlp
+
+
+class PosTag(Cleaner):
+    """Part-of-speech tags per token from a local spaCy pipeline with a tagger.
+
+    Adds ``tokens_as`` (the token texts) and ``store_as`` (one tag per token) to each
+    record; ``text.synonym`` and ``text.random_insertion`` then pick WordNet synonyms of
+    the word's own part of speech. ``scheme: coarse`` stores universal tags (``NOUN``,
+    ``VERB``; the fine tag where the pipeline sets no coarse one), ``fine`` the pipeline's
+    own (``NN``, ``VBZ``). ``pipeline`` is an installed package (``en_core_web_sm``) or a
+    folder saved by ``nlp.to_disk()``; nothing is downloaded. Tags only feed training-time
+    augmentation, so ``privet predict`` skips this cleaner.
+    """
+
+    applies_at_inference = False
+
+    @attrs.define(frozen=True)
+    class Options:
+        pipeline: str = attrs.field(validator=_spacy_pipeline_named)
+        field: str = "text"
+        store_as: str = "pos"
+        tokens_as: str = "tokens"
+        scheme: Literal["coarse", "fine"] = "coarse"
+        #: Tag at most this many characters of a text (the rest gets no tags).
+        max_chars: int = attrs.field(default=100_000, validator=attrs.validators.ge(1))
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        # loaded now, so a pipeline without a tagger fails before any data is read
+        self._nlp: Any = load_spacy_tagger(self.options.pipeline)
+
+    def tag(self, text: str) -> tuple[list[str], list[str]]:
+        """``(tokens, tags)`` of ``text``, whitespace tokens left out."""
+        if self._nlp is None:
+            self._nlp = load_spacy_tagger(self.options.pipeline)
+        coarse = self.options.scheme == "coarse"
+        doc = self._nlp(text[: self.options.max_chars])
+        tokens = [t for t in doc if not t.is_space]
+        return [t.text for t in tokens], [(t.pos_ or t.tag_) if coarse else t.tag_ for t in tokens]
+
+    def clean(self, record: Record) -> Record | None:
+        o = self.options
+        tokens, tags = self.tag(field_text(record, o.field))
+        record[o.tokens_as] = tokens
+        record[o.store_as] = tags
+        return record
+
+    def __getstate__(self) -> dict[str, Any]:  # worker processes load their own pipeline
+        return {**self.__dict__, "_nlp": None}
+
+
+__all__ = ["LanguageFilter", "LengthFilter", "Normalize", "PosTag", "StripHtml",
+           "load_spacy_tagger", "strip_html"]

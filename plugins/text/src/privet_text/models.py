@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal
 
 import attrs
-from privet import ConfigError, DropRecord, Model, Record, StepOutput, TrainingError
+from privet import (ConfigError, DropRecord, Model, Record, StepOutput, TrainingError,
+                    UsageError)
 from privet import positive
 
 from .tokenizer import TextTokenizer, TokenizerOptions
@@ -202,22 +203,46 @@ class GPTModel(_TokenizedModel):
             out.append({"generated": tok.decode(new), "text": tok.decode(ids + new)})
         return out
 
-    def generate(self, module: torch.nn.Module, prompt: str, *, max_new_tokens: int = 100,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> str:
-        """The prompt followed by up to ``max_new_tokens`` sampled tokens (stops at end of text)."""
+    def generate(self, module: torch.nn.Module, prompt: str | list[dict[str, str]], *,
+                 max_new_tokens: int = 100, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 raw: bool = False) -> Iterator[str]:
+        """The text sampled after ``prompt``, piece by piece (stops at end of text).
+
+        GPT continues text and has no chat template, so ``raw`` changes nothing and a
+        chat (a list of messages) is refused.
+        """
         import torch
 
+        from .networks import sample_next
+
+        if not isinstance(prompt, str):
+            raise UsageError(f"model {self.name!r} continues a text and has no chat template; "
+                             f"use privet generate --prompt")
         tok = self._require_tokenizer()
         device = next(module.parameters()).device
         ids = torch.tensor([[tok.eos_id] + tok.encode(prompt)], dtype=torch.long, device=device)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(seed)
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         module.eval()
-        out = module.generate(ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                              top_p=top_p, generator=generator, eos_id=tok.eos_id)
-        return tok.decode(out[0, 1:].tolist())
+        new: list[int] = []
+        shown = ""
+        for _ in range(max_new_tokens):
+            with torch.no_grad():
+                logits = module(ids[:, -self.options.context_length:])[:, -1, :]
+            next_id = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=generator)
+            if int(next_id[0, 0]) == tok.eos_id:
+                break
+            ids = torch.cat([ids, next_id], dim=1)
+            new.append(int(next_id[0, 0]))
+            text = tok.decode(new)
+            # a piece is shown once its text is settled (no half of a multi-byte character)
+            if text.startswith(shown) and not text.endswith("\ufffd"):
+                yield text[len(shown):]
+                shown = text
+        text = tok.decode(new)
+        if text.startswith(shown) and text != shown:
+            yield text[len(shown):]
 
 
 class ClassifierModel(_TokenizedModel):

@@ -12,7 +12,7 @@ from privet import hookimpl
 
 from .augmenters import (BackTranslation, RandomDeletion, RandomInsertion, RandomSwap,
                          SynonymReplacement)
-from .cleaners import LanguageFilter, LengthFilter, Normalize, StripHtml
+from .cleaners import LanguageFilter, LengthFilter, Normalize, PosTag, StripHtml
 from .dedupe import Dedupe
 from .models import ClassifierModel, GPTModel
 from .pii import RedactPii
@@ -34,6 +34,7 @@ def register_cleaners(register):
     register("text.dedupe", Dedupe)
     register("text.length_filter", LengthFilter)
     register("text.language_filter", LanguageFilter)
+    register("text.pos_tag", PosTag)
 
 
 @hookimpl
@@ -49,13 +50,6 @@ def register_augmenters(register):
 def register_models(register):
     register("text.gpt", GPTModel)
     register("text.classifier", ClassifierModel)
-
-
-@hookimpl
-def register_commands(cli):
-    from .generate import generate  # imported lazily: only when a plugin command is asked for
-
-    cli.add_command(generate)
 
 
 @hookimpl

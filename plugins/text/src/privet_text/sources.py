@@ -15,7 +15,7 @@ from typing import Any, Iterator, Optional
 import attrs
 from privet import BadRecord, Record, Shard, Source
 from privet import existing_path, existing_paths
-from privet.io import FileListing, Located, outside_root, read_csv, read_jsonl
+from privet.io import ListedFilesSource, Located, outside_root, read_csv, read_jsonl
 
 
 class _FieldMapper:
@@ -56,45 +56,21 @@ class _FieldOptions:
     follow_symlinks: bool = False
 
 
-class _ListedSource(Source):
+class _ListedSource(ListedFilesSource, Source):
     """Files named in ``paths`` plus the matching files of named folders (sorted).
 
     A file found in a folder that resolves outside it (a symlink to ``/etc/shadow``)
     is not read: it is an ``outside_root`` bad record unless ``follow_symlinks``.
     """
 
-    patterns: tuple[str, ...] = ()
-
-    def _listing(self) -> FileListing:
-        cached = getattr(self, "_listing_cache", None)
-        if cached is None:
-            cached = self._listing_cache = FileListing(
-                self.options.paths, self.patterns, follow_symlinks=self.options.follow_symlinks)
-        return cached
-
-    def shards(self) -> list[Shard]:
-        return [Shard(p) for p in self._listing().files]
-
-    def files(self) -> list[str]:
-        return sorted(self._listing().readable())
-
-    def read_located(self, shard: Shard) -> Iterator[Located]:
-        """``(file:line, record or BadRecord)``; the engine names lines with it."""
-        refusal = self._listing().refusal(shard.path)
-        if refusal is not None:
-            yield refusal.location, refusal
-            return
+    def read_file(self, path: str) -> Iterator[Located]:
         o = self.options
         to_record = _FieldMapper(o.text_field, o.label_field, o.keep_fields)
-        for where, row in self._rows(shard.path):
+        for where, row in self._rows(path):
             yield where, row if isinstance(row, BadRecord) else to_record(row, where)
 
-    def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        for _where, item in self.read_located(shard):
-            yield item
-
     def _rows(self, path: str) -> Iterator[Located]:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _rows(path)")
 
 
 class TextJsonl(_ListedSource):

@@ -17,12 +17,33 @@ from typing import IO, Protocol
 from privet import ConfigError
 
 WORDNET_POS = ("noun", "verb", "adj", "adv")
+#: The part of speech of a tagged word WordNet does not cover (a determiner, a pronoun):
+#: WordNet gives it no synonyms, a thesaurus file still does.
+OTHER_POS = "other"
 DEFAULT_WORDNET = Path("/usr/share/wordnet")
 
 
+#: Universal (spaCy ``pos_``) and Penn Treebank (``tag_``) tags -> WordNet part of speech.
+#: Auxiliaries, pronouns, determiners ... have no WordNet synonyms worth using: None.
+_UPOS = {"NOUN": "noun", "PROPN": "noun", "VERB": "verb", "ADJ": "adj", "ADV": "adv"}
+_PENN_PREFIX = (("NN", "noun"), ("VB", "verb"), ("JJ", "adj"), ("RB", "adv"))
+
+
+def wordnet_pos(tag: str) -> str | None:
+    """The WordNet part of speech (``noun``, ``verb``, ``adj``, ``adv``) of a POS tag, or
+    None for tags WordNet has no synonyms for (``DET``, ``PRON``, ``AUX``, ``IN`` ...)."""
+    if tag in _UPOS:
+        return _UPOS[tag]
+    for prefix, pos in _PENN_PREFIX:
+        if tag.startswith(prefix) and tag[len(prefix):] in ("", "S", "P", "PS", "D", "G", "N", "Z", "R"):
+            return pos
+    return None
+
+
 class SynonymSource(Protocol):
-    def synonyms(self, word: str) -> list[str]:
-        """Synonyms of a lower-case word (without the word itself); empty if unknown."""
+    def synonyms(self, word: str, pos: str | None = None) -> list[str]:
+        """Synonyms of a lower-case word (without the word itself); empty if unknown.
+        ``pos`` (a WordNet part of speech) restricts them where the source knows it."""
         ...
 
 
@@ -57,7 +78,8 @@ class Thesaurus:
             table.setdefault(cells[0], []).extend(cells[1:])
         return cls(table)
 
-    def synonyms(self, word: str) -> list[str]:
+    def synonyms(self, word: str, pos: str | None = None) -> list[str]:
+        """A thesaurus file has no parts of speech: ``pos`` is ignored."""
         return self.table.get(word, [])
 
 
@@ -119,10 +141,14 @@ class WordNet:
         words = fields[4: 4 + 2 * count: 2]
         return [w.split("(", 1)[0].replace("_", " ") for w in words]
 
-    def _synonyms(self, word: str) -> list[str]:
+    def _synonyms(self, word: str, pos: str | None = None) -> list[str]:
+        if pos == OTHER_POS:
+            return []
+        if pos is not None and pos not in WORDNET_POS:
+            raise ValueError(f"unknown WordNet part of speech {pos!r} (one of {WORDNET_POS})")
         key = word.lower().replace(" ", "_").encode("utf-8")
         found: dict[str, None] = {}
-        for pos in WORDNET_POS:
+        for pos in WORDNET_POS if pos is None else (pos,):
             line = self._index_line(pos, key)
             if line is None:
                 continue
@@ -148,12 +174,12 @@ class Combined:
     def __init__(self, sources: list[SynonymSource]) -> None:
         self.sources = sources
 
-    def synonyms(self, word: str) -> list[str]:
+    def synonyms(self, word: str, pos: str | None = None) -> list[str]:
         out: dict[str, None] = {}
         for source in self.sources:
-            for synonym in source.synonyms(word):
+            for synonym in source.synonyms(word, pos):
                 out.setdefault(synonym, None)
         return list(out)
 
 
-__all__ = ["Combined", "DEFAULT_WORDNET", "SynonymSource", "Thesaurus", "WordNet"]
+__all__ = ["Combined", "DEFAULT_WORDNET", "OTHER_POS", "SynonymSource", "Thesaurus", "WordNet", "wordnet_pos"]

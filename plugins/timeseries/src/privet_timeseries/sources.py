@@ -18,7 +18,7 @@ import attrs
 
 from privet import BadRecord, DataError, Record, Shard, Source
 from privet import OptionValueError, existing_paths, positive
-from privet.io import FileListing
+from privet.io import ListedFiles
 
 from .timeparse import parse_time
 
@@ -221,21 +221,9 @@ def _series_text(value: Any) -> str:
     return str(value).strip() if isinstance(value, str) else str(value)
 
 
-class _ListedSource(Source):
+class _ListedSource(ListedFiles, Source):
     """Files named in ``paths`` plus the matching files of named folders; a file that
     resolves outside its folder is an ``outside_root`` bad record, never opened."""
-
-    patterns: tuple[str, ...] = ()
-
-    def _listing(self) -> FileListing:
-        cached = getattr(self, "_listing_cache", None)
-        if cached is None:
-            cached = self._listing_cache = FileListing(
-                self.options.paths, self.patterns, follow_symlinks=self.options.follow_symlinks)
-        return cached
-
-    def files(self) -> list[str]:
-        return sorted(self._listing().readable())
 
 
 class TimeSeriesCsv(_ListedSource):
@@ -257,7 +245,7 @@ class TimeSeriesCsv(_ListedSource):
     def shards(self) -> list[Shard]:
         out: list[Shard] = []
         chunk = int(self.options.chunk_mb * (1 << 20))
-        listing = self._listing()
+        listing = self.listing()
         for path in listing.files:
             if listing.refusal(path) is not None:
                 out.append(Shard(path))
@@ -270,7 +258,7 @@ class TimeSeriesCsv(_ListedSource):
         return out
 
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        refusal = self._listing().refusal(shard.path)
+        refusal = self.listing().refusal(shard.path)
         if refusal is not None:
             yield refusal
             return
@@ -375,7 +363,7 @@ class TimeSeriesParquet(_ListedSource):
         import pyarrow.parquet as pq
 
         out: list[Shard] = []
-        listing = self._listing()
+        listing = self.listing()
         for path in listing.files:
             if listing.refusal(path) is not None:
                 out.append(Shard(path))  # read() reports it without opening it
@@ -391,7 +379,7 @@ class TimeSeriesParquet(_ListedSource):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        refusal = self._listing().refusal(shard.path)
+        refusal = self.listing().refusal(shard.path)
         if refusal is not None:
             yield refusal
             return
