@@ -150,14 +150,13 @@ def test_two_process_ddp_lora_run_has_the_loss_curve_of_one_process(privet_cli, 
         assert (wa[name] - wb[name]).abs().max().item() < 1e-4, name
 
 
-def test_full_fine_tuning_learns_a_chat_rule_to_90_percent_exact_match(run_pipeline, host, tmp_path):
+def test_full_fine_tuning_learns_a_chat_rule_to_90_percent_exact_match(run_pipeline, host, privet_cli,
+                                                                        tmp_path):
     """adapter: none on a small Qwen2: the assistant answers each word spelled backwards,
     decoded greedily from the inference prompt until the model emits EOS; the run's own
     ``eval`` scores the same."""
     import checkpoints
-    import torch
     from privet import load_trained
-    from privet_llm.chat import prompt_ids
 
     from conftest import WORDS
 
@@ -170,18 +169,16 @@ def test_full_fine_tuning_learns_a_chat_rule_to_90_percent_exact_match(run_pipel
     outcome = run_pipeline(config)
     outcome.assert_success()
     model, module = load_trained(outcome.run_dir, host)
-    tok = model.tokenizer
-    correct = 0
-    with torch.no_grad():
-        for word in WORDS:
-            ids, new = prompt_ids(tok, [{"role": "user", "content": f"reverse {word}"}]), []
-            for _ in range(8):
-                nxt = int(module(input_ids=torch.tensor([ids + new]), use_cache=False).logits[0, -1].argmax())
-                if nxt == tok.eos_token_id:
-                    break
-                new.append(nxt)
-            correct += tok.decode(new) == word[::-1]
-    assert correct >= 0.9 * len(WORDS), f"{correct}/{len(WORDS)}"
+    # Model.generate is what `privet generate` streams (greedy at temperature 0)
+    answers = {w: "".join(model.generate(module, f"reverse {w}", max_new_tokens=8, temperature=0))
+               for w in WORDS}
+    correct = sum(answers[w].strip() == w[::-1] for w in WORDS)
+    assert correct >= 0.9 * len(WORDS), f"{correct}/{len(WORDS)}: {answers}"
+    # and through the real command, for one word
+    cli = privet_cli("generate", str(outcome.run_dir), "--prompt", "reverse fox",
+                     "--temperature", "0", "--max-new-tokens", "8")
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == answers["fox"].strip()
     # eval: {file} scored the same answers after training, into report.json (no texts kept)
     on_disk = json.loads((outcome.run_dir / "report.json").read_text())
     assert on_disk["eval"] == {"file": str(qa), "questions": len(WORDS), "correct": correct,
