@@ -29,6 +29,9 @@ BUILTIN_COMMANDS = {
     "generate": "privet.commands.generate:generate",
     "chat": "privet.commands.generate:chat",
     "cache": "privet.commands.cache:cache",
+    "decrypt": "privet.commands.decrypt:decrypt",
+    "keys": "privet.commands.keys:keys",
+    "runs": "privet.commands.runs:runs",
 }
 #: Shown by ``privet --help`` without importing the command modules.
 SHORT_HELP = {
@@ -43,6 +46,9 @@ SHORT_HELP = {
     "generate": "Generate text with a language model run or export, streamed.",
     "chat": "Chat interactively with a language model run or export.",
     "cache": "List or delete the prepared data caches of a runs folder.",
+    "decrypt": "Decrypt a file sealed by Privet (e.g. predict --out) with its key.",
+    "keys": "Make keys: an Ed25519 signing key pair for export --sign.",
+    "runs": "Manage run folders: purge a run down to its export bundle.",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -41,9 +42,12 @@ def _summary(report: dict) -> None:
 @click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
               help="Add int8 copies: dynamic, or static calibrated on validation examples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False, exists=True), default=None,
+              metavar="KEYFILE", help="Sign the bundle with this Ed25519 private key (PEM; "
+                                      "'privet keys new-signing' makes one): export/manifest.json.")
 @click.pass_context
 def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize: str | None,
-           as_json: bool) -> None:
+           as_json: bool, sign_key: str | None) -> None:
     """Export the trained RUN_DIR to ONNX, torch.export or TorchScript, verified against eager.
 
     Writes RUN_DIR/export/: the artifacts, model_state.json and the model's preprocessing
@@ -52,6 +56,10 @@ def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize:
     from ..export.bundle import export_run
     from ..runs import load_run
 
+    if sign_key:  # a bad key is refused before anything is exported
+        from ..signing import load_signing_key
+
+        load_signing_key(Path(sign_key))
     stored = load_run(run_dir)  # config.yaml is read once, here
     storage = stored.storage
     chosen = list(formats)
@@ -65,4 +73,9 @@ def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize:
         run_report = storage.read_json("report.json")
         run_report["export"] = report
         storage.write_json("report.json", run_report)
+    if sign_key:  # last: the manifest covers every file of the finished bundle
+        from ..signing import sign_bundle
+
+        manifest = sign_bundle(Path(run_dir) / "export", sign_key)
+        click.echo(f"signed: {manifest}", err=True)
     click.echo(json.dumps(report, indent=2)) if as_json else _summary(report)

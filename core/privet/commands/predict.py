@@ -35,6 +35,20 @@ def _atomic_output(path: Path) -> Iterator[IO[str]]:
         raise
 
 
+@contextlib.contextmanager
+def _sealed_output(path: Path, cipher: object) -> Iterator[IO[str]]:
+    """Predictions collected in memory, sealed with ``cipher`` (the format of
+    :mod:`privet.crypto`) and written atomically (0600) only when predict finished."""
+    import io
+
+    from ..storage import Storage
+
+    buffer = io.StringIO()
+    yield buffer
+    sealed = cipher.encrypt(buffer.getvalue().encode("utf-8"))  # type: ignore[attr-defined]
+    Storage(path.parent, cipher=None).write_bytes(path.name, sealed)
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
@@ -49,9 +63,17 @@ def _atomic_output(path: Path) -> Iterator[IO[str]]:
 @click.option("--strict", is_flag=True,
               help="Exit with code 1 when any record could not be predicted.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--key", default=None, metavar="REF",
+              help="Key reference (env:NAME, file:PATH, command:...) of an encrypted bundle; "
+                   "default: the env: or file: reference the bundle records. With a key, "
+                   "--out is encrypted too ('privet decrypt' reads it).")
+@click.option("--verify-key", type=click.Path(dir_okay=False), default=None, metavar="PUB",
+              help="Ed25519 public key (PEM): refuse the bundle unless its signed manifest "
+                   "verifies and every file matches it.")
 @click.pass_context
 def predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
-            artifact: str | None, trust_code: bool, strict: bool, batch_size: int) -> None:
+            artifact: str | None, trust_code: bool, strict: bool, batch_size: int,
+            key: str | None, verify_key: str | None) -> None:
     """Predict with an exported BUNDLE (RUN/export) on the raw records in INPUT.
 
     INPUT is what the model's plugin reads: JSONL or CSV records by default, image files
@@ -60,15 +82,23 @@ def predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
     with their file and line, and the rest are predicted. Exit code 0: some or all
     records predicted; 1: none (or any failed, with --strict); 2: cannot predict at all.
     """
-    from ..export.predict import predict_path
+    from ..export.bundle import Bundle
+    from ..export.predict import bundle_cipher, predict_path
 
     host = get_host(ctx)
+    if verify_key:  # before anything in the bundle (even its key reference) is used
+        from ..signing import verify_bundle
+
+        verify_bundle(Bundle.locate(bundle), verify_key)
+    cipher = bundle_cipher(bundle, host, key)
     with contextlib.ExitStack() as stack:
         fh = sys.stdout
-        if out:  # a refused bundle or a crash leaves an earlier output file as it was
+        if out and cipher is not None:  # predictions of a private model: sealed, never plain
+            fh = stack.enter_context(_sealed_output(Path(out), cipher))
+        elif out:  # a refused bundle or a crash leaves an earlier output file as it was
             fh = stack.enter_context(_atomic_output(Path(out)))
         summary = predict_path(bundle, input_path, fh, host=host, artifact=artifact,
-                               batch_size=batch_size, trust_code=trust_code)
+                               batch_size=batch_size, trust_code=trust_code, cipher=cipher)
     errors = ", ".join(f"{k}: {v}" for k, v in summary.errors.most_common())
     click.echo(f"predicted {summary.predicted} of {summary.total} records with "
                f"{summary.artifact}" + (f"; errors: {errors}" if errors else "")

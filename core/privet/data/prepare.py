@@ -23,7 +23,7 @@ import attrs
 
 from ..components import BadRecord, Cleaner, Model, Record, Source
 from ..config import DataConfig
-from ..errors import DataError, DropRecord
+from ..errors import DataError, DropRecord, PluginError
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .versions import code_version
@@ -31,6 +31,9 @@ from .versions import code_version
 SPLITS = ("train", "val", "test")
 _FIELD_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 CACHE_VERSION = 2
+#: Records cleaned together (Cleaner.clean_batch): large enough that a cleaner's batch
+#: work pays, small enough that memory stays flat.
+CLEAN_BATCH = 512
 #: Largest float32: a bigger number becomes inf once a model makes a tensor of it.
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -245,35 +248,88 @@ class Preparer:
         if drops is not None:
             drops.add(reason, f"{where}: {detail}" if detail else where)
 
-    def _clean(self, record: Record, upto: int, drops: DropCounter | None,
-               where: str) -> Record | None:
-        path = record.get("path")
-        if isinstance(path, str) and path:  # name the file itself when the record has one
-            where = path
+    def _clean_batch(self, records: list[Record], upto: int) -> list[Record | DropRecord | str]:
+        """Each record through ``cleaners[:upto]``, cleaner by cleaner over the whole list.
+
+        Returns per record the cleaned record, the :class:`DropRecord` a cleaner gave, or
+        the name of the cleaner that filtered it out. A cleaner sees the survivors of the
+        earlier ones in source order, as it would one record at a time.
+        """
+        outcomes: list[Record | DropRecord | str] = list(records)
+        alive = list(range(len(records)))
         for cleaner in self.cleaners[:upto]:
-            try:
-                out = cleaner.clean(record)
-            except DropRecord as drop:
-                self._bad(drops, drop.reason, where, drop.detail, bad=drop.bad)
-                return None
-            if out is None:
-                self._bad(drops, f"filtered_by_{cleaner.name}", where, bad=False)
-                return None
-            record = out
-        return record
+            if not alive:
+                break
+            results = cleaner.clean_batch([outcomes[i] for i in alive])  # type: ignore[misc]
+            if len(results) != len(alive):
+                raise PluginError(f"cleaner {cleaner.name}: clean_batch returned {len(results)} "
+                                  f"results for {len(alive)} records; return one per record")
+            survivors = []
+            for i, out in zip(alive, results):
+                if isinstance(out, DropRecord):
+                    outcomes[i] = out
+                elif out is None:
+                    outcomes[i] = cleaner.name
+                else:
+                    outcomes[i] = out
+                    survivors.append(i)
+            alive = survivors
+        return outcomes
+
+    def _flush(self, events: list[tuple[Any, ...]], upto: int,
+               drops: DropCounter | None) -> Iterator[tuple[str, Record]]:
+        """Clean the batched records, then report drops and yield records in source order."""
+        records = [e[3] for e in events if e[0] == "record"]
+        outcomes = iter(self._clean_batch(records, upto))
+        batch, events[:] = list(events), []
+        for event in batch:
+            if event[0] == "drop":  # dropped by the source while the batch filled
+                if drops is not None:
+                    drops.add(event[1], event[2], bad=event[3])
+                continue
+            _tag, part, where, _record = event
+            out = next(outcomes)
+            if isinstance(out, DropRecord):
+                self._bad(drops, out.reason, where, out.detail, bad=out.bad)
+            elif isinstance(out, str):
+                self._bad(drops, f"filtered_by_{out}", where, bad=False)
+            else:
+                yield part, out
 
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
                  total: list[int], on_start: Callable[[], None] = lambda: None
                  ) -> Iterator[tuple[str, Record]]:
+        """Cleaned ``(split, record)`` in source order, in batches of CLEAN_BATCH (or a shard).
+
+        Drops are counted in source order, as if each record went through the cleaners
+        alone: the source's drops wait in ``events`` until the batch is cleaned, and a
+        source error is raised only after the records read before it.
+        """
         for cleaner in self.cleaners[:upto]:
             cleaner.start_pass()
         on_start()
-        for part, where, record in self._raw(drops, total):
-            if only is not None and part != only:
-                continue
-            out = self._clean(record, upto, drops, where)
-            if out is not None:
-                yield part, out
+        events: list[tuple[Any, ...]] = []
+        raw = self._raw(_Deferred(events) if drops is not None else None, total)
+        size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
+        done = False
+        while not done:
+            done, n = True, 0
+            try:
+                for part, where, record in raw:
+                    if only is not None and part != only:
+                        continue
+                    path = record.get("path")
+                    if isinstance(path, str) and path:  # name the file itself when the record has one
+                        where = path
+                    events.append(("record", part, where, record))
+                    n += 1
+                    if n >= size:
+                        done = False
+                        break
+            except DataError:
+                yield from self._flush(events, upto, drops)  # errors of earlier records first
+                raise
+            yield from self._flush(events, upto, drops)
 
     # -- the whole preparation ------------------------------------------------------------------
 
@@ -390,6 +446,17 @@ class Preparer:
     def _open(cache: Storage, meta: dict[str, Any]) -> dict[str, ArrowTable]:
         return {s: ArrowTable([str(cache.path(f)) for f in meta["example_files"][s]], cipher=cache.cipher)
                 for s in SPLITS}
+
+
+class _Deferred:
+    """Stands for the DropCounter while a batch fills: the source's drops become events,
+    replayed in source order between the batch's own drops."""
+
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        self.events = events
+
+    def add(self, reason: str, where: str, *, bad: bool = True) -> None:
+        self.events.append(("drop", reason, where, bad))
 
 
 class _Reiterable:

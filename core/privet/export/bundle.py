@@ -138,6 +138,9 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
         config = load_run(run_dir).config
     model, module, cleaners = _trained_objects(run_dir, host, trained, cleaners)
     storage = Storage(run_dir)
+    if quantize and storage.cipher is not None:
+        raise ExportError(f"{run_dir}: --quantize is not available for an encrypted run: the "
+                          f"quantizers read and write model files on disk in plaintext")
     exporters = {f: host.catalog.get("exporter", f, key_path="export.formats") for f in formats}
     tables = _cached_examples(run_dir, storage)
     example = check = None
@@ -166,10 +169,20 @@ def export_run(run_dir: str | Path, *, host: Any | None = None,
                               axes, files, artifacts, tmp)
         Storage(tmp).write_text("bundle.json", json.dumps(bundle, indent=2) + "\n")
     report = _export_report(run_dir, formats, quantize, artifacts, quantization, notes, started)
+    if storage.cipher is not None:  # the key reference (never the key), for privet predict
+        report["encryption"] = _key_reference(run_dir, config)
     Storage(run_dir / "export").write_json("report.json", report)
     _raise_for_failures(run_dir, artifacts)
     say(f"export: {', '.join(artifacts)} verified against the eager model -> {run_dir / 'export'}")
     return report
+
+
+def _key_reference(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The run's key reference and the folder relative ``file:`` references start from."""
+    from ..runs import load_run
+
+    encryption = (config.get("security") or {}).get("encryption") or {}
+    return {"key": encryption.get("key"), "base_dir": str(load_run(run_dir).base_dir)}
 
 
 def _check_quantize(quantize: str | None, formats: list[str]) -> None:
@@ -374,6 +387,21 @@ def _call_export(exporter: Any, module: Any, example_inputs: tuple[Any, ...], fo
     return Path(exporter.export(module, example_inputs, folder, input_names, output_names, **kwargs))
 
 
+def _export_sealed(name: str, exporter: Any, module: Any, inputs: tuple[Any, ...], folder: Path,
+                   model: Any, axes: Any) -> tuple[Path, Runner]:
+    """Export to bytes, seal them into ``folder`` and load the runner from the same bytes:
+    no plaintext artifact touches the disk. Exporters without ``export_bytes`` are refused."""
+    if not (hasattr(exporter, "export_bytes") and hasattr(exporter, "load_bytes")):
+        raise ExportError(f"exporter {name!r} writes its artifact to disk, which an encrypted "
+                          f"run does not allow (it would be plaintext); use onnx, torch_export "
+                          f"or torchscript, or give the exporter export_bytes/load_bytes")
+    data = exporter.export_bytes(module, inputs, model.input_names(), model.output_names(),
+                                 dynamic_axes=axes)
+    filename = f"model{exporter.suffix}"
+    path = Storage(folder).write_bytes(filename, data)
+    return path, exporter.load_bytes(data, path)
+
+
 def _export_one(name: str, entry: Any, model: Any, module: Any, example: Any, check: Any,
                 eager_example: list[Any], axes: Any, folder: Path) -> tuple[dict[str, Any], Runner | None]:
     """Export with one exporter, load the artifact back and compare it with eager."""
@@ -385,12 +413,16 @@ def _export_one(name: str, entry: Any, model: Any, module: Any, example: Any, ch
     inputs = tuple(torch.as_tensor(v) for v in example.feed.values())
     info: dict[str, Any] = {"exporter": name, "loader": name, "precision": "fp32"}
     t0 = time.perf_counter()
+    sealed = Storage(folder).cipher is not None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            path = _call_export(exporter, module, inputs, folder, model.input_names(),
-                                model.output_names(), axes)
-        runner = exporter.load(path)
+            if sealed:  # an encrypted run: the artifact exists in plaintext only in memory
+                path, runner = _export_sealed(name, exporter, module, inputs, folder, model, axes)
+            else:
+                path = _call_export(exporter, module, inputs, folder, model.input_names(),
+                                    model.output_names(), axes)
+                runner = exporter.load(path)
     except PrivetError as err:
         return {**info, "verified": False, "error": str(err), "file": None, "size_bytes": 0}, None
     except Exception as err:
@@ -653,28 +685,54 @@ def validate_meta(folder: Path, meta: dict[str, Any], where: Path) -> None:
 class Bundle:
     """An export bundle read back: checked, with its components rebuilt on demand."""
 
-    def __init__(self, folder: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, meta: dict[str, Any], storage: Storage | None = None) -> None:
         self.folder = folder
         self.meta = meta
-        self.storage = Storage(folder)
+        self.storage = storage if storage is not None else Storage(folder)
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the bundle's files are encrypted (opened with a key)."""
+        return self.storage.cipher is not None
 
     @property
     def json_path(self) -> Path:
         return self.folder / "bundle.json"
 
-    @classmethod
-    def open(cls, folder: str | Path) -> "Bundle":
-        """Read ``bundle.json``, validate it, and check every preprocessing file."""
+    @staticmethod
+    def locate(folder: str | Path) -> Path:
+        """The bundle folder: ``folder``, or ``folder/export`` when a run folder was given."""
         folder = Path(folder)
         if not (folder / "bundle.json").exists() and (folder / "export" / "bundle.json").exists():
-            folder = folder / "export"  # a run folder was given
-        path = folder / "bundle.json"
-        if not path.exists():
+            folder = folder / "export"
+        if not (folder / "bundle.json").exists():
             raise ExportError(f"{folder}: not an export bundle (no bundle.json); pass RUN/export "
                               f"from 'privet export RUN'")
+        return folder
+
+    @classmethod
+    def open(cls, folder: str | Path, *, cipher: Any = None, verify_key: str | Path | None = None
+             ) -> "Bundle":
+        """Read ``bundle.json``, validate it, and check every preprocessing file.
+
+        ``cipher`` opens a sealed bundle (a plaintext one is read as it is);
+        ``verify_key`` (an Ed25519 public key file) first checks the bundle's signed
+        manifest, refusing any file that was changed, added or removed.
+        """
+        from ..crypto import is_encrypted
+
+        folder = cls.locate(folder)
+        path = folder / "bundle.json"
         confined(folder, "bundle.json", path, "bundle.json")
+        if verify_key is not None:
+            from ..signing import verify_bundle
+
+            verify_bundle(folder, verify_key)
+        storage = Storage(folder)
+        if cipher is not None and is_encrypted(path.read_bytes()[:16]):
+            storage = Storage(folder, cipher=cipher)
         try:
-            meta = json.loads(Storage(folder).read_text("bundle.json"))
+            meta = json.loads(storage.read_text("bundle.json"))
         except (ValueError, UnicodeDecodeError) as err:
             raise ExportError(f"{path}: corrupted bundle.json ({err}); re-export the run") from err
         if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
@@ -691,7 +749,7 @@ class Bundle:
             if key not in meta:
                 raise ExportError(f"{path}: missing key {key!r}; the bundle is incomplete, re-export it")
         validate_meta(folder, meta, path)
-        bundle = cls(folder, meta)
+        bundle = cls(folder, meta, storage)
         for role, item in meta["files"].items():
             bundle._check_file(item["file"], item.get("sha256"), f"preprocessing file ({role})")
         return bundle
@@ -893,6 +951,8 @@ class Bundle:
         if not trust_code and self.is_code(name, host):
             raise self._untrusted(name)
         info = self.meta["artifacts"][name]
+        if self.sealed:
+            return self._sealed_runner(name, info, host)
         path = self._check_file(info["file"], info.get("sha256"), f"{name} artifact")
         for i, extra in enumerate(info.get("external_data") or []):
             self._check_file(extra, None, f"{name} external data ({i})")
@@ -910,10 +970,38 @@ class Bundle:
                               f"installed ({_first_line(err)})") from err
         return entry.cls(entry.cls.Options()).load(path)
 
+    def _sealed_runner(self, name: str, info: dict[str, Any], host: Any) -> Runner:
+        """A sealed artifact decrypted into memory (authenticated, checksum checked) and
+        loaded from those bytes by its exporter's ``load_bytes``: never plaintext on disk."""
+        path = self.folder / info["file"]
+        if info.get("external_data") or self.storage.path(info["file"]).is_dir():
+            raise ExportError(f"{path}: an encrypted bundle's artifact must be one file; re-export")
+        if not self.storage.path(info["file"]).is_file():
+            raise ExportError(f"{path}: missing {name} artifact; the bundle is incomplete, copy "
+                              f"the whole export folder or re-export the run")
+        data = self.storage.read_bytes(info["file"])
+        if info.get("sha256") and hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise ExportError(f"{path}: checksum mismatch ({name} artifact is corrupted or "
+                              f"truncated); copy the export folder again or re-export the run")
+        loader = info.get("loader", name)
+        try:
+            entry = host.catalog.get("exporter", loader)
+        except PrivetError as err:
+            raise ExportError(f"{path}: exporter {loader!r} that wrote this artifact is not "
+                              f"installed ({_first_line(err)})") from err
+        exporter = entry.cls(entry.cls.Options())
+        if not hasattr(exporter, "load_bytes"):
+            raise ExportError(f"{path}: exporter {loader!r} cannot load an artifact from memory, "
+                              f"so the {name} artifact of an encrypted bundle cannot be run")
+        return exporter.load_bytes(data, path)
+
     def load_module(self, name: str, host: Any, *, trust_code: bool = False) -> Any:
         """Check the artifact's checksum and load it as a module (``privet generate``)."""
         if not trust_code and self.is_code(name, host):
             raise self._untrusted(name)
+        if self.sealed:
+            raise ExportError(f"{self.folder}: an encrypted bundle's artifact is loaded only from "
+                              f"memory by 'privet predict'; generate from the run folder instead")
         info = self.meta["artifacts"][name]
         path = self._check_file(info["file"], info.get("sha256"), f"{name} artifact")
         loader = info.get("loader", name)

@@ -108,8 +108,17 @@ class TorchExportExporter(Exporter):
                dynamic_axes: DynamicAxes | None = None) -> Path:
         import torch
 
-        axes = dynamic_axes if dynamic_axes is not None else default_axes(input_names, output_names)
         path = Path(out_dir) / "model.pt2"
+        program = self._program(module, example_inputs, input_names, output_names, dynamic_axes)
+        torch.export.save(program, str(path))
+        return path
+
+    def _program(self, module: Any, example_inputs: tuple[Any, ...], input_names: list[str],
+                 output_names: list[str], dynamic_axes: DynamicAxes | None) -> Any:
+        """The ExportedProgram: dynamic batch, else the example inputs' static shapes."""
+        import torch
+
+        axes = dynamic_axes if dynamic_axes is not None else default_axes(input_names, output_names)
         self.notes: list[str] = []
         self.details: dict[str, Any] = {"dynamic": True}
         try:
@@ -123,24 +132,37 @@ class TorchExportExporter(Exporter):
             self.notes.append(note)
             self.details["dynamic"] = False
             program = torch.export.export(module, example_inputs)
-        torch.export.save(program, str(path))
-        return path
+        return program
 
-    def load(self, path: Any) -> Runner:
+    def export_bytes(self, module: Any, example_inputs: tuple[Any, ...], input_names: list[str],
+                     output_names: list[str], *, dynamic_axes: DynamicAxes | None = None) -> bytes:
+        """The ``.pt2`` archive as bytes, never on disk (an encrypted run's export)."""
         import torch
 
-        check_pt2_is_safe(path)
+        buffer = io.BytesIO()
+        torch.export.save(self._program(module, example_inputs, input_names, output_names,
+                                        dynamic_axes), buffer)
+        return buffer.getvalue()
+
+    def load_bytes(self, data: bytes, name: Any) -> Runner:
+        """A runner over a ``.pt2`` archive held in memory (checked for pickles first)."""
+        return self.load(name, data=data)
+
+    def load(self, path: Any, *, data: bytes | None = None) -> Runner:
+        import torch
+
+        check_pt2_is_safe(path, data=data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                program = torch.export.load(str(path))
+                program = torch.export.load(str(path) if data is None else io.BytesIO(data))
         except Exception as err:
             raise ExportError(f"{path}: cannot load the ExportedProgram ({_first_line(err)}); "
                               f"re-export it") from err
         return torch_runner(program.module())
 
 
-def check_pt2_is_safe(path: Any) -> None:
+def check_pt2_is_safe(path: Any, *, data: bytes | None = None) -> None:
     """Refuse a ``.pt2`` archive that would make ``torch.export.load`` unpickle objects.
 
     ``torch.export.load`` unpickles weights marked ``use_pickle`` (and falls back to
@@ -150,7 +172,7 @@ def check_pt2_is_safe(path: Any) -> None:
     import torch
 
     try:
-        with zipfile.ZipFile(str(path)) as zf:
+        with zipfile.ZipFile(str(path) if data is None else io.BytesIO(data)) as zf:
             names = zf.namelist()
             if not any(n.endswith("archive_format") for n in names):
                 raise ExportError(f"{path}: not a torch.export archive written by torch>=2.7 "
@@ -191,11 +213,26 @@ class OnnxExporter(Exporter):
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
                input_names: list[str], output_names: list[str], *,
                dynamic_axes: DynamicAxes | None = None) -> Path:
+        path = Path(out_dir) / "model.onnx"
+        self._export(module, example_inputs, str(path), input_names, output_names, dynamic_axes)
+        return path
+
+    def export_bytes(self, module: Any, example_inputs: tuple[Any, ...], input_names: list[str],
+                     output_names: list[str], *, dynamic_axes: DynamicAxes | None = None) -> bytes:
+        """The ONNX model as bytes, never written to disk: what an encrypted run's export
+        seals. A model over 2 GiB (which needs ONNX external data files) is refused."""
+        data = self._export(module, example_inputs, None, input_names, output_names, dynamic_axes)
+        assert data is not None
+        return data
+
+    def _export(self, module: Any, example_inputs: tuple[Any, ...], path: str | None,
+                input_names: list[str], output_names: list[str],
+                dynamic_axes: DynamicAxes | None) -> bytes | None:
+        """Export to ``path``, or (``path`` None) to memory and return the bytes."""
         require_modules("onnx", "onnxscript", "onnxruntime")
         import torch
 
         axes = dynamic_axes if dynamic_axes is not None else default_axes(input_names, output_names)
-        path = Path(out_dir) / "model.onnx"
         self.notes: list[str] = []
         self.details: dict[str, Any] = {"exporter": "dynamo", "opset": self.options.opset}
         self.used = "dynamo"
@@ -204,13 +241,14 @@ class OnnxExporter(Exporter):
                 # the dynamo exporter prints its progress to stdout: keep stdout for results
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                     warnings.simplefilter("ignore")
-                    torch.onnx.export(module, example_inputs, str(path), dynamo=True,
-                                      input_names=input_names, output_names=output_names,
-                                      dynamic_shapes=torch_dynamic_shapes(example_inputs,
-                                                                          input_names, axes),
-                                      opset_version=self.options.opset, external_data=False,
-                                      verbose=False)
-                return path
+                    program = torch.onnx.export(
+                        module, example_inputs, path, dynamo=True, input_names=input_names,
+                        output_names=output_names,
+                        dynamic_shapes=torch_dynamic_shapes(example_inputs, input_names, axes),
+                        opset_version=self.options.opset, external_data=False, verbose=False)
+                return None if path is not None else _onnx_bytes(program.model_proto)
+            except ExportError:
+                raise
             except Exception as err:
                 note = (f"the dynamo ONNX exporter failed ({type(err).__name__}: {_first_line(err)}); "
                         f"fell back to the TorchScript-based exporter")
@@ -218,32 +256,46 @@ class OnnxExporter(Exporter):
                 self.notes.append(note)
         self.used = "torchscript"
         self.details["exporter"] = "torchscript"
+        target: Any = path if path is not None else io.BytesIO()
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, example_inputs, str(path), dynamo=False,
+            torch.onnx.export(module, example_inputs, target, dynamo=False,
                               input_names=input_names, output_names=output_names,
                               dynamic_axes={n: {int(a): s for a, s in ax.items()}
                                             for n, ax in axes.items()},
                               opset_version=self.options.opset)
-        return path
+        return None if path is not None else target.getvalue()
+
+    def load_bytes(self, data: bytes, name: Any) -> Runner:
+        """A runner over an ONNX model held in memory (a sealed bundle's, decrypted)."""
+        return onnx_runner(name, data=data)
 
     def load(self, path: Any) -> Runner:
         return onnx_runner(path)
 
 
-def onnx_runner(path: Any, *, threads: int = 0) -> Runner:
-    """Check an ONNX file with ``onnx.checker`` and open it in ONNX Runtime (CPU)."""
+def onnx_runner(path: Any, *, threads: int = 0, data: bytes | None = None) -> Runner:
+    """Check an ONNX model with ``onnx.checker`` and open it in ONNX Runtime (CPU).
+
+    With ``data`` the model comes from those bytes (``path`` only names it in errors):
+    a sealed bundle's artifact is decrypted into memory and never written out in plain.
+    """
     require_modules("onnx", "onnxruntime")
     import onnx
     import onnxruntime as ort
 
-    check_onnx_external_data(path)
+    if data is None:
+        check_onnx_external_data(path)
+        checked: Any = str(path)
+    else:
+        checked = _onnx_in_memory(path, data)
     try:
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(checked)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path) if data is None else data, options,
+                                       providers=["CPUExecutionProvider"])
     except Exception as err:
         raise ExportError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export it") from err
     names = [i.name for i in session.get_inputs()]
@@ -292,6 +344,34 @@ def check_onnx_external_data(path: Any) -> None:
             confined(path.parent, location, path, f"external data of tensor {tensor.name!r}")
 
 
+#: protobuf's limit: a larger ONNX model needs external data files, never held in memory
+_PROTO_LIMIT = (1 << 31) - 1
+
+
+def _onnx_bytes(proto: Any) -> bytes:
+    """A model proto serialised in memory; one line when it is too large for that."""
+    if proto.ByteSize() >= _PROTO_LIMIT:
+        raise ExportError("the ONNX model is over 2 GiB, which needs ONNX external data files; "
+                          "an encrypted run's export keeps artifacts in memory and cannot write "
+                          "them: export with --format torch_export, or without encryption")
+    return proto.SerializeToString()
+
+
+def _onnx_in_memory(path: Any, data: bytes) -> Any:
+    """Parse an ONNX model from bytes; a model naming external data files is refused."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as err:
+        raise ExportError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export it") from err
+    for tensor in _onnx_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ExportError(f"{path}: tensor {tensor.name!r} names external data, which a sealed "
+                              f"bundle's model loaded from memory cannot use; refusing it")
+    return model
+
+
 class TorchScriptExporter(Exporter):
     """TorchScript (``torch.jit.trace`` or ``script``). Deprecated upstream; kept for users."""
 
@@ -304,30 +384,47 @@ class TorchScriptExporter(Exporter):
     def export(self, module: Any, example_inputs: tuple[Any, ...], out_dir: Any,
                input_names: list[str], output_names: list[str], *,
                dynamic_axes: DynamicAxes | None = None) -> Path:
+        path = Path(out_dir) / "model.ts"
+        self._scripted(module, example_inputs).save(str(path))
+        return path
+
+    def _scripted(self, module: Any, example_inputs: tuple[Any, ...]) -> Any:
         import torch
 
         note = ("TorchScript is deprecated upstream in PyTorch; prefer torch_export or onnx. "
                 "Privet keeps it working while torch ships it.")
-        warnings.warn(note, DeprecationWarning, stacklevel=2)
+        warnings.warn(note, DeprecationWarning, stacklevel=3)
         self.notes = [note]
         self.details = {"method": self.options.method}
-        path = Path(out_dir) / "model.ts"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self.options.method == "script":
-                scripted = torch.jit.script(module)
-            else:
-                scripted = torch.jit.trace(module, example_inputs, check_trace=False)
-        scripted.save(str(path))
-        return path
+                return torch.jit.script(module)
+            return torch.jit.trace(module, example_inputs, check_trace=False)
 
-    def load(self, path: Any) -> Runner:
+    def export_bytes(self, module: Any, example_inputs: tuple[Any, ...], input_names: list[str],
+                     output_names: list[str], *, dynamic_axes: DynamicAxes | None = None) -> bytes:
+        """The TorchScript archive as bytes, never on disk (an encrypted run's export)."""
+        import torch
+
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(self._scripted(module, example_inputs), buffer)
+        return buffer.getvalue()
+
+    def load_bytes(self, data: bytes, name: Any) -> Runner:
+        """A runner over a TorchScript archive held in memory."""
+        return self.load(name, data=data)
+
+    def load(self, path: Any, *, data: bytes | None = None) -> Runner:
         import torch
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                module = torch.jit.load(str(path), map_location="cpu")
+                module = torch.jit.load(str(path) if data is None else io.BytesIO(data),
+                                        map_location="cpu")
         except Exception as err:
             raise ExportError(f"{path}: cannot load the TorchScript file ({_first_line(err)}); "
                               f"re-export it") from err

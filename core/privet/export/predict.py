@@ -73,6 +73,19 @@ class Predictor:
         self.static_batch = None if info.get("dynamic", True) else int(info.get("example_batch", 1))
         self.batch_size = self.static_batch or max(1, batch_size)
 
+    @classmethod
+    def open(cls, folder: str | Path, host: Any, *, key: str | None = None,
+             verify_key: str | Path | None = None, **options: Any) -> "Predictor":
+        """A Predictor over the bundle in ``folder``: sealed bundles opened with ``key`` (a
+        key reference, ``env:``/``file:``/``command:``) or the bundle's own reference;
+        ``verify_key`` checks its signature first. ``options`` go to the constructor."""
+        if verify_key is not None:  # before anything in the bundle is trusted
+            from ..signing import verify_bundle
+
+            verify_bundle(Bundle.locate(folder), verify_key)
+        bundle = Bundle.open(folder, cipher=bundle_cipher(folder, host, key))
+        return cls(bundle, host, **options)
+
     def clean(self, location: str, item: Record | BadRecord) -> _Pending:
         """Apply the fitted cleaners to one raw record; failures become an error entry."""
         if isinstance(item, BadRecord):
@@ -205,16 +218,48 @@ def _failure(location: str, err: Exception, record: Any) -> dict[str, Any]:
     return _error(location, "unusable_record", f"{type(err).__name__}: {_first_line(err)}", record)
 
 
+#: Key providers a bundle's own reference may use: reading a variable or a file runs nothing.
+_BUNDLE_PROVIDERS = ("env", "file")
+
+
+def bundle_cipher(folder: str | Path, host: Any, key: str | None = None) -> Any:
+    """The cipher that opens a sealed bundle: from ``key`` (a key reference given by the
+    user), else from the reference the bundle's plain ``report.json`` records; None for
+    a plaintext bundle without ``key``. The key itself is never stored in a bundle."""
+    from ..crypto import Cipher, KeyMissingError, is_encrypted, load_key
+
+    if key:
+        return Cipher(load_key(key, host.catalog, Path.cwd(), where="--key"))
+    folder = Bundle.locate(folder)
+    if not is_encrypted((folder / "bundle.json").read_bytes()[:16]):
+        return None
+    try:
+        reference = json.loads((folder / "report.json").read_text()).get("encryption") or {}
+    except (OSError, ValueError, AttributeError):
+        reference = {}
+    if not isinstance(reference, dict) or not isinstance(reference.get("key"), str):
+        return None  # reading bundle.json then says "key missing"
+    where = f"{folder / 'report.json'}: encryption.key"
+    provider = reference["key"].partition(":")[0]
+    if provider not in _BUNDLE_PROVIDERS:  # a bundle is untrusted: it never runs a command
+        raise KeyMissingError(f"{where}: key missing: the bundle names a {provider!r} key "
+                              f"reference, which predict follows only when given as --key")
+    return Cipher(load_key(reference["key"], host.catalog, Path(str(reference.get("base_dir") or folder)),
+                           where=where))
+
+
 def predict_path(bundle_dir: str | Path, input_path: str | Path, out: IO[str] | None = None, *,
                  host: Any, artifact: str | None = None, batch_size: int = 64,
-                 trust_code: bool = False) -> PredictSummary:
+                 trust_code: bool = False, cipher: Any = None,
+                 verify_key: str | Path | None = None) -> PredictSummary:
     """Predict every record of ``input_path`` with the bundle; write JSONL to ``out``.
 
     ``trust_code`` allows artifacts that are programs (TorchScript, ``torch.export``);
-    without it only data artifacts (ONNX, int8 safetensors) are run.
+    without it only data artifacts (ONNX, int8 safetensors) are run. ``cipher`` opens a
+    sealed bundle (see :func:`bundle_cipher`); ``verify_key`` checks its signature.
     """
     out = out if out is not None else sys.stdout
-    bundle = Bundle.open(bundle_dir)
+    bundle = Bundle.open(bundle_dir, cipher=cipher, verify_key=verify_key)
     predictor = Predictor(bundle, host, artifact=artifact, batch_size=batch_size,
                           trust_code=trust_code)
     summary = PredictSummary(predictor.artifact)

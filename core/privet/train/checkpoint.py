@@ -133,6 +133,10 @@ class CheckpointManager:
             self.storage.makedirs(tmp_rel)
         dist.barrier()
         model_sd, optim_sd = get_state_dict(module, optimizer)
+        keys = _trainable_keys(self.model, module)
+        if keys is not None:  # an adapter run: its shards hold the adapter, not the frozen base
+            model_sd = {k: v for k, v in model_sd.items() if k in keys}
+            plain = dict(plain, trainable_part=True)
         try:
             dcp.save({"model": model_sd, "optim": optim_sd},
                      checkpoint_id=str(self.storage.path(f"{tmp_rel}/sharded")))
@@ -158,9 +162,11 @@ class CheckpointManager:
         """The best epoch's full weights, for export and ``load_trained`` (rank 0)."""
         with self.storage.atomic_dir("best") as tmp:
             out = self.storage.sub(tmp)
-            if full_state is not None:
-                _save_tensors(out, "model.safetensors",
-                              {k: v.contiguous() for k, v in full_state.items()}, None)
+            if full_state is not None:  # gathered from FSDP shards: keep the trainable part
+                keys = _trainable_keys(self.model, module)
+                part = full_state if keys is None else {k: v for k, v in full_state.items() if k in keys}
+                _save_tensors(out, "model.safetensors", {k: v.contiguous() for k, v in part.items()},
+                              None if keys is None else {"privet": "trainable_part"})
             else:
                 write_weights(tmp / "model.safetensors", module, self.model, storage=out)
 
@@ -179,16 +185,48 @@ class CheckpointManager:
 
     @staticmethod
     def load_sharded(path: Path, module: Any, optimizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """FSDP: load the shards into ``module`` and ``optimizer`` (a collective)."""
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        """FSDP: load the shards into ``module`` and ``optimizer`` (a collective).
+
+        A checkpoint of a trainable part (an adapter) loads that part; the frozen rest
+        stays as ``Model.build`` loaded it from the base weights.
+        """
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                             set_state_dict)
 
         path = Path(path)
+        tensors, plain = _load_state(path)
         model_sd, optim_sd = get_state_dict(module, optimizer)
+        partial = bool(plain.get("trainable_part"))
+        if partial:
+            model_sd = _stored_part(path, module, model_sd)
         state = {"model": model_sd, "optim": optim_sd}
         dcp_load_safely(state, str(path / "sharded"))
         set_state_dict(module, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
-        return _load_state(path)
+                       optim_state_dict=state["optim"], options=StateDictOptions(strict=not partial))
+        return tensors, plain
+
+
+def _trainable_keys(model: Any, module: Any) -> set[str] | None:
+    """The state-dict keys ``model`` keeps of ``module`` (its trainable part), or ``None`` for all."""
+    if not _keeps_a_part(model):
+        return None
+    part = model.trainable_state_dict(module)
+    return None if part is None else set(part)
+
+
+def _stored_part(path: Path, module: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``model_sd`` a trainable-part checkpoint holds; every parameter that
+    trains must be among them (else the checkpoint is from another adapter)."""
+    metadata = safe_dcp_reader(str(path / "sharded")).read_metadata()
+    stored = {k[len("model."):] for k in metadata.state_dict_metadata if k.startswith("model.")}
+    training = {name for name, p in module.named_parameters() if p.requires_grad}
+    missing = sorted(training - stored)
+    unexpected = sorted(stored - set(model_sd))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the sharded checkpoint does not match this model's trainable "
+                              f"weights (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                              f"resume with the same pipeline file")
+    return {k: v for k, v in model_sd.items() if k in stored}
 
 
 def _keeps_a_part(model: Any) -> bool:

@@ -123,14 +123,31 @@ def broadcast(value: Any, env: DistEnv) -> Any:
 
 
 def wrap_module(module: Any, strategy: str, env: DistEnv, device: Any) -> Any:
-    """DDP (or FSDP2 ``fully_shard``) around the module in a distributed run."""
+    """DDP (or FSDP2 ``fully_shard``) around the module in a distributed run.
+
+    Under FSDP each block the module names in ``_no_split_modules`` (Hugging Face's
+    convention: the decoder layers) is sharded as a unit of its own, so only one block's
+    weights are gathered at a time; the root takes the rest.
+    """
     if env.world_size <= 1:
         return module
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        for block in _shard_units(module):
+            fully_shard(block)
         return fully_shard(module)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(module, device_ids=ids)
+
+
+def _shard_units(module: Any) -> list[Any]:
+    """The submodules whose class ``module`` lists in ``_no_split_modules`` (found through
+    wrappers such as peft's, which forward attribute reads to the model they wrap)."""
+    try:
+        names = set(getattr(module, "_no_split_modules", None) or ())
+    except Exception:  # a wrapper whose attribute forwarding fails: shard the root only
+        names = set()
+    return [m for m in module.modules() if m is not module and type(m).__name__ in names]

@@ -317,3 +317,59 @@ def test_pos_tag_without_spacy_says_which_extra_to_install(host, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "spacy" else real(name, *a))
     with pytest.raises(ConfigError, match=r"needs spaCy, which is not installed; pip install 'privet-text\[spacy\]'"):
         host.make("cleaner", "text.pos_tag", {"pipeline": "en_core_web_sm"})
+
+
+def _planted(seed: int = 7, bases: int = 300, near: int = 60) -> tuple[list[str], set[int]]:
+    """Distinct random texts, then near copies (one word changed) of some: (texts, planted)."""
+    import random
+
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(2000)]
+    texts = [" ".join(rng.choice(vocab) for _ in range(40)) for _ in range(bases)]
+    planted = set()
+    for _ in range(near):
+        words = rng.choice(texts[:bases]).split()
+        words[rng.randrange(len(words))] = rng.choice(vocab)
+        planted.add(len(texts))
+        texts.append(" ".join(words))
+    return texts, planted
+
+
+def test_dedupe_minhash_matches_datasketch_on_planted_near_duplicates(host):
+    datasketch = pytest.importorskip("datasketch")  # declared in privet-text[test]
+    from privet_text.dedupe import canonical
+
+    texts, planted = _planted()
+    cleaner = host.make("cleaner", "text.dedupe", {"method": "minhash", "threshold": 0.8})
+    out = cleaner.clean_batch([{"text": t} for t in texts])
+    ours = {i for i, r in enumerate(out) if isinstance(r, DropRecord)}
+
+    lsh, reference = datasketch.MinHashLSH(threshold=0.8, num_perm=128), set()
+    for i, text in enumerate(texts):
+        c = canonical(text, punctuation=False)
+        m = datasketch.MinHash(num_perm=128, seed=1)
+        m.update_batch([c[j:j + 5].encode() for j in range(len(c) - 4)])
+        if any(lsh.query(m)):
+            reference.add(i)
+        else:
+            lsh.insert(str(i), m)
+    recall, precision = len(ours & planted) / len(planted), len(ours & planted) / max(1, len(ours))
+    assert recall >= 0.95 and precision >= 0.95, (recall, precision)
+    assert len(ours ^ reference) <= 0.05 * len(planted), (sorted(ours - reference), sorted(reference - ours))
+
+
+def test_dedupe_clean_batch_equals_clean_per_record(host):
+    texts, _ = _planted(bases=120, near=30)
+    texts += texts[:10]  # exact duplicates too
+    one = host.make("cleaner", "text.dedupe", {"method": "minhash"})
+    per_record = []
+    for t in texts:
+        try:
+            per_record.append(one.clean({"text": t}) is not None)
+        except DropRecord:
+            per_record.append(False)
+    many = host.make("cleaner", "text.dedupe", {"method": "minhash"})
+    batched = [not isinstance(r, DropRecord) for i in range(0, len(texts), 64)
+               for r in many.clean_batch([{"text": t} for t in texts[i:i + 64]])]
+    assert batched == per_record and one.report() == many.report()
+    assert many.report()["exact_duplicates"] == 10

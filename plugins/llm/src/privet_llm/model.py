@@ -1,7 +1,7 @@
 """``llm.causal_lm``: fine-tune a local Hugging Face causal LM (LoRA, DoRA or full).
 
 The engine does the training (precision, accumulation, clipping, schedulers, early
-stopping, checkpoints, DDP); this component loads the checkpoint, turns records into
+stopping, checkpoints, DDP and FSDP2); this component loads the checkpoint, turns records into
 token ids (:mod:`privet_llm.examples`), wraps the model with peft, and computes the
 summed next-token loss over the target tokens only.
 """
