@@ -63,19 +63,27 @@ def exported(run, tmp_path, monkeypatch) -> dict[str, Any]:
     """An encrypted run exported to ONNX, watched for plaintext artifacts on disk."""
     from privet.storage import Storage
 
+    from engine_support import tinyplugin
+
     key = new_key_text()
     monkeypatch.setenv("PRIVET_KEY", key)
+    # class names make the model write a preprocessing file of its own (labels.json)
+    monkeypatch.setattr(tinyplugin.MLP, "class_names",
+                        lambda self: [f"class-{i}" for i in range(self.classes)], raising=False)
     system_tmp = tmp_path / "systmp"
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     seen: list[str] = []
+    sealed_in_place: list[str] = []
     original = Storage.seal_tree
 
     def seal_tree(self: Storage, rel: str = "") -> list[str]:  # the moment before sealing
         for p in sorted(self.path(rel).rglob("*")):
             if p.is_file() and any(m in p.read_bytes() for m in ARTIFACT_MAGIC):
                 seen.append(str(p))
-        return original(self, rel)
+        names = original(self, rel)
+        sealed_in_place.extend(names)  # files that were plaintext in the bundle folder
+        return names
 
     monkeypatch.setattr(Storage, "seal_tree", seal_tree)
     _WATCH.update(on=True, opened=[])
@@ -86,6 +94,7 @@ def exported(run, tmp_path, monkeypatch) -> dict[str, Any]:
     outcome.assert_success()
     monkeypatch.setattr("privet.storage._PROTECTED", {})  # predict runs in another process
     return {"run_dir": outcome.run_dir, "key": key, "plain_before_seal": seen,
+            "sealed_in_place": sealed_in_place,
             "opened": list(_WATCH["opened"]), "system_tmp": system_tmp}
 
 
@@ -124,6 +133,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def test_an_encrypted_export_writes_no_plaintext_artifact_anywhere(exported):
     assert exported["plain_before_seal"] == [], "a plaintext artifact sat in the bundle's temp folder"
+    # the model's own preprocessing files (labels.json) were written in a RAM-backed scratch
+    # folder and sealed from there: nothing in the bundle folder needed sealing in place
+    assert exported["sealed_in_place"] == []
+    assert [p for p in exported["opened"] if p.endswith("labels.json")] and all(
+        p.startswith("/dev/shm/privet-seal-") for p in exported["opened"] if p.endswith("labels.json"))
     artifacts = [p for p in exported["opened"] if p.endswith((".onnx", ".pt2", ".ts"))]
     assert artifacts == [], "an artifact was opened for writing in plaintext"
     for p in exported["system_tmp"].rglob("*"):

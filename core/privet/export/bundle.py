@@ -16,10 +16,14 @@ the bundle's author (``trust_code``). Nothing in a bundle is a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -363,9 +367,21 @@ def _write_preprocessing(model: Any, folder: Path) -> dict[str, dict[str, str]]:
     out = Storage(folder)
     out.write_text("model_state.json", text)
     written = {"model_state": "model_state.json"}
-    extra = model.bundle_files(folder) or {}
-    for role, name in extra.items():
-        if role in written:
+    if out.cipher is None:
+        written.update(_model_files(model, folder))
+    else:  # the model writes plain files: let it write them in memory, then seal them
+        with _scratch_in_memory() as scratch:
+            for role, name in _model_files(model, scratch).items():
+                out.write_bytes(name, (scratch / name).read_bytes())
+                written[role] = name
+    return {role: {"file": name, "sha256": sha256_of(name, out)} for role, name in written.items()}
+
+
+def _model_files(model: Any, folder: Path) -> dict[str, str]:
+    """``model.bundle_files(folder)``, checked: plain files written directly in ``folder``."""
+    written: dict[str, str] = {}
+    for role, name in (model.bundle_files(folder) or {}).items():
+        if role == "model_state":
             raise ExportError(f"model {model.name!r}: bundle_files() uses the reserved role {role!r}")
         p = folder / name
         if not p.is_file() or p.parent != folder:
@@ -375,7 +391,24 @@ def _write_preprocessing(model: Any, folder: Path) -> dict[str, dict[str, str]]:
             raise ExportError(f"model {model.name!r}: bundle file {name!r} looks like a pickle; "
                               f"write JSON or text (bundles hold no pickles)")
         written[role] = name
-    return {role: {"file": name, "sha256": sha256_of(name, out)} for role, name in written.items()}
+    return written
+
+
+@contextlib.contextmanager
+def _scratch_in_memory() -> Iterator[Path]:
+    """An owner-only folder on a RAM-backed filesystem (``/dev/shm``), removed afterwards:
+    where a model's plain preprocessing files (tokenizer, labels) of an encrypted run are
+    written before they are sealed, so they never reach a disk. Refused where there is none."""
+    shm = Path(os.environ.get("PRIVET_MEMORY_SCRATCH", "/dev/shm"))
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        raise ExportError(f"an encrypted export needs a RAM-backed folder for the model's "
+                          f"preprocessing files and {shm} is not writable; set "
+                          f"PRIVET_MEMORY_SCRATCH to a tmpfs folder")
+    folder = Path(tempfile.mkdtemp(prefix="privet-seal-", dir=shm))  # mkdtemp: mode 0700
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _call_export(exporter: Any, module: Any, example_inputs: tuple[Any, ...], folder: Path,
