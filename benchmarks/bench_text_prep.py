@@ -1,6 +1,7 @@
 """privet-text benchmarks: preparation throughput and text.gpt training throughput on CPU.
 
     python benchmarks/bench_text_prep.py [--records 20000] [--repeats 5] [--steps 20] [--threads N]
+                                         [--only cleaners]
 
 1. Preparation, records/s: Privet's path (cleaners ``text.normalize`` ->
    ``text.redact_pii`` -> ``text.length_filter``, then ``text.gpt``'s ``examples()``,
@@ -8,7 +9,13 @@
    ``tokenizers`` tokenizer directly (``encode_batch`` in batches of 256) on the same raw
    records. Runs are interleaved and the median of ``--repeats`` is reported. Target:
    Privet >= 0.8x the direct call.
-2. Training, tokens/s: ``text.gpt`` (4 layers, hidden 256, 4 heads, context 256,
+2. Cleaners, µs per record: each of the text starter's per-record cleaners
+   (``text.strip_html``, ``text.normalize``, ``text.redact_pii``, ``text.length_filter``;
+   ``text.dedupe`` has its own benchmark, bench_dedupe.py) and the four in a row, called
+   record by record (``clean``) and over batches of 512 (``clean_batch``, as the engine
+   does), on the same records (a tenth hold HTML, another tenth PII); median of
+   ``--repeats``, CPU time of this process. Both paths must keep the same records.
+3. Training, tokens/s: ``text.gpt`` (4 layers, hidden 256, 4 heads, context 256,
    vocabulary 8000, batch 8, fp32, AdamW) through the component's ``step`` on the CPU;
    median over ``--steps`` steps after 3 warm-up steps.
 
@@ -24,6 +31,8 @@ import random
 import statistics
 import time
 from datetime import date
+
+from _common import machine
 
 WORDS = ("the quick delivery was great but the box arrived damaged and support answered "
          "within two days with a refund offer which I accepted happily overall good value "
@@ -55,15 +64,12 @@ def build(records: list[dict]):
 def privet_prep(records: list[dict], cleaners, model) -> int:
     from privet import DropRecord
 
-    def cleaned():
-        for record in records:
-            record = dict(record)
-            try:
-                for cleaner in cleaners:
-                    record = cleaner.clean(record)
-            except DropRecord:
-                continue
-            yield record
+    def cleaned():  # as the engine cleans: cleaner by cleaner over batches of 512
+        for i in range(0, len(records), 512):
+            batch = [dict(r) for r in records[i:i + 512]]
+            for cleaner in cleaners:
+                batch = [r for r in cleaner.clean_batch(batch) if r is not None and not isinstance(r, DropRecord)]
+            yield from batch
 
     return sum(len(b["ids"]) for b in model.examples(cleaned(), "train"))
 
@@ -90,6 +96,70 @@ def bench_prep(records: list[dict], repeats: int) -> dict[str, float]:
     n = len(records)
     p, d = n / statistics.median(privet_times), n / statistics.median(direct_times)
     return {"privet": p, "direct": d, "ratio": p / d}
+
+
+STARTER_CLEANERS = [("text.strip_html", {}), ("text.normalize", {}), ("text.redact_pii", {}),
+                    ("text.length_filter", {"min_chars": 5, "max_chars": 20000})]
+HTML = ["<p>{}</p>", "<div><b>{}</b> &amp; more</div>", "{}"]
+
+
+def make_cleaner_records(n: int, seed: int = 2) -> list[dict]:
+    """As the issue's corpus: PII in 10% of the records; HTML in another 10%."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60)))
+        roll = rng.random()
+        if roll < 0.1:
+            text += rng.choice(EXTRAS[:3])
+        elif roll < 0.2:
+            text = rng.choice(HTML[:2]).format(text)
+        records.append({"text": text})
+    return records
+
+
+def run_cleaners(records: list[dict], cleaners: list, batched: bool) -> tuple[float, int]:
+    """CPU seconds and records kept, cleaning copies of ``records`` through ``cleaners``."""
+    from privet import DropRecord
+
+    start, kept = time.process_time(), 0
+    for i in range(0, len(records), 512):
+        batch = [dict(r) for r in records[i:i + 512]]
+        for cleaner in cleaners:
+            if batched:
+                out = cleaner.clean_batch(batch)
+            else:
+                out = []
+                for record in batch:
+                    try:
+                        out.append(cleaner.clean(record))
+                    except DropRecord as drop:
+                        out.append(drop)
+            batch = [r for r in out if r is not None and not isinstance(r, DropRecord)]
+        kept += len(batch)
+    return time.process_time() - start, kept
+
+
+def bench_cleaners(n: int, repeats: int) -> list[tuple[str, float, float]]:
+    """(name, µs per record with clean, with clean_batch) per cleaner and for all four."""
+    from privet.testing import make_test_host
+    from privet_text import plugin
+
+    host = make_test_host()
+    host.register_plugin(plugin, "text")
+    records = make_cleaner_records(n)
+    rows = []
+    for name, chain in [(c[0], [c]) for c in STARTER_CLEANERS] + [("all four in a row", STARTER_CLEANERS)]:
+        times: dict[bool, list[float]] = {False: [], True: []}
+        kept: dict[bool, int] = {}
+        for _ in range(repeats):  # interleaved, so background load hits both alike
+            for batched in (False, True):
+                cleaners = [host.make("cleaner", c, o) for c, o in chain]
+                seconds, kept[batched] = run_cleaners(records, cleaners, batched)
+                times[batched].append(seconds / n * 1e6)
+        assert kept[False] == kept[True], (name, kept)
+        rows.append((name, statistics.median(times[False]), statistics.median(times[True])))
+    return rows
 
 
 def bench_train(steps: int) -> dict[str, float]:
@@ -129,7 +199,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
+    parser.add_argument("--only", choices=["cleaners"], help="run the cleaner benchmark only")
     args = parser.parse_args()
+    if args.only in (None, "cleaners"):
+        print(f"Machine: {machine(load=True)}; {date.today()}; {args.records} records, "
+              f"CPU time, median of {args.repeats}\n")
+        print("| cleaner | µs per record, clean | µs per record, clean_batch (512) | speed-up |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, one, many in bench_cleaners(args.records, args.repeats):
+            print(f"| {name} | {one:.1f} | {many:.1f} | {one / many:.1f}x |")
+        print()
+        if args.only:
+            return
     if args.threads:
         import torch
 

@@ -11,7 +11,7 @@ fi
 python -m pip install -q --upgrade pip setuptools wheel
 # Pinned here (CI and dev), ranges in the pyprojects.
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
-pkgs=(-e ".[int8,test]" -e "plugins/text[spacy,test]" -e plugins/image -e plugins/timeseries -e plugins/llm)
+pkgs=(-e ".[int8,serve,test]" -e "plugins/text[spacy,test]" -e plugins/image -e plugins/timeseries -e plugins/llm -e plugins/dp)
 python -m pip install -q "${pkgs[@]}" pytest-xdist
 # WordNet 3.0 for text.synonyms (optional: its tests skip without it). Debian package.
 if [ ! -d /usr/share/wordnet ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -18,6 +18,7 @@ _EXPORTS = {
     "Component": "components", "Exporter": "components", "KeyProvider": "components",
     "Model": "components",
     "NoOptions": "components", "Optimizer": "components", "Record": "components",
+    "PrivacyMechanism": "components",
     "Scheduler": "components", "Task": "train.metrics",
     "Shard": "components", "Source": "components", "StepOutput": "components",
     "CheckpointError": "errors", "ConfigError": "errors", "DataError": "errors",
@@ -48,8 +49,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .components import (Augmenter, BadRecord, Cleaner, Component, Exporter, KeyProvider, Model,
-                             NoOptions, Optimizer, Record, Scheduler, Shard, Source,
-                             StepOutput)
+                             NoOptions, Optimizer, PrivacyMechanism, Record, Scheduler, Shard,
+                             Source, StepOutput)
     from .errors import (CheckpointError, ConfigError, DataError, DropRecord, ExportError,
                          PluginError, PrivetError, TrainingError, UnknownComponentError,
                          UsageError)

@@ -32,6 +32,9 @@ BUILTIN_COMMANDS = {
     "decrypt": "privet.commands.decrypt:decrypt",
     "keys": "privet.commands.keys:keys",
     "runs": "privet.commands.runs:runs",
+    "federate": "privet.commands.federate:federate",
+    "audit": "privet.commands.audit:audit",
+    "serve": "privet.commands.serve:serve",
 }
 #: Shown by ``privet --help`` without importing the command modules.
 SHORT_HELP = {
@@ -49,6 +52,9 @@ SHORT_HELP = {
     "decrypt": "Decrypt a file sealed by Privet (e.g. predict --out) with its key.",
     "keys": "Make keys: an Ed25519 signing key pair for export --sign.",
     "runs": "Manage run folders: purge a run down to its export bundle.",
+    "federate": "Federated training: clients train on their own data, weights are averaged.",
+    "audit": "Verify a tamper-evident audit log written by 'privet serve'.",
+    "serve": "Serve exported bundles over HTTPS: JWT roles, rate limits, audit log.",
 }
 
 

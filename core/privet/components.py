@@ -1,4 +1,4 @@
-"""Base classes for the seven component kinds.
+"""Base classes for the component kinds.
 
 A component is a class with a docstring, an attrs ``Options`` class that the pipeline
 file is validated against, and the methods of its kind. Plugins register component
@@ -27,7 +27,7 @@ Record = dict[str, Any]
 """One record: a plain dict of JSON-like values (str, int, float, bytes, lists)."""
 
 KINDS = ("source", "cleaner", "augmenter", "model", "optimizer", "scheduler", "exporter",
-         "key_provider")
+         "key_provider", "privacy")
 
 
 @attrs.define(frozen=True)
@@ -113,6 +113,12 @@ class Cleaner(Component):
     kind = "cleaner"
     needs_fit: ClassVar[bool] = False
     applies_at_inference: ClassVar[bool] = True
+    #: Whether a record's result depends on that record alone (and the fitted state), so
+    #: preparation may clean records in parallel worker processes. Set it to ``False`` when
+    #: records are compared with each other (a dedupe's seen-set): that cleaner and those
+    #: after it then run in one process, in source order. A cleaner that overrides
+    #: :meth:`start_pass` and does not set this is taken as ``False``.
+    per_record: ClassVar[bool] = True
 
     def fit(self, records: Iterable[Record]) -> None:
         """Learn statistics from the (already cleaned) training records."""
@@ -532,6 +538,20 @@ class KeyProvider(Component):
         """
 
 
+class PrivacyMechanism(Component):
+    """A privacy mechanism the ``privacy:`` section of a pipeline file selects by name.
+
+    ``privacy: {mechanism: dp-sgd, target_epsilon: 8}`` picks the mechanism registered as
+    ``dp-sgd`` and validates the other keys against its ``Options``. The core does
+    nothing else with it: the engine puts the instance on ``run.components.privacy`` and
+    the plugin that registered it applies it in its own ``wrap_training`` (per-sample
+    gradients, noise, accounting), using the loop's extension points on
+    :class:`privet.TrainingObjects` and ``run.report_extra`` for its report.
+    """
+
+    kind = "privacy"
+
+
 BASES: dict[str, type[Component]] = {
     "source": Source,
     "cleaner": Cleaner,
@@ -541,10 +561,12 @@ BASES: dict[str, type[Component]] = {
     "scheduler": Scheduler,
     "exporter": Exporter,
     "key_provider": KeyProvider,
+    "privacy": PrivacyMechanism,
 }
 
 __all__ = [
     "Augmenter", "BadRecord", "BASES", "Cleaner", "Component", "DropRecord", "Exporter",
-    "KeyProvider", "KINDS", "Model", "NoOptions", "Optimizer", "Record", "Scheduler", "Shard", "Source",
+    "KeyProvider", "KINDS", "Model", "NoOptions", "Optimizer", "PrivacyMechanism", "Record",
+    "Scheduler", "Shard", "Source",
     "StepOutput",
 ]

@@ -93,6 +93,14 @@ class SplitConfig:
                                    "train/val/test", "method")
 
 
+def _local_folder(_instance: Any, attribute: Any, value: Optional[Path]) -> None:
+    from .objectstore import is_remote
+
+    if value is not None and is_remote(value):
+        raise OptionValueError("the prepared cache is memory-mapped: give a local folder "
+                               "(fast local disk), not an s3:// URL", attribute.name)
+
+
 @attrs.define
 class CacheConfig:
     """Retention of the prepared cache: ``keep: false`` deletes it when the run ends."""
@@ -112,7 +120,14 @@ class DataConfig:
     on_error: Literal["drop", "fail"] = "drop"
     max_bad_fraction: float = attrs.field(default=0.01, validator=probability)
     shard_rows: int = attrs.field(default=50_000, validator=at_least(1))
+    #: Processes that read and clean source shards during preparation. ``None``: the
+    #: usable cores (``os.sched_getaffinity``), for data of 8 MB or more; a number is
+    #: always used. The cache is the same whatever the number (docs/preparation.md).
+    prepare_workers: Optional[int] = attrs.field(default=None, validator=at_least(1))
     cache: CacheConfig = attrs.field(factory=CacheConfig)
+    #: Local folder for the prepared cache (fast local disk while data and runs are remote);
+    #: default: ``runs_dir/.cache``, or the staging folder when ``runs_dir`` is ``s3://``.
+    cache_dir: Optional[Path] = attrs.field(default=None, validator=_local_folder)
 
 
 @attrs.define
@@ -157,6 +172,40 @@ def _register_optimizer_hooks(conv: cattrs.Converter) -> None:
     conv.register_structure_hook(OptimizerConfig, structure)
     conv.register_unstructure_hook(
         OptimizerConfig, lambda o: {"name": o.name, "lr": o.lr, **conv.unstructure(o.options)})
+
+
+@attrs.define
+class PrivacyConfig:
+    """``privacy``: a registered privacy mechanism and its options as sibling keys
+    (``{mechanism: dp-sgd, target_epsilon: 8, delta: 1e-5}``), validated against the
+    mechanism component's ``Options`` like any component's. The plugin that registered
+    the mechanism applies it (in its ``wrap_training``); the core only selects it."""
+
+    mechanism: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _register_privacy_hooks(conv: cattrs.Converter) -> None:
+    """``privacy`` is flat: every key besides ``mechanism`` is an option."""
+
+    def structure(value: Any, _t: Any) -> PrivacyConfig:
+        if isinstance(value, str):
+            value = {"mechanism": value}
+        if not isinstance(value, dict):
+            raise OptionValueError("expected {mechanism: NAME, OPTION: ...}")
+        rest = dict(value)
+        if "mechanism" not in rest:
+            raise OptionValueError("'mechanism' is required (the name of a privacy mechanism, "
+                                   "e.g. dp-sgd from privet-dp)", "mechanism")
+        return PrivacyConfig(conv.structure(rest.pop("mechanism"), str), rest)
+
+    conv.register_structure_hook(PrivacyConfig, structure)
+    conv.register_unstructure_hook(
+        PrivacyConfig, lambda p: {"mechanism": p.mechanism, **conv.unstructure(p.options)})
+
+
+#: named in the error for an unknown ``privacy.mechanism`` while they are not installed
+PRIVACY_HINTS = {"dp-sgd": "pip install privet-dp"}
 
 
 @attrs.define
@@ -221,6 +270,26 @@ class SecurityConfig:
     encryption: Optional[EncryptionConfig] = None
 
 
+def _endpoint_url(_instance: Any, attribute: Any, value: Optional[str]) -> None:
+    from .objectstore import check_endpoint
+
+    problem = check_endpoint(value) if value is not None else None
+    if problem:
+        raise OptionValueError(problem, attribute.name)
+
+
+@attrs.define
+class StorageConfig:
+    """``storage:``: how to reach an S3-compatible store (Ceph RGW, MinIO, AWS). No
+    credentials here: they come from the AWS_* variables or an AWS profile."""
+
+    endpoint: Optional[str] = attrs.field(default=None, validator=_endpoint_url)
+    region: Optional[str] = None
+    addressing: Optional[Literal["path", "virtual"]] = None
+    retries: int = attrs.field(default=4, validator=non_negative)
+    backoff_s: float = attrs.field(default=0.5, validator=non_negative)
+
+
 @attrs.define
 class PipelineConfig:
     """The whole pipeline file."""
@@ -234,6 +303,8 @@ class PipelineConfig:
     train: TrainConfig = attrs.field(factory=TrainConfig)
     export: Optional[ExportConfig] = None
     security: SecurityConfig = attrs.field(factory=SecurityConfig)
+    storage: StorageConfig = attrs.field(factory=StorageConfig)
+    privacy: Optional[PrivacyConfig] = None
 
 
 # --- structuring -----------------------------------------------------------------------
@@ -250,6 +321,7 @@ def make_converter(base_dir: Path | None = None) -> cattrs.Converter:
     conv.register_unstructure_hook(Path, str)
     conv.register_structure_hook(ComponentSpec, _structure_spec)
     _register_optimizer_hooks(conv)
+    _register_privacy_hooks(conv)
     conv.register_structure_hook(float, _structure_float)
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(bool, _structure_bool)
@@ -263,6 +335,8 @@ def _path_hook(base_dir: Path | None) -> Any:
     def structure_path(value: Any, _t: Any) -> Path:
         if not isinstance(value, (str, Path)):
             raise OptionValueError(f"expected a path string, got {value!r}")
+        if str(value).startswith("s3:/"):  # an object store URL: never joined to a folder
+            return Path(value)
         p = Path(value).expanduser()
         if base_dir is not None and not p.is_absolute():
             p = base_dir / p
@@ -537,6 +611,12 @@ def _yaml_with_lines(text: str, file: str) -> tuple[Any, dict[str, int]]:
     return data, lines
 
 
+def parse_yaml_text(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    """YAML text already read (e.g. through the storage module) and its key -> line map,
+    with the same safety limits as a pipeline file."""
+    return _yaml_with_lines(text, file)
+
+
 _TOML_AT = re.compile(r"\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)\s*$")
 
 
@@ -648,6 +728,8 @@ class LoadedConfig:
         if c.export is not None:
             out += [("exporter", f"export.formats.{i}", ComponentSpec(f))
                     for i, f in enumerate(c.export.formats) if f != "all"]
+        if c.privacy is not None:
+            out.append(("privacy", "privacy", ComponentSpec(c.privacy.mechanism, c.privacy.options)))
         return out
 
     def instantiate(self, catalog: Catalog, key_path: str) -> Any:
@@ -670,7 +752,7 @@ class LoadedConfig:
             parts = path.split(".")
             for part in parts:
                 node = node[int(part)] if isinstance(node, list) else node[part]
-            if kind == "optimizer":  # its options sit next to name and lr
+            if kind in ("optimizer", "privacy"):  # flat: options sit next to the name
                 node.update(opts)
             else:
                 node["options"] = opts
@@ -712,16 +794,22 @@ def validate_components(loaded: LoadedConfig, catalog: Catalog) -> None:
     """Resolve every component name and structure its options into its Options class."""
     conv = make_converter(loaded.base_dir)
     for kind, path, spec in loaded.component_specs():
-        name_path = path if kind == "exporter" else f"{path}.name"
+        name_path = {"exporter": path, "privacy": "privacy.mechanism"}.get(kind, f"{path}.name")
         try:
             entry = catalog.get(kind, spec.name, key_path=name_path)
         except ConfigError as err:
-            raise type(err)(err.message, path=name_path, file=loaded.file,
+            message = err.message
+            if kind == "privacy":
+                message = message.replace("unknown privacy ", "unknown privacy mechanism ", 1)
+                missing = [m for m in PRIVACY_HINTS if m not in catalog.names("privacy")]
+                message += "".join(f"; {m}: {PRIVACY_HINTS[m]}" for m in missing)
+            raise type(err)(message, path=name_path, file=loaded.file,
                             line=_line_for(loaded.lines, name_path)) from None
         if kind == "exporter":
             continue
+        flat = kind in ("optimizer", "privacy")
         loaded.options[path] = structure(conv, spec.options, entry.cls.Options,
-                                         prefix=path if kind == "optimizer" else f"{path}.options",
+                                         prefix=path if flat else f"{path}.options",
                                          lines=loaded.lines, file=loaded.file)
     from .train.optim import check_monitor, resolve_lr  # lazily: parsing a file needs no train/
 

@@ -221,15 +221,9 @@ def load_key(reference: str, catalog: Any, base_dir: Path, *,
 def cipher_for(config: PipelineConfig, catalog: Any, base_dir: Path,
                *, where: str | None = None) -> Cipher | None:
     """The run's cipher from the pipeline's ``security`` section (built once per run), or None."""
-    from .errors import ConfigError
-
     encryption = config.security.encryption
     if encryption is None:
         return None
-    if config.train.strategy == "fsdp":
-        raise ConfigError("encryption at rest does not support sharded (FSDP) checkpoints yet: "
-                          "torch.distributed.checkpoint writes its files itself; use "
-                          "train.strategy: ddp", path="security.encryption")
     label = f"{where}: security.encryption.key" if where else "security.encryption.key"
     return Cipher(load_key(encryption.key, catalog, base_dir, where=label))
 

@@ -61,6 +61,20 @@ class ExportError(PrivetError):
     """An export or a bundle is invalid, or its verification failed."""
 
 
+class AuditError(PrivetError):
+    """An audit log that does not verify, or cannot be appended to. The message names the
+    file and the first bad line (``LOG.2:17: ...``) and what is wrong with it."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        super().__init__(f"{where}{message}")
+
+
 class DropRecord(Exception):
     """Raised by a source or cleaner to drop the current record with a reason.
 

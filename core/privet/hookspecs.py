@@ -177,6 +177,26 @@ def register_key_providers(register: Register) -> None:
     """
 
 
+@hookspec
+def register_privacy_mechanisms(register: Register) -> None:
+    """Register privacy mechanisms (subclasses of :class:`privet.PrivacyMechanism`).
+
+    :param register: ``register(name, cls)``; ``name`` is what ``privacy.mechanism`` says.
+
+    Called once when the catalog is built. ``privacy: {mechanism: NAME, OPTION: ...}`` in
+    a pipeline file picks the mechanism and validates the other keys against its
+    ``Options``; the engine puts the instance on ``run.components.privacy``. Applying it
+    is the plugin's own ``wrap_training``. The core registers none; ``privet-dp``
+    registers ``dp-sgd``.
+
+    Example::
+
+        @privet.hookimpl
+        def register_privacy_mechanisms(register):
+            register("dp-sgd", DPSGD)
+    """
+
+
 # --- launcher ------------------------------------------------------------------------
 
 
@@ -244,12 +264,17 @@ def wrap_training(run: RunContext, objects: TrainingObjects) -> None:
 
     :param run: the :class:`privet.RunContext`.
     :param objects: a :class:`privet.TrainingObjects` with mutable ``module``,
-        ``optimizer`` and ``train_loader`` attributes; assign to them to wrap.
+        ``optimizer`` and ``train_loader`` attributes; assign to them to wrap. Its
+        extension points (``extra_state`` saved in checkpoints, ``metrics`` logged,
+        ``stop_checks`` after each step, ``micro_step`` between accumulated
+        micro-batches, ``sum_loss``) let a plugin change training without a core change.
 
     Called once per process after the optimizer is built and before a checkpoint is
-    resumed. Implementations run in registration order, each seeing the previous
-    one's replacements. This is where differential privacy (e.g. Opacus'
-    ``make_private``) or a custom strategy plugs in.
+    resumed (so ``extra_state`` is restored after this hook). Implementations run in
+    registration order, each seeing the previous one's replacements. This is where
+    differential privacy (``privet-dp``: Opacus' per-sample gradients, noise and
+    accountant) or a custom strategy plugs in; ``run.report_extra`` takes what it adds
+    to report.json and manifest.json.
 
     Example::
 

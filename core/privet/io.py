@@ -9,7 +9,9 @@ a stable key (``invalid_utf8``, ``malformed_json``, ``not_an_object``, ``bad_csv
 
 It also holds the folder-walking rule every source follows: a file found in a folder
 that is a symlink to somewhere outside that folder is never read unless the source's
-``follow_symlinks`` option says so (:func:`outside_root`). Standard library only.
+``follow_symlinks`` option says so (:func:`outside_root`). Standard library only, plus
+:mod:`privet.objectstore` for ``s3://`` paths: every reader here streams an object (by
+ranged GETs) as it streams a local file, and a folder URL lists its objects.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from .errors import UsageError
 
 __all__ = [
     "CSV_SUFFIXES", "JSONL_SUFFIXES", "Located", "expand_paths", "format_of", "input_files",
-    "iter_lines", "open_text", "outside_root", "read_csv", "read_file", "read_jsonl",
-    "read_records", "FileListing", "ListedFiles", "ListedFilesSource",
+    "byte_ranges", "iter_lines", "iter_range_lines", "open_binary", "open_text", "outside_root",
+    "read_csv", "read_file", "read_jsonl", "read_records", "FileListing", "ListedFiles",
+    "ListedFilesSource",
 ]
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
@@ -41,10 +44,28 @@ Located = tuple[str, "Record | BadRecord"]
 
 # -- files -------------------------------------------------------------------------------------
 
+def _remote(path: Any) -> bool:
+    return str(path).startswith("s3:/")
+
+
+def open_binary(path: str | os.PathLike[str], start: int = 0, end: int | None = None) -> IO[bytes]:
+    """Bytes of a local file or an ``s3://`` object (``[start, end)``; ``.gz`` gunzipped whole)."""
+    if _remote(path):
+        from .objectstore import open_range
+
+        fh: IO[bytes] = open_range(path, start, end)  # type: ignore[assignment]
+        return gzip.GzipFile(fileobj=fh, mode="rb") if str(path).endswith(".gz") else fh
+    if str(path).endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    fh = open(path, "rb")
+    if start:
+        fh.seek(start)
+    return fh
+
+
 def open_text(path: str | os.PathLike[str]) -> IO[str]:
     """Open a text file, transparently gunzipping ``.gz``; undecodable bytes raise."""
-    raw = gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="strict", newline="")
 
 
 def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str | None]]:
@@ -52,13 +73,52 @@ def iter_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str | None]]
 
     Streams the file (``.gz`` is gunzipped): memory does not grow with its size.
     """
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as fh:
+    with open_binary(path) as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError:
                 yield lineno, None
+
+
+def iter_range_lines(path: str | os.PathLike[str], start: int, end: int
+                     ) -> Iterator[tuple[int, str | None]]:
+    """(byte offset, text or None) of each line that *starts* in ``[start, end)``.
+
+    The line a range starts inside belongs to the range before it, and the range's last
+    line runs past ``end`` to its newline: ranges cut anywhere cover every line once, so
+    several workers (or ranks) can stream one big file or object side by side.
+    """
+    begin = max(0, start - 1)
+    with open_binary(path, begin) as fh:
+        pos = begin
+        if start > 0:
+            pos += len(fh.readline())  # the end of a line that began before ``start``
+        while pos < end:
+            raw = fh.readline()
+            if not raw:
+                return
+            try:
+                yield pos, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield pos, None
+            pos += len(raw)
+
+
+def byte_ranges(path: str, chunk: int) -> list[tuple[int, int | None]]:
+    """``(start, end)`` ranges of at most ``chunk`` bytes covering ``path`` ([(0, None)]
+    when it is small, compressed or ``chunk`` is 0)."""
+    if chunk <= 0 or path.endswith(".gz"):
+        return [(0, None)]
+    if _remote(path):
+        from .objectstore import info
+
+        size = info(path)[0]
+    else:
+        size = os.stat(path).st_size
+    if size <= chunk:
+        return [(0, None)]
+    return [(a, min(a + chunk, size)) for a in range(0, size, chunk)]
 
 
 def outside_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
@@ -69,6 +129,8 @@ def outside_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> 
     inside it unless its options say ``follow_symlinks: true``. ``..`` components and
     absolute paths are caught the same way.
     """
+    if _remote(path):
+        return False  # an object store has no symlinks: a listed object is inside its prefix
     try:
         real = Path(path).resolve(strict=False)
         base = Path(root).resolve(strict=False)
@@ -84,13 +146,31 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]], patterns: Sequence[str
     per folder. Files are listed, not opened; pair with :func:`outside_root`."""
     out: list[tuple[str, str | None]] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if _remote(p):
+            out.extend(_expand_remote(p, patterns))
+        elif p.is_dir():
             found = {str(x) for pattern in patterns for x in p.glob(pattern)
                      if x.is_file() or x.is_symlink()}
             out.extend((f, str(p)) for f in sorted(found))
         else:
             out.append((str(p), None))
     return out
+
+
+def _expand_remote(path: Path, patterns: Sequence[str]) -> list[tuple[str, str | None]]:
+    """An ``s3://`` object as itself, or a prefix as its matching objects (as a folder)."""
+    from .errors import DataError
+    from .objectstore import glob, is_file, require_bucket, url_of
+
+    url = url_of(path)
+    require_bucket(url)
+    if is_file(url):
+        return [(url, None)]
+    found = glob(url, patterns)
+    if not found:
+        raise DataError(f"{url}: no object matching {', '.join(patterns)} under this prefix; "
+                        f"check the URL")
+    return [(f, url) for f in found]
 
 
 class FileListing:
@@ -147,12 +227,25 @@ class ListedFiles:
 
 class ListedFilesSource(ListedFiles):
     """:class:`ListedFiles` plus one shard per file and the ``outside_root`` refusal:
-    a source implements only ``read_file(path)``, yielding ``(file:line, record)``."""
+    a source implements only ``read_file(path)``, yielding ``(file:line, record)``.
+
+    A source whose options have ``chunk_mb`` and which implements ``read_range(path,
+    start, end)`` gets files (and ``s3://`` objects) bigger than that cut into byte-range
+    shards, so preparation workers and ranks stream one big file side by side.
+    """
 
     def shards(self) -> list[Any]:
         from .components import Shard
 
-        return [Shard(p) for p in self.listing().files]
+        chunk = int(float(getattr(self.options, "chunk_mb", 0) or 0) * (1 << 20))  # type: ignore[attr-defined]
+        listing = self.listing()
+        out = []
+        for p in listing.files:
+            if chunk <= 0 or listing.refusal(p) is not None:
+                out.append(Shard(p))
+                continue
+            out.extend(Shard(p, a, b) for a, b in byte_ranges(p, chunk))
+        return out
 
     def read_located(self, shard: Any) -> Iterator[Located]:
         """``(file:line, record or BadRecord)``: the engine names lines with it."""
@@ -160,7 +253,14 @@ class ListedFilesSource(ListedFiles):
         if refusal is not None:
             yield refusal.location, refusal
             return
+        if shard.end is not None:
+            yield from self.read_range(shard.path, shard.start, shard.end)
+            return
         yield from self.read_file(shard.path)
+
+    def read_range(self, path: str, start: int, end: int) -> Iterator[Located]:
+        raise NotImplementedError(f"{type(self).__name__} cannot read byte ranges; set "
+                                  f"chunk_mb: 0")
 
     def read(self, shard: Any) -> Iterator[Record | BadRecord]:
         for _where, item in self.read_located(shard):
@@ -172,14 +272,20 @@ class ListedFilesSource(ListedFiles):
 
 # -- JSON Lines --------------------------------------------------------------------------------
 
-def read_jsonl(path: str | os.PathLike[str], label: str | None = None) -> Iterator[Located]:
+def read_jsonl(path: str | os.PathLike[str], label: str | None = None, *,
+               start: int = 0, end: int | None = None) -> Iterator[Located]:
     """One record (a JSON object) per non-blank line; bad lines become BadRecords.
 
-    ``label`` names the file in locations (default: its file name).
+    ``label`` names the file in locations (default: its file name). With ``end``, only
+    the lines that start in bytes ``[start, end)`` (:func:`iter_range_lines`); their
+    locations are ``file@OFFSET`` (the line's byte offset: counting the lines before it
+    would mean reading the whole file up to there).
     """
     label = label or Path(path).name
-    for lineno, line in iter_lines(path):
-        where = f"{label}:{lineno}"
+    ranged = end is not None
+    lines = iter_range_lines(path, start, end) if ranged else iter_lines(path)  # type: ignore[arg-type]
+    for lineno, line in lines:
+        where = f"{label}@{lineno}" if ranged else f"{label}:{lineno}"
         if line is None:
             yield where, BadRecord("invalid_utf8", where)
             continue
@@ -222,8 +328,7 @@ class _Lines:
         self.bad: set[int] = set()
 
     def __iter__(self) -> Iterator[str]:
-        opener = gzip.open if str(self.path).endswith(".gz") else open
-        with opener(self.path, "rb") as fh:
+        with open_binary(self.path) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 try:
                     yield raw.decode("utf-8")

@@ -43,6 +43,7 @@ _COMPONENT_HOOKS = {
     "scheduler": "register_schedulers",
     "exporter": "register_exporters",
     "key_provider": "register_key_providers",
+    "privacy": "register_privacy_mechanisms",
 }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,16 @@ class StoredRun:
 
 
 def load_run(run_dir: str | Path) -> StoredRun:
-    """Read a run folder's config and manifest once; a folder that is no run is refused."""
+    """Read a run folder's config and manifest once; a folder that is no run is refused.
+
+    A run on an object store (``s3://...``) is first fetched into a local working copy
+    (:func:`fetch_remote_run`), mirrored back to its URL; ``run_dir`` is then that copy.
+    """
     import yaml
 
-    run_dir = Path(run_dir)
+    from .objectstore import is_remote
+
+    run_dir = fetch_remote_run(run_dir) if is_remote(run_dir) else Path(run_dir)
     storage = Storage(run_dir)
     if not storage.exists("config.yaml"):
         raise PrivetError(f"{run_dir} is not a Privet run folder (no config.yaml); pass the "
@@ -201,3 +209,89 @@ def create_run_folder(runs: Path, stem: str) -> Path:
         if storage.claim(name):
             return runs / name
         k += 1
+
+
+# -- run folders on an object store ---------------------------------------------------------------
+
+_STEP = re.compile(r"^checkpoints/(step-\d+)/state\.json$")
+
+
+def staging_root() -> Path:
+    """Where runs on an object store keep their local working copy: ``PRIVET_STAGING_DIR``,
+    else a private folder under the system temp folder (0700)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    root = Path(os.environ.get("PRIVET_STAGING_DIR") or Path(tempfile.gettempdir()) / f"privet-staging-{uid}")
+    Storage(root).makedirs("runs")
+    return root
+
+
+def _new_staging(name: str) -> Path:
+    """A fresh local folder ``.../runs/UNIQUE/name`` for one process's working copy."""
+    holder = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=staging_root() / "runs"))
+    Storage(holder).makedirs(name)
+    return holder / name
+
+
+def create_remote_run(runs_url: str, stem: str) -> Path:
+    """Claim ``runs_url/stem`` (or ``stem-2`` ...) on the store and return its local working
+    copy, mirrored to it. An object store has no atomic mkdir: a name is taken once any
+    object exists under it, and ``config.yaml`` is written at once (docs/object-storage.md)."""
+    from . import objectstore
+    from .storage import mirror
+
+    check_run_name(stem)
+    objectstore.require_bucket(runs_url)
+    taken = set(objectstore.children(runs_url))
+    k = 1
+    while (stem if k == 1 else f"{stem}-{k}") in taken:
+        k += 1
+    name = stem if k == 1 else f"{stem}-{k}"
+    local = _new_staging(name)
+    mirror(local, objectstore.join(runs_url, name))
+    return local
+
+
+def remote_checkpoints(url: str) -> list[str]:
+    """Names of the complete checkpoints (``step-N`` whose ``state.json`` marker exists)
+    of a run on an object store, oldest first."""
+    from . import objectstore
+
+    base = objectstore.url_of(url)
+    found = {m.group(1) for obj, _ in objectstore.list_files(objectstore.join(base, "checkpoints"))
+             if (m := _STEP.match(obj[len(base) + 1:]))}
+    return sorted(found)
+
+
+def fetch_remote_run(url: str | Path) -> Path:
+    """Copy a run on an object store into a fresh local working copy, mirrored back to it.
+
+    Only what resuming, exporting and predicting need comes down: the config, manifest,
+    reports, fitted state, TensorBoard events, ``best/`` and the newest complete
+    checkpoint; a step without its marker (a killed upload) is never fetched.
+    """
+    from . import objectstore
+    from .storage import mirror
+
+    url = objectstore.url_of(url)
+    if not objectstore.is_file(objectstore.join(url, "config.yaml")):
+        raise PrivetError(f"{url} is not a Privet run folder (no config.yaml); pass the URL "
+                          f"that 'privet run' printed")
+    steps = remote_checkpoints(url)
+    newest = f"checkpoints/{steps[-1]}/" if steps else None
+
+    def keep(rel: str) -> bool:
+        if rel.startswith("export/"):
+            return False
+        return not rel.startswith("checkpoints/") or (newest is not None and rel.startswith(newest))
+
+    local = _new_staging(url.rsplit("/", 1)[-1])
+    objectstore.download_tree(url, local, keep=keep)
+    mirror(local, url)
+    return local
+
+
+def shown(run_dir: str | Path) -> str:
+    """How to name a run folder to the user: its ``s3://`` URL when it is mirrored."""
+    from .storage import remote_url
+
+    return remote_url(run_dir) or str(run_dir)

@@ -10,6 +10,14 @@ With a :class:`privet.crypto.Cipher`, every file but :data:`PLAIN_NAMES` is seal
 write and opened (fully authenticated) on read. A Storage made without an explicit cipher
 takes the one :func:`protect` registered for a folder above its root, so code that makes
 its own ``Storage(path)`` inside an encrypted run folder or cache cannot write plaintext.
+
+Object stores: a run folder on ``s3://`` has a local working copy (a staging folder) that
+:func:`mirror` ties to its URL. Every Storage under it then copies each completed write
+to the store: a file after its local rename, an atomic folder object by object with its
+marker (``state.json``, ``meta.json``, ``bundle.json``) last, so a folder on the store is
+complete exactly when its marker exists; a removal deletes the marker first. Files that
+libraries write themselves (TensorBoard) go up at :meth:`Storage.flush`. What is sealed
+locally is what is uploaded: with encryption on, objects are ciphertext.
 """
 
 from __future__ import annotations
@@ -29,11 +37,48 @@ from .errors import CheckpointError, PrivetError
 PLAIN_NAMES = frozenset({"config.yaml", "manifest.json", "report.json", ".lock"})
 _FROM_REGISTRY: Any = object()
 _PROTECTED: dict[Path, Any] = {}
+#: local staging root -> its ``s3://`` URL (:func:`mirror`)
+_MIRRORS: dict[Path, str] = {}
+#: local file -> (size, mtime_ns) last uploaded, so :meth:`Storage.flush` sends only changes
+_SENT: dict[Path, tuple[int, int]] = {}
+#: Never uploaded: the advisory lock of this machine's process.
+LOCAL_ONLY = frozenset({".lock"})
 
 
 def protect(root: str | os.PathLike[str], cipher: Any) -> None:
     """Every Storage under ``root`` made without a cipher uses ``cipher`` (None: plaintext)."""
     _PROTECTED[Path(root).resolve()] = cipher
+
+
+def mirror(root: str | os.PathLike[str], url: str | None) -> None:
+    """Every Storage under local folder ``root`` copies its writes to ``url`` (None: stop)."""
+    key = Path(root).resolve()
+    if url is None:
+        _MIRRORS.pop(key, None)
+    else:
+        from .objectstore import url_of
+
+        _MIRRORS[key] = url_of(url)
+
+
+def remote_url(path: str | os.PathLike[str]) -> str | None:
+    """The ``s3://`` URL a local path is mirrored to, or None (a plain local path)."""
+    if not _MIRRORS:
+        return None
+    resolved = Path(path).resolve()
+    for candidate in (resolved, *resolved.parents):
+        if candidate in _MIRRORS:
+            rel = resolved.relative_to(candidate).as_posix()
+            base = _MIRRORS[candidate]
+            return base if rel in ("", ".") else f"{base}/{rel}"
+    return None
+
+
+def _staged(rel: str) -> bool:
+    """Whether ``rel`` is a temp name or a local-only file, which never goes to the store."""
+    parts = Path(rel).parts
+    return any(p.startswith(".tmp-") or p.endswith(".tmp") for p in parts) or (
+        bool(parts) and parts[-1] in LOCAL_ONLY)
 
 
 def _registered(root: Path) -> Any:
@@ -107,6 +152,70 @@ class Storage:
     def __init__(self, root: str | os.PathLike[str], cipher: Any = _FROM_REGISTRY) -> None:
         self.root = Path(root)
         self.cipher = _registered(self.root) if cipher is _FROM_REGISTRY else cipher
+        #: the ``s3://`` URL of ``root`` when it is a mirrored staging folder, else None
+        self.remote = remote_url(self.root)
+
+    def _remote(self, rel: str | os.PathLike[str]) -> str | None:
+        """The URL ``rel`` is copied to, or None (no mirror, or a temp / local-only name)."""
+        if self.remote is None:
+            return None
+        url = self.remote if str(rel) in ("", ".") else f"{self.remote}/{Path(rel).as_posix()}"
+        return None if _staged(url[len("s3://"):]) else url  # temp folders stay local
+
+    def _send(self, rel: str | os.PathLike[str], data: bytes | memoryview | None = None) -> None:
+        """Upload local file ``rel`` (its bytes as written, sealed when encrypted)."""
+        url = self._remote(rel)
+        if url is None:
+            return
+        from . import objectstore
+
+        p = self.path(rel)
+        if data is None:
+            data = p.read_bytes()
+        objectstore.put_bytes(url, data)
+        st = p.stat()
+        _SENT[p.resolve()] = (st.st_size, st.st_mtime_ns)
+
+    def flush(self, rel: str = "") -> list[str]:
+        """Upload the files under ``rel`` changed since they were last sent (what libraries
+        wrote themselves: TensorBoard). Returns their names; does nothing without a mirror."""
+        if self._remote(rel) is None:
+            return []
+        folder = self.path(rel)
+        sent = []
+        for p in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            name = p.relative_to(self.root).as_posix()
+            if p.is_symlink() or not p.is_file() or _staged(name) or _under_link(p, self.root):
+                continue
+            st = p.stat()
+            if _SENT.get(p.resolve()) != (st.st_size, st.st_mtime_ns):
+                self._send(name)
+                sent.append(name)
+        return sent
+
+    def _send_tree(self, rel: str) -> None:
+        """Replace prefix ``rel`` on the store with local folder ``rel``, marker last."""
+        url = self._remote(rel)
+        if url is None:
+            return
+        from . import objectstore
+
+        before = [u for u, _size in objectstore.list_files(url)]
+        for old in before:  # an older copy's marker goes first: it must not vouch for new data
+            if old.rsplit("/", 1)[-1] in objectstore.MARKERS:
+                objectstore.delete(old)
+        folder = self.path(rel)
+        files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+                 and not _under_link(p, folder) and not _staged(p.name)]
+        files.sort(key=lambda p: (p.name in objectstore.MARKERS, str(p)))  # the marker last
+        sent = set()
+        for p in files:  # each PUT replaces one object whole: no moment without best/ weights
+            name = p.relative_to(self.root).as_posix()
+            self._send(name)
+            sent.add(f"{self.remote}/{name}")
+        for old in before:  # then what the new copy no longer has
+            if old not in sent and old.rsplit("/", 1)[-1] not in objectstore.MARKERS:
+                objectstore.delete(old)
 
     def sub(self, rel: str | os.PathLike[str]) -> "Storage":
         """The Storage of folder ``rel`` (or of an absolute folder), with the same cipher."""
@@ -236,6 +345,7 @@ class Storage:
                 raise _fail("write", target, err) from err
             raise
         _fsync_dir(target.parent)
+        self._send(rel, data)
         return target
 
     def write_text(self, rel: str, text: str) -> Path:
@@ -287,6 +397,7 @@ class Storage:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._send_tree(rel)  # object by object, the marker last: complete once it lands
 
     def seal_tree(self, rel: str = "") -> list[str]:
         """Seal, in place, the plaintext files a library wrote under folder ``rel`` (an
@@ -368,15 +479,54 @@ class Storage:
         except OSError as err:
             raise _fail("rename", self.path(rel), err) from err
         _fsync_dir(target.parent)
+        if self._remote(new_rel) is not None:  # an object store has no rename: copy, delete
+            if target.is_dir():
+                self._send_tree(new_rel)
+            else:
+                self._send(new_rel)
+            self._unsend(rel)
 
     def remove(self, rel: str) -> None:
         p = self.path(rel)
         if p.is_symlink():  # a link (the run's ``cache``): the link goes, not its target
             p.unlink()
-        elif p.is_dir():
+            return
+        if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
+        self._unsend(rel)
+
+    def remote_children(self, rel: str = "") -> list[str]:
+        """Names under ``rel`` on the object store ([] without a mirror): what exists there
+        but not in the local working copy (older checkpoints of a resumed run)."""
+        url = self._remote(rel)
+        if url is None:
+            return []
+        from . import objectstore
+
+        return objectstore.children(url)
+
+    def _unsend(self, rel: str) -> None:
+        """Delete ``rel`` (an object or a prefix) from the store, markers first."""
+        url = self._remote(rel)
+        if url is None:
+            return
+        from . import objectstore
+
+        objectstore.delete_prefix(url)
+        if objectstore.is_file(url):
+            objectstore.delete(url)
+
+
+def _under_link(p: Path, root: Path) -> bool:
+    """Whether ``p`` is reached through a symlinked folder under ``root`` (the run's cache)."""
+    q = p.parent
+    while q != root and root in q.parents:
+        if q.is_symlink():
+            return True
+        q = q.parent
+    return False
 
 
 def _is_write_failure(err: BaseException) -> bool:

@@ -19,7 +19,10 @@ class OptionValueError(ValueError):
 
 
 def existing_path(_instance: Any, attribute: Any, value: Any) -> None:
-    """The option names a file or folder that exists (checked without reading it)."""
+    """The option names a file or folder that exists (checked without reading it). An
+    ``s3://`` URL is checked when the source lists it, with the store's own answer."""
+    if value is not None and str(value).startswith("s3:/"):
+        return
     if value is not None and not Path(value).exists():
         raise OptionValueError(f"file not found: {value}; check the path (relative paths are "
                                f"resolved against the pipeline file's folder)", attribute.name)

@@ -472,6 +472,36 @@ def test_register_exporters_component_is_in_the_catalog_and_validates(privet_hos
     assert [s.name for kind, _, s in loaded.component_specs() if kind == "exporter"] == ["acme.npz"]
 
 
+def test_register_privacy_mechanisms_selects_validates_and_reports(run_pipeline, host):
+    @attrs.define(frozen=True)
+    class NoteOptions:
+        note: str = "none"
+
+    class Note(privet.PrivacyMechanism):
+        """Adds a note to the report (no privacy: an example of the contract)."""
+
+        Options = NoteOptions
+
+    class Plugin:
+        @privet.hookimpl
+        def register_privacy_mechanisms(self, register):
+            register("note", Note)
+
+        @privet.hookimpl
+        def wrap_training(self, run, objects):
+            mechanism = run.components.privacy
+            run.report_extra["privacy"] = {"mechanism": mechanism.name, "note": mechanism.options.note}
+
+    host.register_plugin(Plugin(), "note")
+    outcome = run_pipeline(_pipeline(privacy={"mechanism": "note", "note": "hello"}))
+
+    outcome.assert_success()
+    assert outcome.report["privacy"] == {"mechanism": "note", "note": "hello"}
+    assert json.loads((outcome.run_dir / "manifest.json").read_text())["privacy"]["note"] == "hello"
+    refused = run_pipeline(_pipeline(privacy={"mechanism": "note", "colour": "red"}))
+    assert isinstance(refused.error, privet.ConfigError) and "privacy.colour" in str(refused.error)
+
+
 # --- launcher hooks ----------------------------------------------------------------------
 
 

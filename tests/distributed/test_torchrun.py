@@ -148,3 +148,26 @@ def test_fsdp2_trains_and_resumes_from_its_sharded_checkpoint(tmp_path):
     ddp_runs = standalone(tmp_path, 2, pipeline, "--name", "ddp", "-s", "train.strategy=ddp")
     ddp = json.loads((ddp_runs / "ddp" / "report.json").read_text())
     assert report["final"]["val/loss"] == pytest.approx(ddp["final"]["val/loss"], rel=1e-3)
+
+
+def test_fsdp2_with_encryption_seals_every_shard_and_resumes_after_a_killed_worker(tmp_path):
+    from privet.crypto import is_encrypted, new_key_text
+
+    pipeline = write_pipeline(tmp_path, strategy="fsdp")
+    config = yaml.safe_load(pipeline.read_text())
+    config["security"] = {"encryption": {"key": "env:PRIVET_KEY"}}
+    pipeline.write_text(yaml.safe_dump(config))
+    marker = tmp_path / "killed"
+    env = env_for(tmp_path, KILL_MARKER=str(marker), KILL_EPOCH="1", KILL_RANK="1",
+                  PRIVET_KEY=new_key_text())
+    runs = standalone(tmp_path, 2, pipeline, "--name", "sealed", env=env, restarts=2)
+    assert marker.exists()
+    run_dir = runs / "sealed"
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["status"] == "completed" and report["final"]["val/accuracy"] > 0.9
+    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    files = [p for p in (last / "sharded").iterdir()] + [last / "state.pt", last / "state.json"]
+    assert any(p.name == ".metadata" for p in files) and len(files) >= 5  # metadata + 2 shards
+    for path in files:
+        assert is_encrypted(path.read_bytes()), path
+        assert path.stat().st_mode & 0o077 == 0, path

@@ -40,6 +40,7 @@ DISTRIBUTIONS = {
     "privet-image": ("plugins/image", "privet_image", "src/privet_image"),
     "privet-timeseries": ("plugins/timeseries", "privet_timeseries", "src/privet_timeseries"),
     "privet-llm": ("plugins/llm", "privet_llm", "src/privet_llm"),
+    "privet-dp": ("plugins/dp", "privet_dp", "src/privet_dp"),
 }
 #: Never copied for a build: caches anywhere, and in a distribution's own folder (the root,
 #: plugins/NAME) its build output, environments and run folders.

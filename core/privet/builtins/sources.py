@@ -14,7 +14,7 @@ import attrs
 from ..components import Source
 from ..hookspecs import hookimpl
 from ..io import ListedFilesSource, Located, iter_lines, open_text, read_csv, read_jsonl
-from ..validators import existing_paths
+from ..validators import existing_paths, non_negative
 
 __all__ = ["Csv", "JsonLines", "iter_lines", "open_text"]  # the two readers moved to privet.io
 
@@ -34,9 +34,15 @@ class JsonLines(_FileSource):
         paths: list[Path] = attrs.field(validator=existing_paths)
         #: Read files in the folders that are symlinks to places outside them.
         follow_symlinks: bool = False
+        #: Cut files (and s3:// objects) bigger than this many MiB into byte-range shards
+        #: that workers read side by side (0: one shard per file).
+        chunk_mb: float = attrs.field(default=0.0, validator=non_negative)
 
     def read_file(self, path: str) -> Iterator[Located]:
         return read_jsonl(path)
+
+    def read_range(self, path: str, start: int, end: int) -> Iterator[Located]:
+        return read_jsonl(path, start=start, end=end)
 
 
 class Csv(_FileSource):

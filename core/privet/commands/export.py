@@ -8,6 +8,22 @@ from pathlib import Path
 import click
 
 from ..cli import get_host
+from ..storage import Storage
+from .run import PathOrUrl
+
+
+def _copy_bundle(bundle: Path, out: str) -> None:
+    """The finished bundle to ``out``: an s3:// prefix (bundle.json last) or a folder."""
+    import shutil
+
+    from ..objectstore import is_remote, publish
+
+    if is_remote(out):
+        publish(bundle, out)
+        return
+    target = Path(out).resolve()
+    with Storage(target.parent, cipher=None).atomic_dir(target.name) as tmp:
+        shutil.copytree(bundle, tmp, dirs_exist_ok=True)
 
 
 def _size(n: int) -> str:
@@ -35,7 +51,7 @@ def _summary(report: dict) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=PathOrUrl(file_okay=False, exists=True))
 @click.option("--format", "formats", multiple=True, metavar="NAME",
               help="onnx, torch_export, torchscript, all, or a plugin's exporter (repeatable). "
                    "Default: the run's export.formats, else onnx.")
@@ -45,22 +61,25 @@ def _summary(report: dict) -> None:
 @click.option("--sign", "sign_key", type=click.Path(dir_okay=False, exists=True), default=None,
               metavar="KEYFILE", help="Sign the bundle with this Ed25519 private key (PEM; "
                                       "'privet keys new-signing' makes one): export/manifest.json.")
+@click.option("--out", "out", type=PathOrUrl(file_okay=False), default=None, metavar="DIR",
+              help="Also copy the bundle here: a folder or an s3:// prefix.")
 @click.pass_context
 def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize: str | None,
-           as_json: bool, sign_key: str | None) -> None:
+           as_json: bool, sign_key: str | None, out: str | None) -> None:
     """Export the trained RUN_DIR to ONNX, torch.export or TorchScript, verified against eager.
 
     Writes RUN_DIR/export/: the artifacts, model_state.json and the model's preprocessing
     files, and bundle.json describing inputs, outputs and checks (see 'privet predict').
     """
     from ..export.bundle import export_run
-    from ..runs import load_run
+    from ..runs import load_run, shown
 
     if sign_key:  # a bad key is refused before anything is exported
         from ..signing import load_signing_key
 
         load_signing_key(Path(sign_key))
-    stored = load_run(run_dir)  # config.yaml is read once, here
+    stored = load_run(run_dir)  # config.yaml is read once, here; s3://: fetched to a working copy
+    run_dir = str(stored.run_dir)
     storage = stored.storage
     chosen = list(formats)
     if not chosen:
@@ -77,5 +96,9 @@ def export(ctx: click.Context, run_dir: str, formats: tuple[str, ...], quantize:
         from ..signing import sign_bundle
 
         manifest = sign_bundle(Path(run_dir) / "export", sign_key)
+        Storage(run_dir).flush("export")  # a run on an object store: the manifest goes up too
         click.echo(f"signed: {manifest}", err=True)
+    if out:
+        _copy_bundle(Path(run_dir) / "export", out)
+    report["bundle"] = out or shown(report["bundle"])  # a run on an object store: its URL
     click.echo(json.dumps(report, indent=2)) if as_json else _summary(report)

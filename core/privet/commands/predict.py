@@ -18,6 +18,8 @@ from typing import IO, Iterator
 import click
 
 from ..cli import get_host
+from ..objectstore import is_remote
+from .run import PathOrUrl
 
 
 @contextlib.contextmanager
@@ -50,9 +52,9 @@ def _sealed_output(path: Path, cipher: object) -> Iterator[IO[str]]:
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(exists=True))
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True))
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+@click.argument("bundle", type=PathOrUrl(exists=True))
+@click.argument("input_path", metavar="INPUT", type=PathOrUrl(exists=True))
+@click.option("--out", "-o", type=PathOrUrl(dir_okay=False), default=None,
               help="Write predictions to this JSONL file (default: standard output).")
 @click.option("--artifact", default=None, metavar="NAME",
               help="Which artifact runs: onnx, onnx_int8, torch_int8, or with --trust-code "
@@ -82,6 +84,42 @@ def predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
     with their file and line, and the rest are predicted. Exit code 0: some or all
     records predicted; 1: none (or any failed, with --strict); 2: cannot predict at all.
     """
+    with contextlib.ExitStack() as remote:
+        if any(is_remote(p) for p in (bundle, input_path, out or "")):
+            bundle, input_path, local_out = _staged_io(remote, bundle, input_path, out)
+        else:
+            local_out = out
+        _predict(ctx, bundle, input_path, local_out, artifact, trust_code, strict, batch_size,
+                 key, verify_key, shown=out)
+
+
+def _staged_io(stack: contextlib.ExitStack, bundle: str, input_path: str,
+               out: str | None) -> tuple[str, str, str | None]:
+    """Local copies of an s3:// bundle and input (a private temp folder, removed after),
+    and a local output file uploaded to its s3:// URL when predict succeeded."""
+    import shutil
+
+    from ..objectstore import exists, fetch, join, publish
+    from ..runs import staging_root
+
+    tmp = Path(tempfile.mkdtemp(prefix="predict.", dir=staging_root()))
+    stack.callback(shutil.rmtree, tmp, True)
+    if is_remote(bundle):
+        exported = join(bundle, "export")  # a run folder's URL: its bundle
+        bundle = str(fetch(exported if exists(join(exported, "bundle.json")) else bundle, tmp / "bundle"))
+    if is_remote(input_path):
+        input_path = str(fetch(input_path, tmp / "input"))
+    if out and is_remote(out):
+        local = tmp / "out" / Path(out).name
+        local.parent.mkdir(mode=0o700)
+        stack.callback(lambda: local.exists() and publish(local, out))
+        return bundle, input_path, str(local)
+    return bundle, input_path, out
+
+
+def _predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
+             artifact: str | None, trust_code: bool, strict: bool, batch_size: int,
+             key: str | None, verify_key: str | None, *, shown: str | None) -> None:
     from ..export.bundle import Bundle
     from ..export.predict import bundle_cipher, predict_path
 
@@ -102,6 +140,6 @@ def predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
     errors = ", ".join(f"{k}: {v}" for k, v in summary.errors.most_common())
     click.echo(f"predicted {summary.predicted} of {summary.total} records with "
                f"{summary.artifact}" + (f"; errors: {errors}" if errors else "")
-               + (f" -> {out}" if out else ""), err=True)
+               + (f" -> {shown}" if shown else ""), err=True)
     if summary.predicted == 0 or (strict and summary.errors):
         sys.exit(1)  # not ctx.exit: the launcher runs click with standalone_mode=False

@@ -11,10 +11,22 @@ import click
 from ..cli import get_host
 
 
+class PathOrUrl(click.Path):
+    """A local path checked as ``click.Path`` does, or an ``s3://`` URL passed as it is
+    (the object store answers for it when it is used)."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, str) and value.startswith("s3://"):
+            return value
+        return super().convert(value, param, ctx)
+
+
 def _summary(run_dir, report) -> None:
+    from ..runs import shown
+
     final = report.get("final", {})
-    shown = " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
-    click.echo(f"run {report['status']}: {run_dir} ({report['steps']} steps) {shown}")
+    metrics = " ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float))
+    click.echo(f"run {report['status']}: {shown(run_dir)} ({report['steps']} steps) {metrics}")
 
 
 def _torchrun(nproc: int, argv: list[str], max_restarts: int) -> None:
@@ -32,7 +44,7 @@ def _torchrun(nproc: int, argv: list[str], max_restarts: int) -> None:
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of the file, e.g. -s train.epochs=3.")
 @click.option("--name", default=None, help="Run folder name (default: the file's 'name').")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--resume", "resume_dir", type=PathOrUrl(file_okay=False), default=None,
               help="Continue this existing run folder instead of starting a new one.")
 @click.option("--nproc-per-node", type=int, default=1, help="Start N workers with torchrun.")
 @click.option("--max-restarts", type=int, default=0, help="torchrun restarts after a worker dies.")
@@ -66,7 +78,7 @@ def run(ctx: click.Context, file: str, overrides: tuple[str, ...], name: str | N
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("run_dir", type=PathOrUrl(file_okay=False, exists=True))
 @click.option("--progress", type=click.Choice(["auto", "bar", "log", "none"]), default=None)
 @click.pass_context
 def resume(ctx: click.Context, run_dir: str, progress: str | None) -> None:

@@ -12,8 +12,8 @@ import copy
 import contextlib
 import hashlib
 import json
-import math
 import os
+import pickle
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,9 +23,13 @@ import attrs
 
 from ..components import BadRecord, Cleaner, Model, Record, Source
 from ..config import DataConfig
-from ..errors import DataError, DropRecord, PluginError
+from ..errors import DataError, DropRecord
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
+from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
+from .parallel import (PARALLEL_MIN_BYTES, InlineRunner, PassSpec, ProcessRunner, clean_chain,
+                       parallel_prefix, report_sum, shard_bytes, usable_cores)
+from ..monitor.progress import PrepProgress
 from .versions import code_version
 
 SPLITS = ("train", "val", "test")
@@ -34,12 +38,16 @@ CACHE_VERSION = 2
 #: Records cleaned together (Cleaner.clean_batch): large enough that a cleaner's batch
 #: work pays, small enough that memory stays flat.
 CLEAN_BATCH = 512
-#: Largest float32: a bigger number becomes inf once a model makes a tensor of it.
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def file_fingerprint(path: str, *, full_hash_below: int = 1 << 20) -> dict[str, Any]:
-    """Size and mtime of a file, plus a content hash when it is small (cheap on big data)."""
+    """Size and mtime of a file, plus a content hash when it is small (cheap on big data).
+    An ``s3://`` object: its size and ETag, which the store computes (nothing is read)."""
+    if str(path).startswith("s3:/"):
+        from ..objectstore import info
+
+        size, etag = info(str(path))
+        return {"path": str(path), "size": size, "etag": etag}
     st = os.stat(path)
     out: dict[str, Any] = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if st.st_size <= full_hash_below:
@@ -56,51 +64,6 @@ def split_of(ordinal: int, seed: int, val: float, test: float) -> str:
     if u < val + test:
         return "test"
     return "train"
-
-
-def _bad_number(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return "is not finite"
-    if abs(value) > FLOAT32_MAX:
-        return "overflows float32 (largest 3.4e38)"
-    return None
-
-
-def non_finite(record: Record) -> str | None:
-    """Why a record holds a number no model can train on (NaN, inf, beyond float32), or None.
-
-    Looks at top-level numbers and lists of numbers (feature vectors): a model turns them
-    into float32 tensors, where 1e308 becomes inf and the loss NaN many steps later.
-    """
-    for key, value in record.items():
-        why = _bad_number(value)
-        if why is not None:
-            return f"field {key!r}: {value!r} {why}"
-        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (int, float)):
-            bad = _first_bad_number(value)
-            if bad is not None:
-                return f"field {key!r}: {bad[0]!r} {bad[1]}"
-    return None
-
-
-def _first_bad_number(values: list[Any] | tuple[Any, ...]) -> tuple[Any, str] | None:
-    if len(values) > 64:  # long vectors: one numpy pass instead of a Python loop
-        import numpy as np
-
-        try:
-            arr = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError, OverflowError):
-            arr = None
-        if arr is not None and arr.ndim == 1 and np.isfinite(arr).all() \
-                and float(np.abs(arr).max()) <= FLOAT32_MAX:
-            return None
-    for item in values:
-        why = _bad_number(item)
-        if why is not None:
-            return item, why
-    return None
 
 
 @attrs.define
@@ -140,7 +103,7 @@ class Preparer:
 
     def __init__(self, data: DataConfig, source: Source, cleaners: list[Cleaner], model: Model,
                  *, seed: int, fingerprint_extra: dict[str, Any],
-                 log: Callable[[str], None] = lambda m: None) -> None:
+                 log: Callable[[str], None] = lambda m: None, progress: str = "none") -> None:
         self.data = data
         self.source = source
         self.cleaners = cleaners
@@ -150,6 +113,15 @@ class Preparer:
         self.log = log
         #: the cache's cipher (set by :meth:`prepare` from the storage module), or None
         self.cipher: Any = None
+        self.progress_mode = progress
+        self.progress: Any = PrepProgress("none")
+        #: where shards are read and cleaned (worker processes while :meth:`prepare` runs)
+        self._runner: InlineRunner | ProcessRunner = InlineRunner(source, cleaners)
+        self.prefix = parallel_prefix(cleaners)
+        self.workers = 1
+        #: report deltas of the cleaners run by the runner, summed over the last pass
+        self.pass_reports: list[Any] = []
+        self._code: list[dict[str, Any]] | None = None
 
     # -- fingerprint --------------------------------------------------------------------------
 
@@ -175,67 +147,57 @@ class Preparer:
         return hashlib.sha256(blob.encode()).hexdigest()[:20], files
 
     def code_versions(self) -> list[dict[str, Any]]:
-        """Each data component's code version: a plugin's new code is a new cache."""
-        return [code_version(type(c)) for c in (self.source, *self.cleaners, self.model)]
+        """Each data component's code version: a plugin's new code is a new cache.
+
+        Computed once per preparer: hashing an editable install's files takes a second.
+        """
+        if self._code is None:
+            self._code = [code_version(type(c)) for c in (self.source, *self.cleaners, self.model)]
+        return self._code
 
     # -- streaming passes -------------------------------------------------------------------------
 
-    def _located(self, shard: Any) -> Iterator[tuple[str | None, Any]]:
-        """``(location or None, item)``: sources built on :mod:`privet.io` name each line."""
-        read_located = getattr(self.source, "read_located", None)
-        if callable(read_located):
-            yield from read_located(shard)
-        else:
-            for item in self.source.read(shard):
-                yield None, item
+    def _start_runner(self) -> None:
+        """Worker processes for this preparation (data.prepare_workers), or this process."""
+        shards = self.source.shards()
+        wanted = self.data.prepare_workers
+        if wanted is None:
+            small = sum(shard_bytes(s) for s in shards) < PARALLEL_MIN_BYTES
+            wanted = 1 if small else usable_cores()
+        workers = max(1, min(wanted, len(shards)))
+        self.prefix = parallel_prefix(self.cleaners)
+        self._runner = InlineRunner(self.source, self.cleaners)
+        if workers > 1:
+            try:
+                self._runner = ProcessRunner(self.source, self.cleaners[:self.prefix], workers)
+            except (pickle.PicklingError, TypeError, AttributeError) as err:
+                self.log(f"data: preparing in one process: the source or a cleaner cannot be "
+                         f"sent to worker processes ({err})")
+        self.workers = self._runner.workers
 
-    def _raw(self, drops: DropCounter | None, total: list[int]) -> Iterator[tuple[str, str, Record]]:
-        """(split, where, record) for every readable record, in source order.
-
-        A source drops an item by yielding a :class:`BadRecord` (bad input) or a
-        :class:`DropRecord` (``bad=False``: left out on purpose, not held against
-        ``data.max_bad_fraction``). Numbers that are not finite or overflow float32 are
-        bad input, caught here, before any cleaner fits statistics on them.
-        """
+    def _spec(self, upto: int) -> PassSpec:
+        """A pass through the first ``upto`` cleaners, with the fitted state workers need."""
         split = self.data.split
-        ordered_count = self._count() if split.method == "ordered" else 0
-        ordinal = 0
-        for shard in self.source.shards():
-            name = Path(shard.path).name
-            for location, item in self._located(shard):
-                total[0] += 1
-                if isinstance(item, BadRecord):
-                    self._bad(drops, item.reason, item.location or location or name, item.detail)
-                    continue
-                where = location or f"{name} record {ordinal + 1}"
-                if isinstance(item, DropRecord):
-                    self._bad(drops, item.reason, where, item.detail, bad=item.bad)
-                    continue
-                ordinal += 1
-                problem = non_finite(item) if isinstance(item, dict) else None
-                if problem is not None:
-                    self._bad(drops, "non_finite_value", where, problem)
-                    continue
-                if split.method == "random":
-                    part = split_of(ordinal - 1, self.seed, split.val, split.test)
-                elif split.method == "ordered":
-                    frac = (ordinal - 1) / max(1, ordered_count)
-                    part = ("train" if frac < 1 - split.val - split.test
-                            else "val" if frac < 1 - split.test else "test")
-                else:
-                    value = item.get(split.field) if isinstance(item, dict) else None
-                    part = _FIELD_SPLITS.get(str(value).lower()) if value is not None else None
-                    if part is None:
-                        self._bad(drops, "bad_split_value", where,
-                                  f"{split.field}={value!r}; expected train/val/test")
-                        continue
-                yield part, where, item
+        states = {}
+        if isinstance(self._runner, ProcessRunner):
+            states = {j: c.state_dict() for j, c in enumerate(self.cleaners[:upto]) if c.needs_fit}
+        size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
+        return PassSpec(upto, states, split.field if split.method == "field" else None,
+                        _FIELD_SPLITS, size)
+
+    def _part(self, ordinal: int, ordered_count: int) -> str:
+        split = self.data.split
+        if split.method == "random":
+            return split_of(ordinal - 1, self.seed, split.val, split.test)
+        frac = (ordinal - 1) / max(1, ordered_count)
+        return ("train" if frac < 1 - split.val - split.test
+                else "val" if frac < 1 - split.test else "test")
 
     def _count(self) -> int:
         return sum(1 for shard in self.source.shards() for item in self.source.read(shard)
                    if not isinstance(item, (BadRecord, DropRecord)))
 
-    def _bad(self, drops: DropCounter | None, reason: str, where: str, detail: str = "",
+    def _bad(self, drops: DropCounter | _Deferred | None, reason: str, where: str, detail: str = "",
              *, bad: bool = True) -> None:
         if not bad:
             if drops is not None:
@@ -248,47 +210,47 @@ class Preparer:
         if drops is not None:
             drops.add(reason, f"{where}: {detail}" if detail else where)
 
-    def _clean_batch(self, records: list[Record], upto: int) -> list[Record | DropRecord | str]:
-        """Each record through ``cleaners[:upto]``, cleaner by cleaner over the whole list.
+    def _place(self, item: tuple[Any, ...], name: str, deferred: _Deferred | None,
+               only: str | None, pos: list[int]) -> tuple[Any, ...] | None:
+        """One item of a shard's stream in the whole stream: its ordinal, split and location.
 
-        Returns per record the cleaned record, the :class:`DropRecord` a cleaner gave, or
-        the name of the cleaner that filtered it out. A cleaner sees the survivors of the
-        earlier ones in source order, as it would one record at a time.
+        ``pos`` is ``[ordinal so far, record count of an ordered split]``. Returns the
+        ``("record", split, where, outcome)`` event, or None (dropped, or another split).
+        A source that does not name lines gets ``NAME record N`` (N: the ordinal).
         """
-        outcomes: list[Record | DropRecord | str] = list(records)
-        alive = list(range(len(records)))
-        for cleaner in self.cleaners[:upto]:
-            if not alive:
-                break
-            results = cleaner.clean_batch([outcomes[i] for i in alive])  # type: ignore[misc]
-            if len(results) != len(alive):
-                raise PluginError(f"cleaner {cleaner.name}: clean_batch returned {len(results)} "
-                                  f"results for {len(alive)} records; return one per record")
-            survivors = []
-            for i, out in zip(alive, results):
-                if isinstance(out, DropRecord):
-                    outcomes[i] = out
-                elif out is None:
-                    outcomes[i] = cleaner.name
-                else:
-                    outcomes[i] = out
-                    survivors.append(i)
-            alive = survivors
-        return outcomes
+        tag = item[0]
+        if tag == "drop":
+            _tag, reason, where, detail, bad = item
+            self._bad(deferred, reason, where or f"{name} record {pos[0] + 1}", detail, bad=bad)
+            return None
+        pos[0] += 1
+        if tag == "skip":
+            _tag, reason, where, detail = item
+            self._bad(deferred, reason, where or f"{name} record {pos[0]}", detail)
+            return None
+        _tag, where, path, part, outcome = item
+        part = part or self._part(pos[0], pos[1])
+        if only is not None and part != only:
+            return None
+        return ("record", part, path or where or f"{name} record {pos[0]}", outcome)
 
-    def _flush(self, events: list[tuple[Any, ...]], upto: int,
+    def _flush(self, events: list[tuple[Any, ...]], suffix: list[Cleaner],
                drops: DropCounter | None) -> Iterator[tuple[str, Record]]:
-        """Clean the batched records, then report drops and yield records in source order."""
-        records = [e[3] for e in events if e[0] == "record"]
-        outcomes = iter(self._clean_batch(records, upto))
+        """Run the in-order cleaners over the batch, report drops and yield records in order."""
+        todo = [e[3] for e in events if e[0] == "record" and isinstance(e[3], dict)]
+        outcomes = iter(clean_chain(suffix, todo))
         batch, events[:] = list(events), []
         for event in batch:
             if event[0] == "drop":  # dropped by the source while the batch filled
                 if drops is not None:
                     drops.add(event[1], event[2], bad=event[3])
                 continue
-            _tag, part, where, _record = event
-            out = next(outcomes)
+            _tag, part, where, value = event
+            out = next(outcomes) if isinstance(value, dict) else value
+            if isinstance(out, tuple) and out[0] == "D":  # a worker's DropRecord
+                out = DropRecord(out[1], out[2], bad=out[3])
+            elif isinstance(out, tuple):  # ("F", name): a worker's cleaner filtered it
+                out = out[1]
             if isinstance(out, DropRecord):
                 self._bad(drops, out.reason, where, out.detail, bad=out.bad)
             elif isinstance(out, str):
@@ -299,37 +261,46 @@ class Preparer:
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
                  total: list[int], on_start: Callable[[], None] = lambda: None
                  ) -> Iterator[tuple[str, Record]]:
-        """Cleaned ``(split, record)`` in source order, in batches of CLEAN_BATCH (or a shard).
+        """Cleaned ``(split, record)`` of one pass through ``cleaners[:upto]``, in source order.
 
-        Drops are counted in source order, as if each record went through the cleaners
-        alone: the source's drops wait in ``events`` until the batch is cleaned, and a
-        source error is raised only after the records read before it.
+        The source's shards are read and cleaned by the leading per-record cleaners in the
+        runner (worker processes, or here); the rest run here over batches of about
+        CLEAN_BATCH records. Drops are counted in source order, as if each record went
+        through the cleaners alone, and an error is raised after the records before it.
         """
-        for cleaner in self.cleaners[:upto]:
+        k = min(upto, self.prefix)
+        suffix = self.cleaners[k:upto]
+        for cleaner in suffix:
             cleaner.start_pass()
         on_start()
+        spec = self._spec(k)
+        shards = self.source.shards()
+        self.pass_reports = [{} for _ in range(k)]
         events: list[tuple[Any, ...]] = []
-        raw = self._raw(_Deferred(events) if drops is not None else None, total)
-        size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
-        done = False
-        while not done:
-            done, n = True, 0
-            try:
-                for part, where, record in raw:
-                    if only is not None and part != only:
-                        continue
-                    path = record.get("path")
-                    if isinstance(path, str) and path:  # name the file itself when the record has one
-                        where = path
-                    events.append(("record", part, where, record))
-                    n += 1
-                    if n >= size:
-                        done = False
-                        break
-            except DataError:
-                yield from self._flush(events, upto, drops)  # errors of earlier records first
-                raise
-            yield from self._flush(events, upto, drops)
+        deferred = _Deferred(events) if drops is not None else None
+        pos = [0, self._count() if self.data.split.method == "ordered" else 0]
+        pending = 0
+        try:
+            for index, kind, payload in self._runner.run(shards, spec):
+                if kind == "end":
+                    self.pass_reports = [report_sum(a, b) for a, b in zip(self.pass_reports, payload)]
+                    self.progress.advance(0, shard_bytes(shards[index]))
+                    continue
+                name = Path(shards[index].path).name
+                for item in payload:
+                    total[0] += 1
+                    event = self._place(item, name, deferred, only, pos)
+                    if event is not None:
+                        events.append(event)
+                        pending += 1
+                self.progress.advance(len(payload), 0)
+                if pending >= spec.size:
+                    pending = 0
+                    yield from self._flush(events, suffix, drops)
+        except DataError:
+            yield from self._flush(events, suffix, drops)  # errors of earlier records first
+            raise
+        yield from self._flush(events, suffix, drops)
 
     # -- the whole preparation ------------------------------------------------------------------
 
@@ -353,7 +324,7 @@ class Preparer:
         root.makedirs(work_name)
         work = root.sub(work_name)
         try:
-            meta = self._build(work, fp, files)
+            meta = self._build_with_workers(work, fp, files)
             meta["seconds"] = round(time.perf_counter() - started, 3)
             work.write_json("meta.json", meta)  # written last: marks the folder complete
             if cache.exists("meta.json"):  # another process finished the same data first
@@ -376,24 +347,50 @@ class Preparer:
         self.log(f"data: reusing prepared cache {cache.root}")
         return Prepared(cache, fp, self._open(cache, meta), meta, True)
 
+    def _build_with_workers(self, cache: Storage, fp: str, files: Any) -> dict[str, Any]:
+        """:meth:`_build` with the worker processes and the progress display around it."""
+        self._start_runner()
+        self.progress = PrepProgress(self.progress_mode, total_bytes=sum(
+            shard_bytes(s) for s in self.source.shards()))
+        try:
+            meta = self._build(cache, fp, files)
+        finally:
+            self._runner.close()
+            self._runner = InlineRunner(self.source, self.cleaners)
+            self.progress.close()
+        meta["workers"] = self.workers
+        return meta
+
     def _fit_cleaners(self) -> None:
         """Fit cleaners in order, each on train records passed through the earlier ones."""
         for i, cleaner in enumerate(self.cleaners):
             if cleaner.needs_fit:
                 self.log(f"data: fitting cleaner {cleaner.name}")
+                self.progress.phase(f"fit {cleaner.name}")
                 cleaner.fit(_Reiterable(lambda i=i: (r for _p, r in self._cleaned(i, "train", None, [0]))))
 
     def _build(self, cache: Storage, fp: str, files: Any) -> dict[str, Any]:
         """Every pass of the preparation, written into ``cache``; returns its meta."""
+        clock = [time.perf_counter()]
+        timings: dict[str, float] = {}
+
+        def lap(name: str) -> None:  # seconds of each phase, in meta.json
+            now = time.perf_counter()
+            timings[name] = round(now - clock[0], 3)
+            clock[0] = now
+
         self._fit_cleaners()
+        lap("fit_cleaners_s")
         drops = DropCounter()
         total = [0]
         counters: list[Any] = []
         writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
         snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
+        self.progress.phase("prepare")
         for part, record in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
             writers[part].add(record)
         record_files = {s: w.close() for s, w in writers.items()}
+        lap("clean_and_write_s")
         self._check_bad_fraction(drops, total[0])
         if writers["train"].rows == 0:
             raise DataError(f"no training records left after cleaning ({total[0]} read, "
@@ -408,14 +405,17 @@ class Preparer:
                 for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
                     w.add(ex)
                 example_files[s] = w.close()
+        lap("model_s")
         # counts of the writing pass alone: fitting passes ran the earlier cleaners too
-        reports = {f"{i}:{c.name}": counts_since(c.report(), before)
+        reports = {f"{i}:{c.name}": self.pass_reports[i] if i < len(self.pass_reports)
+                   else counts_since(c.report(), before)
                    for i, (c, before) in enumerate(zip(self.cleaners, counters))}
         return {
             "fingerprint": fp,
             "files": files,
             "code": self.code_versions(),
             "created": time.time(),
+            "timings": timings,
             "read": total[0],
             "kept": sum(w.rows for w in writers.values()),
             "counts": {s: writers[s].rows for s in SPLITS},

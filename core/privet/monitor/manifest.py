@@ -14,7 +14,13 @@ from typing import Any
 
 
 def file_hash(path: str, limit: int = 256 << 20) -> dict[str, Any]:
-    """sha256 of a file (of its first and last 8 MiB if it is larger than ``limit``)."""
+    """sha256 of a file (of its first and last 8 MiB if it is larger than ``limit``); for an
+    ``s3://`` object its size and ETag, from the store, without reading it."""
+    if str(path).startswith("s3:/"):
+        from ..objectstore import info
+
+        size, etag = info(str(path))
+        return {"path": str(path), "size": size, "etag": etag}
     p = Path(path)
     size = p.stat().st_size
     h = hashlib.sha256()

@@ -4,7 +4,10 @@
 (optimizer, scheduler, scaler, torch RNG: tensors and plain containers, loaded with
 ``weights_only=True``) and ``state.json`` (position in the data, python/numpy RNG,
 early-stopping state). The folder is written under a temp name, fsynced and renamed:
-a kill or a full disk mid-write leaves the previous checkpoints intact. In an encrypted
+a kill or a full disk mid-write leaves the previous checkpoints intact. In a run folder on
+an object store (no rename there) the storage module uploads the step object by object
+with ``state.json`` last, and old steps are pruned only after that marker landed; resume
+fetches the newest step whose marker exists. In an encrypted
 run folder every file is serialised to bytes in memory and sealed by the storage module;
 otherwise the libraries write the files themselves, as fast as before.
 """
@@ -57,7 +60,8 @@ class CheckpointManager:
     """The one owner of checkpoint I/O: writing, listing, pruning and restoring.
 
     Single-process and DDP runs write one folder from rank 0; FSDP2 runs write their
-    shards from every rank with torch.distributed.checkpoint and rank 0 completes the
+    shards from every rank with torch.distributed.checkpoint (sealed through
+    :mod:`privet.train.sealed_dcp` in an encrypted run) and rank 0 completes the
     folder. Either way the folder is built under a temp name and ``state.json`` (the
     marker) is written last, so a folder without it is never taken as complete; old
     steps are pruned only after the new one is in place.
@@ -110,6 +114,9 @@ class CheckpointManager:
                 torch.save(tensors, tmp / "state.pt")
             # state.json last: its presence marks the checkpoint complete
             out.write_text("state.json", json.dumps(plain))
+        # on an object store the step went up object by object, state.json last (storage.py);
+        # the run's other files follow, then old steps go: only after the new marker landed
+        self.storage.flush()
         self._prune()
         return self.path(step)
 
@@ -122,10 +129,12 @@ class CheckpointManager:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        if self.storage.cipher is not None:
-            raise CheckpointError("encrypted sharded (FSDP) checkpoints are not supported: "
-                                  "torch.distributed.checkpoint writes its files itself; use "
-                                  "train.strategy: ddp with security.encryption")
+        from .sealed_dcp import sealed_writer
+
+        if self.storage.remote is not None:
+            raise CheckpointError("sharded (FSDP) checkpoints cannot be written to an object "
+                                  "store yet: every rank writes its own files; set runs_dir "
+                                  "to shared storage, or use train.strategy: ddp")
         name = f"step-{step:08d}"
         tmp_rel = f"{self.folder}/.tmp-{name}"
         if self.is_main:
@@ -138,16 +147,24 @@ class CheckpointManager:
             model_sd = {k: v for k, v in model_sd.items() if k in keys}
             plain = dict(plain, trainable_part=True)
         try:
-            dcp.save({"model": model_sd, "optim": optim_sd},
-                     checkpoint_id=str(self.storage.path(f"{tmp_rel}/sharded")))
+            shards = self.storage.path(f"{tmp_rel}/sharded")
+            if self.storage.cipher is not None:  # every shard sealed through the storage module
+                dcp.save({"model": model_sd, "optim": optim_sd}, storage_writer=sealed_writer(shards))
+            else:
+                dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(shards))
         except (OSError, RuntimeError) as err:
             raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
                                   f"checkpoints are intact") from err
         dist.barrier()
         if self.is_main:
-            tmp = Storage(self.storage.path(tmp_rel))
+            tmp = self.storage.sub(tmp_rel)
             try:
-                torch.save(tensors, tmp.path("state.pt"))
+                if tmp.encrypts("state.pt"):
+                    buffer = io.BytesIO()
+                    torch.save(tensors, buffer)
+                    tmp.write_bytes("state.pt", buffer.getbuffer())
+                else:
+                    torch.save(tensors, tmp.path("state.pt"))
             except (OSError, RuntimeError) as err:
                 raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
                                       f"checkpoints are intact") from err
@@ -171,8 +188,18 @@ class CheckpointManager:
                 write_weights(tmp / "model.safetensors", module, self.model, storage=out)
 
     def _prune(self) -> None:
-        for old in self.steps()[: -self.keep_last]:
+        steps = self.steps()
+        for old in steps[: -self.keep_last]:
             self.storage.remove(f"{self.folder}/step-{old:08d}")
+        if self.storage.remote is None or not steps:
+            return
+        # a resumed run's working copy holds only the step it fetched: older steps (and
+        # killed uploads) below the ones kept exist only on the store
+        oldest_kept = steps[-self.keep_last:][0]
+        for name in self.storage.remote_children(self.folder):
+            m = _STEP.match(name)
+            if m and int(m.group(1)) < oldest_kept:
+                self.storage.remove(f"{self.folder}/{name}")
 
     # -- reading --------------------------------------------------------------------------
 
@@ -464,7 +491,12 @@ def safe_dcp_reader(path: str) -> Any:
         def read_data(self, plan: Any, planner: Any) -> Any:
             return super().read_data(plan, _WeightsOnlyBytes(planner))
 
-    return SafeReader(path)
+    reader = SafeReader(path)
+    if Storage(Path(path)).cipher is not None:  # sealed shards: decrypted through the storage module
+        from .sealed_dcp import use_sealed_files
+
+        use_sealed_files(reader, Path(path))
+    return reader
 
 
 def dcp_load_safely(state: dict[str, Any], path: str) -> None:

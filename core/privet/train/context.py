@@ -8,7 +8,7 @@ steps, global batch) so that nothing recomputes them with its own rounding.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
@@ -26,15 +26,44 @@ class Components:
     model: Any
     scheduler: Any | None
     optimizer: Any | None = None
+    #: the ``privacy.mechanism`` component (``None`` without a ``privacy:`` section); the
+    #: plugin that registered it applies it in its ``wrap_training``
+    privacy: Any | None = None
 
 
 @attrs.define
 class TrainingObjects:
-    """What the ``wrap_training`` hook may replace: the module, optimizer and loader."""
+    """What the ``wrap_training`` hook may replace or extend.
+
+    ``module``, ``optimizer`` and ``train_loader`` may be replaced. The other fields are
+    extension points the loop honours, so that a plugin such as differential privacy
+    needs no change to the loop:
+
+    * ``extra_state``: name -> object with ``state_dict()``/``load_state_dict()``. Saved
+      into every checkpoint's ``state.pt`` (so the state must be tensors and plain
+      containers: it is loaded with ``weights_only=True``) and restored on resume.
+    * ``metrics``: callables returning ``{"group/name": value}``, logged to TensorBoard
+      at every log interval and at the end of each epoch.
+    * ``stop_checks``: callables run after every optimizer step; the first that returns
+      a reason (text) stops the run cleanly: the epoch is ended (validation,
+      checkpoint) and ``report.json`` says ``stop_reason``. In a distributed run every
+      rank must give the same answer (derive it from state the ranks share).
+    * ``micro_step``: called after the backward of each micro-batch of an accumulation
+      window except the last (Opacus' virtual steps clip and accumulate per-sample
+      gradients there, so only one micro-batch's are held at a time).
+    * ``sum_loss``: backpropagate each micro-batch's summed loss and leave the
+      normalisation to the optimizer (Opacus' ``DPOptimizer`` divides by the expected
+      batch size); the loop then never rescales gradients itself.
+    """
 
     module: Any
     optimizer: Any
     train_loader: Any
+    extra_state: dict[str, Any] = attrs.field(factory=dict)
+    metrics: list[Callable[[], dict[str, float]]] = attrs.field(factory=list)
+    stop_checks: list[Callable[[], str | None]] = attrs.field(factory=list)
+    micro_step: Callable[[], None] | None = None
+    sum_loss: bool = False
 
 
 @attrs.define(frozen=True)
@@ -63,6 +92,7 @@ class RunContext:
 
     ``storage`` is the only way to read or write the run folder. ``plan`` is set once the
     training objects exist (after ``wrap_training``); ``prepared`` once the data is.
+    ``report_extra`` holds what plugins add to the report and the manifest.
     """
 
     config: PipelineConfig
@@ -78,6 +108,9 @@ class RunContext:
     prepared: Any = None
     plan: RunPlan | None = None
     resumed: bool = False
+    #: sections a plugin adds to ``report.json`` and ``manifest.json`` (``run.report_extra
+    #: ["privacy"] = {...}``), written when the run ends; JSON values only
+    report_extra: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def is_main(self) -> bool:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import objectstore
 from ..config import LoadedConfig
 from ..errors import ConfigError
 from ..pipeline import prepare_config
@@ -66,6 +67,7 @@ def _instantiate(loaded: LoadedConfig, catalog: Any) -> Components:
         augmenters=[loaded.instantiate(catalog, f"data.augmenters.{i}") for i in range(len(c.data.augmenters))],
         model=loaded.instantiate(catalog, "model"),
         scheduler=loaded.instantiate(catalog, "train.scheduler") if c.train.scheduler else None,
+        privacy=loaded.instantiate(catalog, "privacy") if c.privacy is not None else None,
     )
 
 
@@ -82,6 +84,7 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
     try:
         if resume_dir is None:
             host, loaded = prepare_config(config, host=host, base_dir=base_dir, overrides=list(overrides))
+            objectstore.configure(loaded.config.storage)
             env = distributed.setup(loaded.config.train.device)
             # a restarted torchrun worker continues its job's run: rank 0 decides for all
             found = distributed.broadcast(
@@ -91,10 +94,14 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
                 ok = True
                 return result
             resume_dir = found
-        stored = load_run(resume_dir)
+        if objectstore.is_remote(resume_dir):  # the environment says how to reach the store
+            objectstore.configure(None)
+        stored = load_run(resume_dir)  # a run on an object store: fetched to a working copy
+        resume_dir = stored.run_dir
         if int(os.environ.get("RANK", "0")) == 0:  # first: a running run is not touched at all
             lock = RunLock(stored.run_dir).acquire()
         host, loaded = prepare_config(stored.config, host=host, base_dir=stored.base_dir)
+        objectstore.configure(loaded.config.storage)
         if env is None:
             env = distributed.setup(loaded.config.train.device)
         check_world_size(stored, env.world_size)
@@ -191,6 +198,11 @@ class Recipe:
             run_dir = Path(resume_dir).resolve()
         else:
             run_dir = distributed.broadcast(self._new_folder(name) if self.is_main else None, env)
+            if objectstore.is_remote(cfg.runs_dir):  # every rank knows the folder's URL
+                from ..storage import mirror, remote_url
+
+                url = distributed.broadcast(remote_url(run_dir) if self.is_main else None, env)
+                mirror(run_dir, url)
         if self.is_main and self.lock is None:  # before anything is written: a second
             self.lock = RunLock(run_dir).acquire()  # process is refused here
         check_key(Storage(run_dir, cipher=cipher), create=self.is_main)  # wrong key: stop here
@@ -215,6 +227,10 @@ class Recipe:
         if env_dir:
             Storage(env_dir).makedirs()
             return Path(env_dir).resolve()
+        if objectstore.is_remote(self.cfg.runs_dir):  # a local working copy, mirrored
+            from ..runs import create_remote_run
+
+            return create_remote_run(self.cfg.runs_dir, name or self.cfg.name).resolve()
         runs = runs_root(self.cfg, self.loaded.base_dir)
         return create_run_folder(runs, name or self.cfg.name).resolve()
 
@@ -246,8 +262,9 @@ class Recipe:
         t0 = time.perf_counter()
         preparer = Preparer(self.cfg.data, c.source, c.cleaners, c.model, seed=self.cfg.seed,
                             fingerprint_extra=_fingerprint_extra(self.loaded),
-                            log=lambda m: print(m, file=sys.stderr) if is_main else None)
-        cache_root = run.run_dir.parent / ".cache"
+                            log=lambda m: print(m, file=sys.stderr) if is_main else None,
+                            progress=self.cfg.train.progress if is_main else "none")
+        cache_root = self._cache_root()
         if is_main:
             run.prepared = preparer.prepare(cache_root)
             distributed.announce(self.env, "prepared")
@@ -257,6 +274,17 @@ class Recipe:
         self.timings["prepare_s"] = round(time.perf_counter() - t0, 3)
         if is_main:
             self._record_prepared()
+
+    def _cache_root(self) -> Path:
+        """``data.cache_dir``, else ``runs_dir/.cache``; a run on an object store keeps its
+        cache on local disk (the staging folder), never in the bucket."""
+        from ..runs import staging_root
+
+        if self.cfg.data.cache_dir is not None:
+            return Path(self.cfg.data.cache_dir)
+        if objectstore.is_remote(self.cfg.runs_dir):
+            return staging_root() / ".cache"
+        return self.run_ctx.run_dir.parent / ".cache"
 
     def _record_prepared(self) -> None:
         """The cache link, the fitted component state and the cache in the manifest."""
@@ -388,6 +416,8 @@ class Recipe:
         samples = trainer.sync_samples()  # a collective: the samples of every rank
         report = build_report(run, state, self.started, self.timings, samples_seen=samples,
                               memory=trainer.memory_by_epoch)
+        extra = _report_extra(run, state)
+        report.update(extra)
         if not self.is_main:
             return report
         best = {k: v for k, v in (state.best_metrics or {}).items() if k.startswith("val/")}
@@ -396,11 +426,13 @@ class Recipe:
         run.storage.write_json("report.json", report)
         manifest = run.storage.read_json_object("manifest.json", what="run manifest")
         manifest["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest.update(extra)
         run.storage.write_json("manifest.json", manifest)
         export = self.cfg.export
         if export is not None and export.formats:  # formats: [] means no export
             report["export"] = self._export(export)
             run.storage.write_json("report.json", report)
+        run.storage.flush()  # a run on an object store: what libraries wrote (TensorBoard)
         return report
 
     def _export(self, export: Any) -> dict[str, Any]:
@@ -432,7 +464,12 @@ class Recipe:
         if run is None:
             return
         if self.is_main and run.storage.exists("config.yaml"):
-            write_failure(run.storage, err, self.started, run.prepared)
+            try:
+                write_failure(run.storage, err, self.started, run.prepared)
+                run.storage.flush()
+            except objectstore.ObjectStoreError as up:  # the store is what failed: say so, once
+                print(f"privet: warning: the failure report stays in {run.run_dir}: {up}",
+                      file=sys.stderr)
         try:
             self.host.on_run_error(run, err)
         except Exception as hook_err:  # noqa: BLE001 - reported, and the run's error wins
@@ -440,11 +477,22 @@ class Recipe:
                   f"{hook_err}; the run's own error follows", file=sys.stderr)
 
 
+def _report_extra(run: RunContext, state: Any) -> dict[str, Any]:
+    """What plugins put in ``run.report_extra`` (callables evaluated now), and the reason
+    a stop check ended the run: sections of both report.json and manifest.json."""
+    out = {key: value() if callable(value) else value for key, value in run.report_extra.items()}
+    if getattr(state, "stop_reason", None):
+        out["stop_reason"] = state.stop_reason
+    return out
+
+
 def _fingerprint_extra(loaded: LoadedConfig) -> dict[str, Any]:
     resolved = loaded.resolved()
     data = dict(resolved["data"])
     data.pop("augmenters", None)
     data.pop("num_workers", None)
+    data.pop("prepare_workers", None)  # how many processes prepare it, not what it holds
     data.pop("sampler", None)
     data.pop("cache", None)  # retention is not part of what the cache holds
+    data.pop("cache_dir", None)  # where the cache lives, not what it holds
     return {"data": data, "model": resolved["model"]}

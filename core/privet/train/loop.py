@@ -7,7 +7,6 @@ optimizer step -> scheduler -> log -> checkpoint; validate and early-stop per ep
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any
 
@@ -39,6 +38,8 @@ class LoopState:
     dropped_in_training: dict[str, int] = attrs.field(factory=dict)
     skipped_steps: int = 0
     samples_seen: int = 0
+    #: why a stop check (``TrainingObjects.stop_checks``) ended the run, if one did
+    stop_reason: str | None = None
 
 
 class Trainer:
@@ -71,7 +72,8 @@ class Trainer:
         self.guard_loss = not self.scaler_enabled
         self.train_metrics = self.model.metrics("train")
         # one batch per optimizer step on one process: the mean loss's plain backward
-        self.single_batch_steps = self.cfg.accumulate == 1 and run.world_size == 1
+        self.single_batch_steps = (self.cfg.accumulate == 1 and run.world_size == 1
+                                   and not objects.sum_loss)
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
         self._skips_in_a_row = 0
         self._local_samples = 0  # this rank's samples since the last sync_samples
@@ -128,10 +130,20 @@ class Trainer:
             else:
                 restore_rng(tensors["rng"], plain["rng"])
             self.state = LoopState(**plain["loop"])
+            self._restore_extra(tensors.get("extra", {}))
         except (KeyError, TypeError, ValueError, IndexError) as err:
             raise CheckpointError(f"{path}: the checkpoint's state does not fit this run "
                                   f"({type(err).__name__}: {err}); it is damaged or from another "
                                   f"pipeline") from err
+
+    def _restore_extra(self, saved: dict[str, Any]) -> None:
+        """``TrainingObjects.extra_state``: every object's saved state, or a clear error."""
+        missing = sorted(set(self.objects.extra_state) - set(saved))
+        if missing:
+            raise KeyError(f"no saved state for {', '.join(missing)} (added by a plugin since "
+                           f"the checkpoint was written)")
+        for name, obj in self.objects.extra_state.items():
+            obj.load_state_dict(saved[name])
 
     def save_checkpoint(self) -> None:
         """Called on every rank (RNG states are gathered); rank 0 writes."""
@@ -155,6 +167,8 @@ class Trainer:
             tensors["scheduler"] = self.scheduler.state_dict()
         if self.scaler.is_enabled():
             tensors["scaler"] = self.scaler.state_dict()
+        if self.objects.extra_state:
+            tensors["extra"] = {name: obj.state_dict() for name, obj in self.objects.extra_state.items()}
         plain = {"rng": rng_plain, "loop": attrs.asdict(self.state)}
         step = self.state.global_step
         if self.sharded:
@@ -260,8 +274,9 @@ class Trainer:
                 samples_since_log += n_samples
                 if step_scheduler:
                     self.scheduler.step()
+                stop = self._stop_reason()
                 # 6. log every N steps: the one host sync of the hot path
-                if st.global_step % log_every == 0 or st.global_step == self.total_steps:
+                if st.global_step % log_every == 0 or st.global_step == self.total_steps or stop:
                     self._check_losses()
                     now = time.perf_counter()
                     logged = losses.compute()
@@ -269,18 +284,38 @@ class Trainer:
                     logged["train/samples_per_s"] = samples_since_log / max(now - last_log, 1e-9)
                     if grad_norm is not None:
                         logged["train/grad_norm"] = float(grad_norm)
+                    logged.update(self._extra_metrics())
                     self.scalars.log(logged, st.global_step)
                     self.progress.update(st.global_step, st.epoch, {"loss": logged.get("train/loss", 0.0)})
                     losses.reset()
                     last_log, samples_since_log = now, 0
+                if stop:  # a plugin's stop check: end this epoch cleanly, then stop
+                    st.stop_reason, st.stopped_early = stop, True
+                    self.progress.message(f"stopping: {stop}")
+                    break
                 # 7. checkpoint every N steps (at the end of an epoch or of max_steps,
                 # _end_epoch writes it once validation has run, so it is not written twice)
                 if every and st.global_step % every == 0 and not (
                         exhausted or st.batch_in_epoch >= len(loader) or self._done()):
                     self.save_checkpoint()
-            if exhausted or self._done():
+            if exhausted or self._done() or st.stop_reason:
                 self._end_epoch(finished=exhausted)
         return st
+
+    def _stop_reason(self) -> str | None:
+        """The first reason a ``TrainingObjects.stop_checks`` callable gives, if any."""
+        for check in self.objects.stop_checks:
+            reason = check()
+            if reason:
+                return reason
+        return None
+
+    def _extra_metrics(self) -> dict[str, float]:
+        """What the ``TrainingObjects.metrics`` callables report now."""
+        out: dict[str, float] = {}
+        for metric in self.objects.metrics:
+            out.update(metric())
+        return out
 
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.state.global_step >= self.cfg.max_steps
@@ -326,6 +361,7 @@ class Trainer:
                 loss_sum.backward(self._inverse(loss_sum, out.count))
             return loss_sum.detach(), out.count, model.batch_size_of(batch)
         distributed = self.run.world_size > 1
+        micro_step = self.objects.micro_step
         n_samples = 0
         total_loss: Any = 0.0
         total_count: Any = 0
@@ -337,9 +373,13 @@ class Trainer:
                 with self._autocast():
                     out = model.step(module, batch)
                 self.scaler.scale(out.loss_sum).backward()
+            if micro_step is not None and i < len(window) - 1:
+                micro_step()
             total_loss = total_loss + out.loss_sum.detach()
             total_count = total_count + out.count
             n_samples += model.batch_size_of(batch)
+        if self.objects.sum_loss:  # the optimizer normalises (Opacus: by the expected batch)
+            return total_loss, total_count, n_samples
         # normalise by the items of the whole window (over all ranks): exact accumulation
         denom = torch.as_tensor(total_count, dtype=torch.float32, device=self.device)
         if distributed:
@@ -402,7 +442,8 @@ class Trainer:
         st.history.append(metrics)
         memory = self.memory.end_epoch()
         self.memory_by_epoch.append({"epoch": st.epoch + 1, **memory})
-        self.scalars.log({**{k: v for k, v in metrics.items() if k != "epoch"}, **memory}, st.global_step)
+        self.scalars.log({**{k: v for k, v in metrics.items() if k != "epoch"}, **memory,
+                          **self._extra_metrics()}, st.global_step)
         self.scalars.flush()
         self.progress.message(f"epoch {st.epoch + 1}: " + " ".join(
             f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/")))

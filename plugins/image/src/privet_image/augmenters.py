@@ -10,6 +10,10 @@ it back in the record; the next ones and ``model.encode`` use it as it is, so a 
 decodes once. PIL (not a tensor) because torchvision's transforms are fastest on PIL
 images on CPU (docs/benchmarks-image.md). A record whose bytes do not decode is passed
 on untouched: ``model.encode`` drops it with a reason.
+
+With ``decode: gpu`` (:meth:`TorchvisionAugmenter.defer_to_device`) an augmenter only
+draws its seed in the worker; the model's ``step`` applies :meth:`~TorchvisionAugmenter.apply`
+to the decoded CUDA tensor under that seed (``gpu_decode.py``).
 """
 
 from __future__ import annotations
@@ -65,25 +69,42 @@ class TorchvisionAugmenter(privet.Augmenter):
         """The ``torchvision.transforms.v2`` transform this augmenter applies."""
 
     def augment(self, record: privet.Record, rng: np.random.Generator) -> privet.Record:
-        import torch
-
         from .imaging import as_image
 
         field = self.options.image_field
+        seed = int(rng.integers(2**62))
+        if self.__dict__.get("_on_device"):
+            # decode: gpu: only the seed is drawn here; model.step applies the transform
+            # to the decoded batch on the GPU (gpu_decode.DeviceDecoder) under this seed.
+            from .gpu_decode import SEEDS_KEY
+
+            return {**record, SEEDS_KEY: (*record.get(SEEDS_KEY, ()), seed)}
         try:
             image = as_image(record[field])
         except (privet.DropRecord, KeyError):
             return record  # model.encode drops it, with the reason
+        return {**record, field: self.apply(image, seed)}
+
+    def apply(self, image: Any, seed: int) -> Any:
+        """The transform on one image (PIL or a tensor on any device), under ``seed``.
+
+        torchvision's random transforms draw their parameters from the CPU generator
+        even for CUDA tensors, so a seed gives the same crop or flip on either path.
+        """
+        import torch
+
         tf = self.__dict__.get("_transform")
         if tf is None:
             tf = self.__dict__["_transform"] = self.transform()
-        seed = int(rng.integers(2**62))
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed would also format a stack trace to
             # queue a CUDA seeding on every sample, in workers where CUDA is not started.
             torch.default_generator.manual_seed(seed)
-            out = tf(image)
-        return {**record, field: out}
+            return tf(image)
+
+    def defer_to_device(self) -> None:
+        """``decode: gpu``: from now on :meth:`augment` only draws and records seeds."""
+        self.__dict__["_on_device"] = True
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers may receive a pickled copy: rebuild the transform there.

@@ -89,6 +89,8 @@ class Dedupe(privet.Cleaner):
     needs_fit = True
     #: ``privet predict`` skips it: a picture to classify is never a duplicate to drop.
     applies_at_inference = False
+    #: Compares records with each other: preparation runs it in one process, in order.
+    per_record = False
 
     @attrs.define(frozen=True)
     class Options:

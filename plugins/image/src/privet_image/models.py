@@ -4,6 +4,8 @@ All three share one record -> tensor path (:class:`ImageClassifier`): decode the
 (or take the image an augmenter already decoded), bring it to ``input_size`` with an
 aspect policy, scale to [0, 1] and normalise with ``mean``/``std``. The label map is
 learned in ``fit`` and saved as state, so exports and ``load_trained`` know the classes.
+With ``decode: gpu`` on the source, ``encode`` ships the encoded bytes instead and
+``step`` decodes, augments and normalises the batch on the device (``gpu_decode.py``).
 torch is imported inside methods only (``privet plugins`` imports this module).
 """
 
@@ -89,6 +91,8 @@ class ImageClassifier(privet.Model):
         super().__init__(options)
         self.classes: list[str] = []
         self._index: dict[str, int] = {}
+        #: Set by ``decode: gpu`` (gpu_decode.configure): encode ships bytes, step decodes.
+        self.device_decoder: Any = None
 
     # -- state learned from data -----------------------------------------------------------
 
@@ -172,7 +176,56 @@ class ImageClassifier(privet.Model):
                                     f"class {label!r} is not in the training split")
         if o.image_field not in record:
             raise privet.DropRecord("missing_image", f"no {o.image_field!r} value")
+        if self.device_decoder is not None:
+            return self._encode_for_device(record), index
         return self.preprocess(record[o.image_field]), index
+
+    def _encode_for_device(self, record: privet.Record) -> Any:
+        """``decode: gpu``: the JPEG bytes (or Pillow's pixels for other files) and the
+        augmenters' seeds; :meth:`step` decodes and augments them on the device."""
+        from .gpu_decode import SEEDS_KEY, encode_image
+
+        data = record[self.options.image_field]
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise privet.DropRecord("undecodable_image", "decode: gpu needs the encoded bytes")
+        mode = "L" if self.options.channels == 1 else "RGB"
+        return encode_image(bytes(data), mode, tuple(record.get(SEEDS_KEY, ())))
+
+    def use_device_decode(self, decoder: Any) -> None:
+        """Ship encoded images and decode them in :meth:`step` with ``decoder``
+        (a :class:`privet_image.gpu_decode.DeviceDecoder`)."""
+        self.device_decoder = decoder
+
+    def collate(self, items: list[Any]) -> Any:
+        from .gpu_decode import DeviceImage, EncodedBatch
+
+        if items and isinstance(items[0][0], DeviceImage):
+            import torch
+
+            return EncodedBatch([x for x, _ in items], torch.tensor([y for _, y in items]))
+        return super().collate(items)
+
+    def batch_size_of(self, batch: Any) -> int:
+        from .gpu_decode import EncodedBatch
+
+        return len(batch) if isinstance(batch, EncodedBatch) else super().batch_size_of(batch)
+
+    def report(self) -> dict[str, Any]:
+        """With ``decode: gpu``: images per decoder and CPU fallbacks by reason."""
+        return {"decode": self.device_decoder.report()} if self.device_decoder else {}
+
+    def _on_device(self, module: torch.nn.Module, batch: Any) -> Any:
+        """An :class:`EncodedBatch` decoded, augmented and normalised on the module's device."""
+        from .gpu_decode import EncodedBatch
+
+        if not isinstance(batch, EncodedBatch):
+            return batch
+        import torch
+
+        device = next(module.parameters()).device
+        # preprocessing, not the model: full precision and no graph, as in the workers
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            return self.device_decoder(batch, device)
 
     # -- the network -----------------------------------------------------------------------
 
@@ -204,13 +257,19 @@ class ImageClassifier(privet.Model):
     def step(self, module: torch.nn.Module, batch: Any) -> privet.StepOutput:
         import torch.nn.functional as F
 
-        x, y = batch  # the engine has moved it to the module's device
+        x, y = self._on_device(module, batch)  # the engine moved tensors to the device
         logits = module(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum",
                                label_smoothing=self.options.label_smoothing)
         return privet.StepOutput(loss, y.numel(), logits.detach(), y)
 
     def example_inputs(self, batch: Any) -> tuple[Any, ...]:
+        from .gpu_decode import EncodedBatch
+
+        if isinstance(batch, EncodedBatch):  # the export at the end of a decode: gpu run
+            import torch
+
+            return (self.device_decoder(batch, torch.device("cpu"))[0],)
         return (batch[0],)
 
     # -- prediction (``privet predict``) ---------------------------------------------------

@@ -10,7 +10,7 @@ from importlib.resources import files
 
 import privet
 
-from . import augmenters, cleaners, dedupe, models, sources, verify
+from . import augmenters, cleaners, dedupe, gpu_decode, models, sources, verify
 
 
 @privet.hookimpl
@@ -41,6 +41,12 @@ def register_models(register):
     register("image.cnn", models.Cnn)
     register("image.resnet", models.ResNet)
     register("image.vit", models.ViT)
+
+
+@privet.hookimpl
+def before_run(run):
+    # decode: gpu / dali on an image source: decoding moves from the workers to model.step
+    gpu_decode.configure(run)
 
 
 @privet.hookimpl

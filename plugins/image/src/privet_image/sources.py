@@ -64,6 +64,15 @@ def _bad(why: str, location: str) -> privet.BadRecord:
     return privet.BadRecord(reason, location, detail)
 
 
+def _check_decode(mode: str) -> None:
+    """``decode: gpu`` on a machine without CUDA fails before the data is prepared (the
+    run checks its device again before training, see gpu_decode.configure)."""
+    if mode != "cpu":
+        from .gpu_decode import check_cuda
+
+        check_cuda(mode, None)
+
+
 class ImageFolder(privet.Source):
     """A folder with one subfolder per class (``root/cat/1.jpg`` -> label ``cat``).
 
@@ -85,6 +94,10 @@ class ImageFolder(privet.Source):
         #: Read files that are symlinks to places outside ``root`` (default: an
         #: ``outside_root`` bad record, never read).
         follow_symlinks: bool = False
+        #: Where images are decoded: ``cpu`` (Pillow in the DataLoader workers), ``gpu``
+        #: (JPEG batches on the GPU with torchvision's nvjpeg decoder, augmenters there
+        #: too) or ``dali`` (NVIDIA DALI's decoder where installed). gpu and dali need CUDA.
+        decode: Literal["cpu", "gpu", "dali"] = "cpu"
 
     def _refused(self, rel: str) -> bool:
         root = self.options.root
@@ -106,6 +119,7 @@ class ImageFolder(privet.Source):
         return self._listing_cache
 
     def shards(self) -> list[privet.Shard]:
+        _check_decode(self.options.decode)
         listing = self._listing()
         if not listing:
             raise privet.DataError(f"{self.options.root}: no files found; image.folder needs one "
@@ -115,6 +129,7 @@ class ImageFolder(privet.Source):
                 for i in range(0, len(listing), n)]
 
     def files(self) -> list[str]:
+        _check_decode(self.options.decode)  # the first call of a run: fail before any work
         root = self.options.root
         return [str(root / p) for p in self._listing() if not self._refused(p)]
 
@@ -164,6 +179,10 @@ class Manifest(privet.Source):
         #: Read image paths that leave ``root`` (``..``, absolute paths, symlinks to
         #: elsewhere); by default such a row is an ``outside_root`` bad record.
         follow_symlinks: bool = False
+        #: Where images are decoded: ``cpu`` (Pillow in the DataLoader workers), ``gpu``
+        #: (JPEG batches on the GPU with torchvision's nvjpeg decoder, augmenters there
+        #: too) or ``dali`` (NVIDIA DALI's decoder where installed). gpu and dali need CUDA.
+        decode: Literal["cpu", "gpu", "dali"] = "cpu"
 
         def __attrs_post_init__(self) -> None:
             if self.format == "auto" and self.kind is None:
@@ -181,10 +200,12 @@ class Manifest(privet.Source):
             return {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}.get(last)
 
     def shards(self) -> list[privet.Shard]:
+        _check_decode(self.options.decode)
         return [privet.Shard(str(self.options.path))]
 
     def files(self) -> list[str]:
         """The manifest and every image it names (their content defines the data)."""
+        _check_decode(self.options.decode)  # the first call of a run: fail before any work
         out = [str(self.options.path)]
         for _where, row in self._rows(self.options.path):
             rel = row.get(self.options.path_field) if isinstance(row, dict) else None

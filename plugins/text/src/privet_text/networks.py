@@ -167,7 +167,8 @@ class TextClassifierNet(nn.Module):
         keep = attention_mask.to(torch.bool)
         x = self.tok_emb(ids)
         if self.arch == "transformer":
-            pos = torch.arange(ids.shape[1], device=ids.device)
+            # one row of positions per example: per-example gradients (DP-SGD) need the batch
+            pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
             x = self.drop(x + self.pos_emb(pos))
             attn_mask = keep[:, None, None, :]  # (B, 1, 1, T): every query sees the real keys
             for block in self.blocks:

@@ -13,6 +13,7 @@ being replaced, so the phone detector does not redact half of it either.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import unicodedata
 import warnings
@@ -20,9 +21,10 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import attrs
-from privet import Cleaner, OptionValueError, Record
+import numpy as np
+from privet import Cleaner, DropRecord, OptionValueError, Record
 
-from .cleaners import field_text
+from .cleaners import ascii_bytes, field_text, owners
 from .safe_regex import compile_regex
 
 #: A validator gets the regex match and returns the span to claim, or None to ignore
@@ -109,6 +111,10 @@ _PHONE = re.compile(
     r"|(?<![\w+-])\d{3}-\d{4}(?![\w-])")                          # 555-1234
 
 _DIGITS = "0123456789"
+#: What every built-in detector needs at least one of: a digit (of any script), ``:`` or ``@``.
+_TRIGGER = re.compile(r"[\d:@]")
+_TRIGGER_BYTES = np.zeros(256, dtype=bool)
+_TRIGGER_BYTES[[*b"0123456789:@"]] = True
 _ANY_DIGIT = re.compile(r"\d")
 _DIGIT_RUN = re.compile(r"\d[\d \t().+/:-]*")
 #: Characters searched on each side of an anchor (an @, a run of digits): longer than any
@@ -277,6 +283,10 @@ class RedactPii(Cleaner):
     Replacement counts by type appear in the run report.
     """
 
+    #: Each record is redacted alone (start_pass only resets the counts): preparation may
+    #: run it in worker processes.
+    per_record = True
+
     @attrs.define(frozen=True)
     class Options:
         #: Fields to redact; ``null``: every field that holds strings.
@@ -324,6 +334,52 @@ class RedactPii(Cleaner):
             else:
                 self._check_left_alone(key, record[key])
         return record
+
+    def clean_batch(self, records: list[Record]) -> list[Record | None | DropRecord]:
+        """Records whose strings hold no digit, colon or ``@`` cannot hold PII (with no
+        custom patterns): one search over the batch's strings joined by NULs finds the
+        others, which go through :meth:`clean`; the rest pass unchanged."""
+        if self.redactor._custom:
+            return super().clean_batch(records)
+        suspects, parts, part_of = self._quiet_or_not(records)
+        joined = "\0".join(parts)
+        chars = ascii_bytes(joined)
+        if chars is not None and parts:  # ASCII: a table look-up per byte, an "any" per part
+            starts = np.fromiter(itertools.accumulate((len(p) + 1 for p in parts[:-1]), initial=0),
+                                 dtype=np.int64, count=len(parts))
+            found = np.flatnonzero(np.logical_or.reduceat(np.append(_TRIGGER_BYTES[chars], False), starts))
+            suspects.update(part_of[i] for i in found.tolist())
+        elif parts:
+            ends = list(itertools.accumulate(len(p) + 1 for p in parts))  # just past each NUL
+            hits = [m.start() for m in _TRIGGER.finditer(joined)]
+            suspects.update(part_of[i] for i in owners(hits, ends))
+        out: list[Record | None | DropRecord] = list(records)
+        for i in sorted(suspects):
+            try:
+                out[i] = self.clean(records[i])
+            except DropRecord as drop:
+                out[i] = drop
+        return out
+
+    def _quiet_or_not(self, records: list[Record]) -> tuple[set[int], list[str], list[int]]:
+        """Records that must go through :meth:`clean` whatever their text (nested values,
+        named fields missing), and the strings of the others with their record numbers."""
+        fields = self.options.fields
+        suspects: set[int] = set()
+        parts: list[str] = []
+        part_of: list[int] = []
+        for i, record in enumerate(records):
+            if fields is not None and not all(isinstance(record.get(f), str) for f in fields):
+                suspects.add(i)
+                continue
+            for value in record.values():  # fields left alone are searched too (warnings)
+                if isinstance(value, str):
+                    parts.append(value)
+                    part_of.append(i)
+                elif isinstance(value, (list, tuple, dict)):
+                    suspects.add(i)
+                    break
+        return suspects, parts, part_of
 
     def _redact(self, value: Any) -> Any:
         if isinstance(value, str):

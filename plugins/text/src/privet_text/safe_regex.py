@@ -29,7 +29,46 @@ def _re2_syntax(pattern: str) -> str:
     return _PY_ESCAPE.sub(lambda m: f"{m.group(1)}\\x{{{m.group(2) or m.group(3)}}}", pattern)
 
 
-def compile_regex(pattern: str, option: str) -> Any:
+#: Lone surrogates: Python strings may hold them (a JSON ``"\\ud800"`` escape makes one),
+#: UTF-8, which RE2 matches on, cannot.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class SafePattern:
+    """An RE2 pattern that also takes text with lone surrogates.
+
+    RE2 matches UTF-8, and the ``re2`` module's encoding of such a text raises. Each lone
+    surrogate is then matched as U+FFFD, one character for one, so positions hold; what
+    ``sub`` returns has U+FFFD in its place, as any UTF-8 writer would.
+    """
+
+    def __init__(self, compiled: Any) -> None:
+        self._re2 = compiled
+        self.pattern = compiled.pattern
+        self.groups = compiled.groups
+        self.groupindex = compiled.groupindex
+
+    def sub(self, repl: str, text: str, count: int = 0) -> str:
+        try:
+            return self._re2.sub(repl, text, count)
+        except UnicodeEncodeError:
+            return self._re2.sub(repl, _SURROGATE.sub("\ufffd", text), count)
+
+    def finditer(self, text: str, pos: int = 0, endpos: int | None = None) -> list[Any]:
+        """All matches at once (RE2's iterator would raise only once consumed)."""
+        try:
+            return list(self._re2.finditer(text, pos, endpos))
+        except UnicodeEncodeError:
+            return list(self._re2.finditer(_SURROGATE.sub("\ufffd", text), pos, endpos))
+
+    def search(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
+        try:
+            return self._re2.search(text, pos, endpos)
+        except UnicodeEncodeError:
+            return self._re2.search(_SURROGATE.sub("\ufffd", text), pos, endpos)
+
+
+def compile_regex(pattern: str, option: str) -> SafePattern:
     """``pattern`` compiled by RE2, or an OptionValueError naming ``option``."""
     if not isinstance(pattern, str):
         raise OptionValueError(f"{option}: expected a regular expression string, got "
@@ -37,7 +76,7 @@ def compile_regex(pattern: str, option: str) -> Any:
     options = re2.Options()
     options.log_errors = False  # the error goes to the user as one line, not to stderr
     try:
-        return re2.compile(_re2_syntax(pattern), options)
+        return SafePattern(re2.compile(_re2_syntax(pattern), options))
     except re2.error as err:
         why = err.args[0] if err.args else err  # RE2 gives the reason as bytes
         why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
@@ -58,4 +97,4 @@ def check_template(compiled: Any, template: str, option: str) -> None:
                                    f"which the pattern does not define", option.split(".")[0])
 
 
-__all__ = ["check_template", "compile_regex"]
+__all__ = ["SafePattern", "check_template", "compile_regex"]

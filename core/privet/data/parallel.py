@@ -1,0 +1,459 @@
+"""Parallel preparation: source shards read and cleaned in worker processes, merged in order.
+
+The unit of work is a source shard (a file, or a byte range of a big one). A worker reads
+its shard, applies the per-record checks and the leading *per-record* cleaners (those whose
+result for a record depends on that record alone) and streams the outcomes back in chunks.
+The preparing process takes the shards strictly in source order, so everything that needs
+the whole stream (the record ordinal the random split hashes, cleaners that compare records
+with each other, the Arrow writers) sees exactly what a one-process preparation sees: the
+cache is byte-identical whatever the number of workers.
+
+Shard ``i`` goes to worker ``i % workers``; each worker has its own bounded queue, so at
+most ``workers * QUEUE_CHUNKS`` chunks wait in memory, however big the corpus. Workers are
+started with ``spawn`` (torch and fork do not mix) and get the source and cleaners
+pickled; classes of plugin-dir modules are re-imported from their files.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import pickle
+import queue
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..components import BadRecord, Cleaner, Record, Shard, Source
+from ..errors import DropRecord, PluginError, PrivetError
+from .checks import non_finite
+
+#: Chunks a worker may have waiting before it blocks: bounds memory, keeps workers busy.
+QUEUE_CHUNKS = 4
+#: With ``data.prepare_workers`` unset, data smaller than this is prepared in-process:
+#: starting worker processes (a second each) costs more than it saves.
+PARALLEL_MIN_BYTES = 8 << 20
+_POLL_S = 1.0
+
+#: One item of a shard's outcome stream (plain tuples: they cross process boundaries):
+#: ``("drop", reason, where, detail, bad)``: the source dropped it (no ordinal);
+#: ``("skip", reason, where, detail)``: a readable record with a bad value (an ordinal);
+#: ``("rec", where, path, part, outcome)``: a record; ``outcome`` is the cleaned record,
+#: ``("D", reason, detail, bad)`` (a cleaner's DropRecord) or ``("F", cleaner name)``.
+Item = tuple[Any, ...]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which containers and Slurm set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def runs_per_record(cleaner: Cleaner) -> bool:
+    """Whether ``cleaner`` may run in worker processes (see ``Cleaner.per_record``)."""
+    cls = type(cleaner)
+    declared = any("per_record" in vars(k) for k in cls.__mro__ if k is not Cleaner)
+    if declared:
+        return bool(cls.per_record)
+    return cls.start_pass is Cleaner.start_pass  # a start_pass resets cross-record state
+
+
+def parallel_prefix(cleaners: Sequence[Cleaner]) -> int:
+    """How many leading cleaners run in the workers: up to the first that is not per-record."""
+    for i, cleaner in enumerate(cleaners):
+        if not runs_per_record(cleaner):
+            return i
+    return len(cleaners)
+
+
+def clean_chain(cleaners: Sequence[Cleaner], records: list[Record]) -> list[Any]:
+    """Each record through ``cleaners``, cleaner by cleaner over the whole list.
+
+    Returns per record the cleaned record, the :class:`DropRecord` a cleaner gave, or
+    the name of the cleaner that filtered it out. A cleaner sees the survivors of the
+    earlier ones in source order, as it would one record at a time.
+    """
+    outcomes: list[Any] = list(records)
+    alive = list(range(len(records)))
+    for cleaner in cleaners:
+        if not alive:
+            break
+        results = cleaner.clean_batch([outcomes[i] for i in alive])
+        if len(results) != len(alive):
+            raise PluginError(f"cleaner {cleaner.name}: clean_batch returned {len(results)} "
+                              f"results for {len(alive)} records; return one per record")
+        survivors = []
+        for i, out in zip(alive, results):
+            outcomes[i] = cleaner.name if out is None else out
+            if not (out is None or isinstance(out, DropRecord)):
+                survivors.append(i)
+        alive = survivors
+    return outcomes
+
+
+def shard_bytes(shard: Shard) -> int:
+    """Bytes of source data a shard covers (for MB/s): its byte range, else its file."""
+    if shard.end is not None and Path(shard.path).is_file():
+        return max(0, shard.end - shard.start)
+    try:
+        return os.stat(shard.path).st_size if Path(shard.path).is_file() else 0
+    except OSError:
+        return 0
+
+
+# -- one shard: what a worker does ------------------------------------------------------------
+
+def _located(source: Source, shard: Shard) -> Iterator[tuple[str | None, Any]]:
+    read_located = getattr(source, "read_located", None)
+    if callable(read_located):
+        yield from read_located(shard)
+    else:
+        for item in source.read(shard):
+            yield None, item
+
+
+def _item(location: str | None, item: Any, name: str, split_field: str | None,
+          parts: dict[str, str]) -> Item | Record:
+    """The stream item for one thing a source yielded, or the record to clean."""
+    if isinstance(item, BadRecord):
+        return ("drop", item.reason, item.location or location or name, item.detail, True)
+    if isinstance(item, DropRecord):
+        return ("drop", item.reason, location, item.detail, item.bad)
+    problem = non_finite(item) if isinstance(item, dict) else None
+    if problem is not None:
+        return ("skip", "non_finite_value", location, problem)
+    if split_field is not None:
+        value = item.get(split_field) if isinstance(item, dict) else None
+        if value is None or str(value).lower() not in parts:
+            return ("skip", "bad_split_value", location,
+                    f"{split_field}={value!r}; expected train/val/test")
+    return item
+
+
+def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
+                 split_field: str | None, parts: dict[str, str], size: int) -> Iterator[list[Item]]:
+    """The outcome stream of one shard, ``size`` records at a time, in source order.
+
+    A source error is raised after the chunk holding the records read before it.
+    """
+    name = Path(shard.path).name
+    pending: list[Any] = []
+    records: list[Record] = []
+
+    def flush() -> list[Item]:
+        outcomes = iter(clean_chain(cleaners, records))
+        out = [("rec", *p, _portable(next(outcomes))) if isinstance(p, list) else p for p in pending]
+        pending.clear()
+        records.clear()
+        return out
+
+    try:
+        for location, item in _located(source, shard):
+            got = _item(location, item, name, split_field, parts)
+            if isinstance(got, tuple):
+                pending.append(got)
+                continue
+            path = got.get("path")
+            part = parts[str(got[split_field]).lower()] if split_field is not None else None
+            pending.append([location, path if isinstance(path, str) and path else None, part])
+            records.append(got)
+            if len(records) >= size:
+                yield flush()
+    except BaseException:
+        if pending:
+            yield flush()
+        raise
+    if pending:
+        yield flush()
+
+
+def _portable(outcome: Any) -> Any:
+    if isinstance(outcome, DropRecord):
+        return ("D", outcome.reason, outcome.detail, outcome.bad)
+    if isinstance(outcome, str):
+        return ("F", outcome)
+    return outcome
+
+
+def report_delta(after: Any, before: Any) -> Any:
+    """``after - before`` for the numbers of a cleaner's report (nested dicts too)."""
+    if isinstance(after, dict):
+        prior = before if isinstance(before, dict) else {}
+        return {k: report_delta(v, prior.get(k)) for k, v in after.items()}
+    numeric = (int, float)
+    if isinstance(after, numeric) and isinstance(before, numeric) and not isinstance(after, bool):
+        return after - before
+    return after
+
+
+def report_sum(total: Any, delta: Any) -> Any:
+    """Add the numbers of ``delta`` to ``total`` (other values: the latest wins)."""
+    if isinstance(total, dict) and isinstance(delta, dict):
+        out = dict(total)
+        for k, v in delta.items():
+            out[k] = report_sum(total[k], v) if k in total else v
+        return out
+    numeric = (int, float)
+    if isinstance(total, numeric) and isinstance(delta, numeric) and not isinstance(delta, bool):
+        return total + delta
+    return delta
+
+
+def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], split_field: str | None,
+               parts: dict[str, str], size: int) -> Iterator[tuple[str, Any]]:
+    """``("chunk", items)`` messages, then ``("end", report deltas of the cleaners)``."""
+    before = [copy.deepcopy(c.report()) for c in cleaners]
+    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size):
+        yield "chunk", chunk
+    yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
+
+
+# -- running the shards of one pass ------------------------------------------------------------
+
+class PassSpec:
+    """What one streaming pass asks of the workers."""
+
+    def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
+                 parts: dict[str, str], size: int) -> None:
+        self.upto = upto
+        self.states = states
+        self.split_field = split_field
+        self.parts = parts
+        self.size = size
+
+
+class InlineRunner:
+    """Runs the shards in this process, with the preparer's own cleaners (one worker)."""
+
+    workers = 1
+
+    def __init__(self, source: Source, cleaners: Sequence[Cleaner]) -> None:
+        self.source = source
+        self.cleaners = list(cleaners)
+
+    def run(self, shards: list[Shard], spec: PassSpec) -> Iterator[tuple[int, str, Any]]:
+        cleaners = self.cleaners[:spec.upto]
+        for c in cleaners:
+            c.start_pass()
+        for index, shard in enumerate(shards):
+            for kind, payload in _run_shard(self.source, shard, cleaners, spec.split_field,
+                                            spec.parts, spec.size):
+                yield index, kind, payload
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+class ProcessRunner:
+    """Runs the shards in ``workers`` spawned processes; yields their messages in shard order."""
+
+    def __init__(self, source: Source, cleaners: Sequence[Cleaner], workers: int) -> None:
+        import multiprocessing
+
+        _check_importable([source, *cleaners])
+        modules = _file_modules([source, *cleaners])
+        for name, _path in modules:
+            _ensure_parents(name)
+        payload = pickle.dumps((source, list(cleaners)))  # raises when a component does not pickle
+        ctx = multiprocessing.get_context("spawn")
+        self.workers = workers
+        self._current = ctx.Value("l", 0)
+        self._commands = [ctx.Queue() for _ in range(workers)]
+        self._results = [ctx.Queue(maxsize=QUEUE_CHUNKS) for _ in range(workers)]
+        self._procs = [ctx.Process(target=_worker_main, name=f"privet-prepare-{w}", daemon=True,
+                                   args=(payload, modules, self._commands[w], self._results[w],
+                                         self._current))
+                       for w in range(workers)]
+        for p in self._procs:
+            p.start()
+        self._pass = 0
+
+    def run(self, shards: list[Shard], spec: PassSpec) -> Iterator[tuple[int, str, Any]]:
+        self._pass += 1
+        pass_id = self._pass
+        self._current.value = pass_id  # workers leave what is left of an abandoned pass
+        for w, commands in enumerate(self._commands):
+            mine = [(i, s) for i, s in enumerate(shards) if i % self.workers == w]
+            commands.put((pass_id, spec, mine))
+        for index in range(len(shards)):
+            w = index % self.workers
+            while True:
+                got_pass, got_index, kind, payload = self._get(w)
+                if got_pass != pass_id:
+                    continue  # a chunk of an abandoned pass
+                if got_index != index:
+                    raise PluginError(f"preparation worker {w} sent shard {got_index}, expected {index}")
+                if kind == "error":
+                    raise _rebuild(payload)
+                yield index, kind, payload
+                if kind == "end":
+                    break
+
+    def _get(self, w: int) -> tuple[Any, ...]:
+        while True:
+            try:
+                return self._results[w].get(timeout=_POLL_S)
+            except queue.Empty:
+                proc = self._procs[w]
+                if not proc.is_alive():
+                    raise PrivetError(f"data preparation worker {w} died (exit code {proc.exitcode}); "
+                                      f"out of memory? set data.prepare_workers lower") from None
+
+    def close(self) -> None:
+        """Stop the workers (they may be blocked on a full queue of an abandoned pass)."""
+        for commands in self._commands:
+            try:
+                commands.put_nowait(None)
+            except (OSError, ValueError):
+                pass
+        for p in self._procs:
+            p.join(timeout=0.5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+        for q in (*self._commands, *self._results):
+            q.cancel_join_thread()
+            q.close()
+
+
+def _check_importable(objects: list[Any]) -> None:
+    """Refuse what a spawned worker cannot start from: a main script that is not a file
+    (``python - < script``), or classes of a ``python -c`` or REPL session."""
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file and not Path(main_file).is_file():
+        raise pickle.PicklingError(f"the main script {main_file!r} is not a file a worker can load")
+    if main_file:
+        return
+    for obj in objects:
+        if any(cls.__module__ == "__main__" for cls in type(obj).__mro__):
+            raise pickle.PicklingError(f"{type(obj).__name__} is defined in __main__ without a file")
+
+
+def _file_modules(objects: list[Any]) -> list[tuple[str, str]]:
+    """(module name, file) of the components' classes that were loaded from a file path
+    (plugin-dir modules): a spawned worker cannot import them by name."""
+    out: list[tuple[str, str]] = []
+    for obj in objects:
+        for cls in type(obj).__mro__:
+            module = sys.modules.get(cls.__module__)
+            spec = getattr(module, "__spec__", None)
+            origin = getattr(spec, "origin", None)
+            if module is None or not origin or not origin.endswith(".py"):
+                continue
+            if not _findable(cls.__module__.split(".")[0]) and (cls.__module__, origin) not in out:
+                out.append((cls.__module__, origin))
+    return out
+
+
+def _findable(top: str) -> bool:
+    """Whether a fresh process finds package ``top`` (the import finders, not sys.modules)."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        try:
+            if find is not None and find(top, None) is not None:
+                return True
+        except (ImportError, ValueError, TypeError):
+            continue
+    return False
+
+
+def _ensure_parents(name: str) -> None:
+    """Empty packages for the parents of a module loaded from a file (``privet_local_plugins``
+    for ``privet_local_plugins.NAME``): pickle imports a class' module by its dotted name."""
+    import types
+
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        parent = ".".join(parts[:i])
+        if parent not in sys.modules:
+            package = types.ModuleType(parent)
+            package.__path__ = []
+            sys.modules[parent] = package
+
+
+def _load_file_modules(modules: list[tuple[str, str]]) -> None:
+    for name, path in modules:
+        _ensure_parents(name)
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+
+
+def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, results: Any,
+                 current: Any) -> None:
+    """A worker: wait for a pass, run its shards in order, stream the outcomes back."""
+    try:
+        _load_file_modules(modules)
+        source, cleaners = pickle.loads(payload)
+    except BaseException as err:  # noqa: BLE001 - answered to every pass, in order
+        broken: BaseException | None = err
+    else:
+        broken = None
+    while True:
+        command = commands.get()
+        if command is None:
+            return
+        pass_id, spec, mine = command
+        if broken is not None:
+            if mine:
+                results.put((pass_id, mine[0][0], "error", _export_error(broken)))
+            continue
+        try:
+            for j, state in spec.states.items():
+                cleaners[j].load_state_dict(state)
+            for c in cleaners[:spec.upto]:
+                c.start_pass()
+        except BaseException as err:  # noqa: BLE001 - reported to the preparing process
+            if mine:
+                results.put((pass_id, mine[0][0], "error", _export_error(err)))
+            continue
+        _worker_pass(source, cleaners, spec, pass_id, mine, results, lambda: current.value)
+
+
+def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_id: int,
+                 mine: list[tuple[int, Shard]], results: Any, current: Callable[[], int]) -> None:
+    for index, shard in mine:
+        try:
+            for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec.split_field,
+                                            spec.parts, spec.size):
+                if current() != pass_id:
+                    return  # the preparing process moved on (an error, or a fit that stopped early)
+                results.put((pass_id, index, kind, payload))
+        except BaseException as err:  # noqa: BLE001 - reported in order, raised there
+            results.put((pass_id, index, "error", _export_error(err)))
+            return
+
+
+def _export_error(err: BaseException) -> Any:
+    text = "".join(traceback.format_exception(err))
+    try:
+        blob = pickle.dumps(err)
+        pickle.loads(blob)
+    except Exception:  # noqa: BLE001 - an exception class that does not round-trip
+        blob = None
+    return (blob, type(err).__name__, str(err), text)
+
+
+def _rebuild(payload: Any) -> BaseException:
+    blob, name, message, text = payload
+    err: BaseException | None = None
+    if blob is not None:
+        try:
+            err = pickle.loads(blob)
+        except Exception:  # noqa: BLE001
+            err = None
+    if err is None:
+        err = PluginError(f"data preparation worker: {name}: {message}")
+    if not isinstance(err, PrivetError) and hasattr(err, "add_note"):
+        err.add_note(f"in a data preparation worker:\n{text}")
+    return err

@@ -1,0 +1,254 @@
+"""Parallel preparation (data.prepare_workers): the same cache as one process, byte for byte."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import privet
+from privet.builtins.sources import JsonLines
+from privet.config import ComponentSpec, DataConfig
+from privet.data.arrow import ArrowTable
+from privet.data.parallel import parallel_prefix
+from privet.data.prepare import Preparer
+from privet.monitor.progress import PrepProgress
+
+
+class _Plain(privet.Model):
+    name = "test.plain"
+
+    def build(self):
+        raise NotImplementedError
+
+    def encode(self, record):
+        raise NotImplementedError
+
+    def step(self, module, batch):
+        raise NotImplementedError
+
+
+class _Centre(privet.Cleaner):
+    """Fitted per-record cleaner: subtracts the training mean of ``x`` (state travels to workers)."""
+
+    name = "test.centre"
+    needs_fit = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.mean = 0.0
+
+    def fit(self, records):
+        xs = [r["x"] for r in records]
+        self.mean = sum(xs) / len(xs)
+
+    def state_dict(self):
+        return {"mean": self.mean}
+
+    def load_state_dict(self, state):
+        self.mean = state["mean"]
+
+    def clean(self, record):
+        return {**record, "x": record["x"] - self.mean}
+
+
+class _Screen(privet.Cleaner):
+    """Per-record: filters some records, drops others as bad, counts what it saw."""
+
+    name = "test.screen"
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.seen = Counter()
+
+    def clean(self, record):
+        self.seen[record["label"]] += 1
+        if record["n"] % 11 == 0:
+            return None
+        if record["n"] % 17 == 0:
+            raise privet.DropRecord("too_odd", f"n={record['n']}")
+        return record
+
+    def report(self):
+        return {"by_label": dict(self.seen)}
+
+
+class _FirstSeen(privet.Cleaner):
+    """Cross-record: the first copy of a text wins (runs in one process, in source order)."""
+
+    name = "test.first_seen"
+
+    def start_pass(self) -> None:
+        self.texts: set[str] = set()
+
+    def clean(self, record):
+        if record["text"] in self.texts:
+            return None
+        self.texts.add(record["text"])
+        return record
+
+
+class _Shout(privet.Cleaner):
+    """Per-record, but after the cross-record cleaner: it runs in order too."""
+
+    name = "test.shout"
+
+    def clean(self, record):
+        return {**record, "text": record["text"].upper()}
+
+
+def _corpus(folder: Path, files: int = 5, lines: int = 60) -> Path:
+    """JSONL files with duplicates across files, malformed lines and non-finite numbers."""
+    folder.mkdir()
+    n = 0
+    for f in range(files):
+        out = []
+        for i in range(lines):
+            n += 1
+            if n % 23 == 0:
+                out.append("{not json")
+                continue
+            x = math.nan if n % 29 == 0 else float(n % 7)
+            out.append(json.dumps({"n": n, "text": f"doc {n % 200}", "x": x, "label": n % 3}))
+        (folder / f"part-{f}.jsonl").write_text("\n".join(out) + "\n")
+    return folder
+
+
+def _prepare(data: Path, cache: Path, workers: int, cleaners=None, **extra):
+    source = JsonLines(JsonLines.Options(paths=[data]))
+    cleaners = cleaners if cleaners is not None else [_Centre(), _Screen(), _FirstSeen(), _Shout()]
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=workers,
+                        max_bad_fraction=0.5, shard_rows=30, **extra)
+    logs: list[str] = []
+    preparer = Preparer(config, source, cleaners, _Plain(), seed=3, fingerprint_extra={},
+                        log=logs.append)
+    return preparer.prepare(cache), logs
+
+
+def _files(cache: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(cache)): p.read_bytes()
+            for p in sorted(cache.rglob("*.arrow"))}
+
+
+_VARYING = ("created", "seconds", "workers", "timings")
+
+
+def test_two_workers_write_the_same_cache_as_one_process_byte_for_byte(tmp_path):
+    data = _corpus(tmp_path / "data")
+    one, _ = _prepare(data, tmp_path / "c1", workers=1)
+    two, _ = _prepare(data, tmp_path / "c2", workers=2)
+
+    assert one.meta["workers"] == 1 and two.meta["workers"] == 2
+    assert one.fingerprint == two.fingerprint
+    files = _files(one.cache.root)
+    assert len(files) > 3 and files == _files(two.cache.root)
+    strip = lambda m: {k: v for k, v in m.items() if k not in _VARYING}  # noqa: E731
+    assert strip(one.meta) == strip(two.meta)
+    # the drops, the ordinal-based names and the cleaners' counts are all there
+    assert one.meta["dropped"]["malformed_json"] == 13
+    assert one.meta["dropped"]["filtered_by_test.first_seen"] > 50
+    assert set(one.meta["dropped"]) >= {"non_finite_value", "too_odd", "filtered_by_test.screen"}
+    assert one.meta["cleaners"]["1:test.screen"]["by_label"] == two.meta["cleaners"]["1:test.screen"]["by_label"]
+    rows = ArrowTable(two.tables["train"].files).iter_rows()
+    assert all(r["text"].isupper() for r in rows)
+    assert one.meta["cleaner_states"][0] == two.meta["cleaner_states"][0] != {"mean": 0.0}
+
+
+def test_an_encrypted_cache_is_sealed_and_holds_the_same_records_with_workers(tmp_path):
+    from privet.crypto import Cipher, is_encrypted
+    from privet.storage import protect
+
+    data = _corpus(tmp_path / "data", files=3, lines=40)
+    cipher = Cipher(bytes(range(32)))
+    protect(tmp_path / "s1", cipher)
+    protect(tmp_path / "s2", cipher)
+    try:
+        one, _ = _prepare(data, tmp_path / "s1", workers=1)
+        two, _ = _prepare(data, tmp_path / "s2", workers=2)
+    finally:
+        protect(tmp_path / "s1", None)
+        protect(tmp_path / "s2", None)
+    sealed = _files(two.cache.root)
+    assert sealed and all(is_encrypted(b) for b in sealed.values())
+    for split in ("train", "val", "test"):
+        assert list(one.tables[split].iter_rows()) == list(two.tables[split].iter_rows())
+
+
+def test_on_error_fail_names_the_same_first_bad_line_with_workers(tmp_path):
+    data = _corpus(tmp_path / "data", files=3, lines=40)
+    messages = []
+    for workers in (1, 2):
+        with pytest.raises(privet.DataError) as err:
+            _prepare(data, tmp_path / f"f{workers}", workers, on_error="fail")
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and messages[0].startswith("part-0.jsonl:23: bad record: malformed_json")
+
+
+class _Exploding(privet.Cleaner):
+    name = "test.exploding"
+
+    def clean(self, record):
+        if record["n"] == 70:
+            raise ValueError("cleaner bug at n=70")
+        return record
+
+
+def test_a_cleaner_error_in_a_worker_reaches_the_preparing_process(tmp_path):
+    data = _corpus(tmp_path / "data", files=3, lines=40)
+    with pytest.raises(ValueError, match="cleaner bug at n=70") as err:
+        _prepare(data, tmp_path / "c", 2, cleaners=[_Exploding()])
+    assert any("preparation worker" in note for note in getattr(err.value, "__notes__", []))
+    assert not list((tmp_path / "c").glob("*/meta.json"))
+
+
+def test_components_that_cannot_be_pickled_are_prepared_in_one_process(tmp_path):
+    class Local(privet.Cleaner):  # a class inside a function cannot be sent to a worker
+        name = "test.local"
+
+        def clean(self, record):
+            return record
+
+    data = _corpus(tmp_path / "data", files=2, lines=20)
+    prepared, logs = _prepare(data, tmp_path / "c", 2, cleaners=[Local()])
+    assert prepared.meta["workers"] == 1
+    assert any("preparing in one process" in line for line in logs)
+
+
+def test_cleaners_compared_across_records_and_those_after_them_run_in_order():
+    class Resets(privet.Cleaner):
+        def start_pass(self):
+            pass
+
+        def clean(self, record):
+            return record
+
+    class ResetsCountersOnly(Resets):
+        per_record = True
+
+    assert parallel_prefix([_Centre(), _Screen(), _FirstSeen(), _Shout()]) == 2
+    assert parallel_prefix([ResetsCountersOnly(), _Screen()]) == 2
+    assert parallel_prefix([Resets(), _Screen()]) == 0
+
+
+def test_preparation_progress_reports_records_and_megabytes_per_second():
+    stream = io.StringIO()
+    progress = PrepProgress("log", total_bytes=4_000_000, stream=stream, log_every_s=3600.0)
+    progress.phase("fit test.centre")
+    progress.advance(300, 4_000_000)
+    progress.phase("prepare")  # the fitting pass' summary is written when the next starts
+    assert stream.getvalue().startswith("data fit test.centre: 300 records, 4.0 MB, ")
+    progress.advance(512, 0)
+    progress.advance(0, 2_000_000)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines and lines[-1].startswith("data prepare: 512 records, 2.0 MB, ")
+    assert "records/s" in lines[-1] and lines[-1].endswith("MB/s")
+    silent = io.StringIO()
+    quiet = PrepProgress("none", stream=silent)
+    quiet.advance(10, 10)
+    quiet.close()
+    assert silent.getvalue() == ""
