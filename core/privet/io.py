@@ -32,7 +32,8 @@ __all__ = [
     "CSV_SUFFIXES", "JSONL_SUFFIXES", "Located", "expand_paths", "format_of", "input_files",
     "byte_ranges", "iter_lines", "iter_range_lines", "open_binary", "open_text", "outside_root",
     "read_csv", "read_file", "read_jsonl", "read_records", "FileListing", "ListedFiles",
-    "ListedFilesSource",
+    "ListedFilesSource", "is_remote", "join_path", "list_tree", "file_size", "read_bytes",
+    "open_seekable",
 ]
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
@@ -46,6 +47,73 @@ Located = tuple[str, "Record | BadRecord"]
 
 def _remote(path: Any) -> bool:
     return str(path).startswith("s3:/")
+
+
+def is_remote(path: Any) -> bool:
+    """True for an ``s3://`` URL (also in the ``s3:/`` spelling ``pathlib.Path`` makes of it)."""
+    return _remote(path)
+
+
+def join_path(root: str | os.PathLike[str], rel: str) -> str:
+    """``root/rel`` as a local path, or as a canonical ``s3://`` URL when root is one."""
+    if _remote(root):
+        from .objectstore import join
+
+        return join(root, rel)
+    return str(Path(root) / rel)
+
+
+def list_tree(root: str | os.PathLike[str]) -> list[str]:
+    """Every non-hidden file under a folder (or object under an ``s3://`` prefix), as
+    sorted ``/``-separated paths relative to it; hidden folders are not entered. Locally
+    symlinked folders are not walked (as ``os.walk``); a missing bucket is one error."""
+    if _remote(root):
+        from .objectstore import list_files, require_bucket, url_of
+
+        base = url_of(root)
+        require_bucket(base)
+        rels = (url[len(base) + 1:] for url, _size in list_files(base))
+        return sorted(r for r in rels if r and not any(p.startswith(".") for p in r.split("/")))
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in filenames
+                   if not f.startswith("."))
+    return sorted(p.replace(os.sep, "/") for p in out)
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes in a file or object (one HEAD request); FileNotFoundError when there is none,
+    so a source can check a size limit before reading anything."""
+    if _remote(path):
+        from .objectstore import exists, info, url_of
+
+        url = url_of(path)
+        if not exists(url):
+            raise FileNotFoundError(2, "no such object", url)
+        return info(url)[0]
+    return os.stat(path).st_size
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The raw bytes of a file or object (never gunzipped: an image, a document)."""
+    if _remote(path):
+        from .objectstore import read_bytes as read_object, url_of
+
+        return read_object(url_of(path))
+    return Path(path).read_bytes()
+
+
+def open_seekable(path: str | os.PathLike[str]) -> IO[bytes]:
+    """A seekable binary handle for formats read out of order (Parquet footers and row
+    groups): a local file, or an ``s3://`` object fetched by ranged GETs as it is read."""
+    if _remote(path):
+        from .objectstore import filesystem, retrying, split, url_of
+
+        url = url_of(path)
+        bucket, key = split(url)
+        return retrying("read", url, lambda: filesystem().open_input_file(f"{bucket}/{key}"))
+    return open(path, "rb")
 
 
 def open_binary(path: str | os.PathLike[str], start: int = 0, end: int | None = None) -> IO[bytes]:
@@ -129,14 +197,25 @@ def outside_root(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> 
     inside it unless its options say ``follow_symlinks: true``. ``..`` components and
     absolute paths are caught the same way.
     """
-    if _remote(path):
-        return False  # an object store has no symlinks: a listed object is inside its prefix
+    if _remote(path) or _remote(root):
+        return _outside_prefix(path, root)
     try:
         real = Path(path).resolve(strict=False)
         base = Path(root).resolve(strict=False)
     except (OSError, RuntimeError):  # a symlink loop: nothing to read inside root either
         return True
     return real != base and base not in real.parents
+
+
+def _outside_prefix(path: Any, root: Any) -> bool:
+    """An object store has no symlinks, but a name (a manifest row) may still climb out of
+    its prefix with ``..`` or name another place altogether."""
+    if not (_remote(path) and _remote(root)):
+        return True
+    from .objectstore import url_of
+
+    p, r = url_of(path), url_of(root)
+    return ".." in p.split("/") or not (p == r or p.startswith(r + "/"))
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]], patterns: Sequence[str]

@@ -51,6 +51,10 @@ from ..errors import UsageError
               help="Requests in flight before new ones get 503.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Records per micro-batch; 1 turns micro-batching off.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Chat completions: the most tokens a reply may ask for (also the default).")
+@click.option("--device", default="auto", show_default=True,
+              help="Chat models: cpu, cuda, cuda:1 ... (auto: CUDA when available).")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="How long a micro-batch waits for more requests.")
 @click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
@@ -79,6 +83,8 @@ def serve(ctx: click.Context, bundles: tuple[str, ...], **options: Any) -> None:
 
     POST /v1/models/NAME:predict takes {"records": [...]} as 'privet predict' reads them;
     GET /v1/models, /healthz, /readyz, /metrics and /openapi.json complete the API.
+    A language model's run or export (what 'privet generate' takes) is served at
+    POST /v1/chat/completions in the OpenAI format instead.
     """
     from ..serve import require_extra
 
@@ -124,7 +130,6 @@ def _server_config(ctx: click.Context, bundles: list[str], o: dict[str, Any]) ->
     """Load models, auth, audit and TLS; the uvicorn config that serves them."""
     from ..serve.app import Gateway, ServeSettings, create_app
     from ..serve.auth import Policy, verifier_from_options
-    from ..serve.models import load_models
     from ..serve.server import uvicorn_config
     from ..serve.tls import server_context
 
@@ -139,17 +144,36 @@ def _server_config(ctx: click.Context, bundles: list[str], o: dict[str, Any]) ->
     policy = Policy.load(o["roles_file"]) if verifier is not None else Policy.allow_all()
     ssl_context = server_context(o["tls_cert"], o["tls_key"], o["tls_client_ca"]) if o["tls_cert"] else None
     host = get_host(ctx)
-    models = load_models(bundles, host, key=o["key"], verify_key=o["verify_key"],
-                         artifact=o["artifact"], trust_code=o["trust_code"])
+    models, chat_models = _load_all(bundles, host, o)
     settings = ServeSettings(
         max_body_bytes=o["max_body_bytes"], max_records=o["max_records"],
         request_timeout_s=o["request_timeout"], max_concurrent=o["max_concurrent"],
         rate_limit=None if o["rate_limit"].lower() == "none" else o["rate_limit"],
         max_batch=o["max_batch"], max_wait_ms=o["max_wait_ms"], audit_inputs=o["audit_inputs"],
-        audit_blocking=o["audit_fsync"] == "always")
-    gateway = Gateway(models, settings, verifier=verifier, policy=policy, audit=_audit(host, o))
+        audit_blocking=o["audit_fsync"] == "always", max_tokens=o["max_tokens"])
+    gateway = Gateway(models, settings, verifier=verifier, policy=policy, audit=_audit(host, o),
+                      chat_models=chat_models)
     return uvicorn_config(create_app(gateway), o["host"], o["port"], ssl_context=ssl_context,
                           log_level=o["log_level"])
+
+
+def _load_all(specs: list[str], host: Any, o: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bundles for predictions, and language models (runs, LLM exports) for chat."""
+    from ..serve.chat import is_chat_target, load_chat_models
+    from ..serve.models import load_models
+
+    chat = [s for s in specs if is_chat_target(s, host, o["artifact"])]
+    if chat and (o["key"] or o["verify_key"]):
+        raise UsageError("--key and --verify-key apply to ONNX bundles; chat models "
+                         f"({', '.join(chat)}) are loaded as 'privet generate' loads them")
+    models = load_models([s for s in specs if s not in chat], host, key=o["key"],
+                         verify_key=o["verify_key"], artifact=o["artifact"], trust_code=o["trust_code"])
+    chat_models = load_chat_models(chat, host, artifact=o["artifact"], trust_code=o["trust_code"],
+                                   device=o["device"])
+    clash = sorted(set(models) & set(chat_models))
+    if clash:
+        raise UsageError(f"two models are named {clash[0]!r}; serve one as OTHER=PATH")
+    return models, chat_models
 
 
 def _audit(host: Any, o: dict[str, Any]) -> Any:

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,8 +26,9 @@ from ..errors import DataError, DropRecord
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .parallel import (PARALLEL_MIN_BYTES, InlineRunner, PassSpec, ProcessRunner, clean_chain,
-                       parallel_prefix, report_sum, shard_bytes, usable_cores)
+from .parallel import (InlineRunner, PassSpec, ProcessRunner, clean_chain, parallel_prefix,
+                       report_sum, shard_bytes)
+from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
 
@@ -103,7 +103,8 @@ class Preparer:
 
     def __init__(self, data: DataConfig, source: Source, cleaners: list[Cleaner], model: Model,
                  *, seed: int, fingerprint_extra: dict[str, Any],
-                 log: Callable[[str], None] = lambda m: None, progress: str = "none") -> None:
+                 log: Callable[[str], None] = lambda m: None, progress: str = "none",
+                 ranks: RankLink | None = None) -> None:
         self.data = data
         self.source = source
         self.cleaners = cleaners
@@ -116,12 +117,14 @@ class Preparer:
         self.progress_mode = progress
         self.progress: Any = PrepProgress("none")
         #: where shards are read and cleaned (worker processes while :meth:`prepare` runs)
-        self._runner: InlineRunner | ProcessRunner = InlineRunner(source, cleaners)
+        self._runner: InlineRunner | ProcessRunner | RankRunner = InlineRunner(source, cleaners)
         self.prefix = parallel_prefix(cleaners)
         self.workers = 1
         #: report deltas of the cleaners run by the runner, summed over the last pass
         self.pass_reports: list[Any] = []
         self._code: list[dict[str, Any]] | None = None
+        #: under torchrun, the other ranks clean their share of the shards (see ranks.py)
+        self.ranks = ranks
 
     # -- fingerprint --------------------------------------------------------------------------
 
@@ -158,28 +161,23 @@ class Preparer:
     # -- streaming passes -------------------------------------------------------------------------
 
     def _start_runner(self) -> None:
-        """Worker processes for this preparation (data.prepare_workers), or this process."""
+        """Worker processes for this preparation (data.prepare_workers), or this process;
+        under torchrun, the other ranks too (each takes shard ``i`` with ``i % world == rank``)."""
         shards = self.source.shards()
-        wanted = self.data.prepare_workers
-        if wanted is None:
-            small = sum(shard_bytes(s) for s in shards) < PARALLEL_MIN_BYTES
-            wanted = 1 if small else usable_cores()
-        workers = max(1, min(wanted, len(shards)))
         self.prefix = parallel_prefix(self.cleaners)
-        self._runner = InlineRunner(self.source, self.cleaners)
-        if workers > 1:
-            try:
-                self._runner = ProcessRunner(self.source, self.cleaners[:self.prefix], workers)
-            except (pickle.PicklingError, TypeError, AttributeError) as err:
-                self.log(f"data: preparing in one process: the source or a cleaner cannot be "
-                         f"sent to worker processes ({err})")
+        link = self.ranks if self.ranks is not None and self.ranks.ok else None
+        world = link.world_size if link is not None else 1
+        mine = [s for i, s in enumerate(shards) if i % world == 0]
+        local = local_runner(self.source, self.cleaners, self.prefix, self.data.prepare_workers,
+                             mine, self.log)
+        self._runner = RankRunner(link, local) if link is not None else local
         self.workers = self._runner.workers
 
     def _spec(self, upto: int) -> PassSpec:
         """A pass through the first ``upto`` cleaners, with the fitted state workers need."""
         split = self.data.split
         states = {}
-        if isinstance(self._runner, ProcessRunner):
+        if not isinstance(self._runner, InlineRunner):  # workers or ranks start from the pickled state
             states = {j: c.state_dict() for j, c in enumerate(self.cleaners[:upto]) if c.needs_fit}
         size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
         return PassSpec(upto, states, split.field if split.method == "field" else None,
@@ -352,13 +350,16 @@ class Preparer:
         self._start_runner()
         self.progress = PrepProgress(self.progress_mode, total_bytes=sum(
             shard_bytes(s) for s in self.source.shards()))
+        runner = self._runner
         try:
             meta = self._build(cache, fp, files)
         finally:
-            self._runner.close()
+            runner.close()
             self._runner = InlineRunner(self.source, self.cleaners)
             self.progress.close()
         meta["workers"] = self.workers
+        if isinstance(runner, RankRunner):  # shards each rank cleaned in the writing pass
+            meta["ranks"] = runner.shards_by_rank
         return meta
 
     def _fit_cleaners(self) -> None:

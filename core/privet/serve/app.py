@@ -48,6 +48,8 @@ class ServeSettings:
     max_batch: int = 32
     max_wait_ms: float = 2.0
     audit_inputs: bool = False
+    #: the largest ``max_tokens`` of a chat completion (also its default)
+    max_tokens: int = 512
     #: whether an audit append may block (fsync=always): then it runs in a worker thread
     audit_blocking: bool = True
 
@@ -65,8 +67,10 @@ class Gateway:
     """What the routes share: models and their batchers, auth, limits, metrics, audit."""
 
     def __init__(self, models: dict[str, ServedModel], settings: ServeSettings, *,
-                 verifier: TokenVerifier | None, policy: Policy, audit: Any = None) -> None:
+                 verifier: TokenVerifier | None, policy: Policy, audit: Any = None,
+                 chat_models: dict[str, Any] | None = None) -> None:
         self.models = models
+        self.chat_models = chat_models or {}  # name -> serve.chat.ChatModel
         self.settings = settings
         self.verifier = verifier  # None: --insecure-no-auth (loopback only)
         self.policy = policy
@@ -189,7 +193,8 @@ def add_routes(app: FastAPI) -> None:
              responses=REFUSALS)
     async def list_models(request: Request, principal: Principal = Depends(require("list"))) -> Response:
         gateway = gateway_of(request)
-        visible = [m.describe() for name, m in gateway.models.items()
+        everything = {**gateway.models, **gateway.chat_models}
+        visible = [m.describe() for name, m in everything.items()
                    if gateway.policy.role_for(principal, "list", name)]
         return json_response({"models": visible})
 
@@ -281,6 +286,10 @@ def create_app(gateway: Gateway) -> Any:
                               "rate limits and an audit log.")
     app.state.gateway = gateway
     add_routes(app)
+    if gateway.chat_models:  # imported only then: it is the LLM side of the gateway
+        from .chat import add_chat_route
+
+        add_chat_route(app, require, ApiError, {**PREDICT_REFUSALS, 500: {"model": ErrorBody}})
     add_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return GatewayMiddleware(app, gateway)

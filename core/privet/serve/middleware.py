@@ -3,7 +3,10 @@ audit entry and metrics written before the answer leaves.
 
 The response's start is held back until its body is complete, then the audit entry is
 appended, then both are sent: no client sees an answer that the audit log does not hold.
-If the audit log cannot be written, the answer becomes a 503 (fail closed).
+If the audit log cannot be written, the answer becomes a 503 (fail closed). A streamed
+chat reply (``request.state.streaming``) is sent as it is generated: its route appends the
+entry through ``request.state.finish_audit()`` before the stream's last event, and an
+aborted stream (client gone) is audited when it ends.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ PROBES = ("/healthz", "/readyz")
 #: system call per request, and in arrival order within one log)
 _REQUEST_IDS = (f"{prefix}-{n:08d}" for prefix in [secrets.token_hex(6)] for n in itertools.count(1))
 _PREDICT_PATH = re.compile(r"/v1/models/[^/]+:predict")
-_ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/models", "/openapi.json")
+_ROUTES = ("/healthz", "/readyz", "/metrics", "/v1/models", "/openapi.json", "/v1/chat/completions")
 
 
 def route_of(path: str) -> str:
@@ -47,6 +50,7 @@ class GatewayMiddleware:
             return
         exchange = _Exchange(self.gateway, scope, send)
         scope.setdefault("state", {})["request_id"] = exchange.request_id
+        scope["state"]["finish_audit"] = exchange.finish_stream
         refusal = None if scope["path"] in PROBES else self._refusal(scope)
         if refusal is not None:
             await exchange.reply(*refusal)
@@ -62,6 +66,9 @@ class GatewayMiddleware:
             if not exchange.started:
                 await exchange.reply(500, "internal_error")
         finally:
+            if exchange.started and not exchange.recorded:  # a stream cut short
+                scope["state"].setdefault("reason", "stream_aborted")
+                await exchange.finish_stream()
             if scope["path"] not in PROBES:
                 self.gateway.gate.leave()
 
@@ -86,12 +93,17 @@ class _Exchange:
         self.begun = time.perf_counter()
         self.start: dict[str, Any] | None = None
         self.started = False  # something reached the client
+        self.recorded = False  # the audit entry (and metrics) written
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.start = message
         elif message["type"] == "http.response.body" and not self.started:
-            await self._release(message)  # a streamed answer is audited at its first chunk
+            if self.scope["state"].get("streaming") and self.start is not None \
+                    and self.start["status"] == 200:
+                await self._open_stream(message)  # audited by finish_stream, at its end
+            else:
+                await self._release(message)  # a streamed answer is audited at its first chunk
         else:
             await self._send(message)
 
@@ -105,6 +117,19 @@ class _Exchange:
         await self._send(self.start)
         await self._send(body)
 
+    async def _open_stream(self, body: dict[str, Any]) -> None:
+        assert self.start is not None
+        self.start["headers"] = [*self.start.get("headers", ()), (b"x-request-id", self.request_id.encode())]
+        self.started = True
+        await self._send(self.start)
+        await self._send(body)
+
+    async def finish_stream(self) -> bool:
+        """Audit a streamed answer once, when its content is known; False if the log failed."""
+        if self.recorded:
+            return True
+        return await self._record(int(self.start["status"]) if self.start else 200)
+
     async def reply(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         """Answer from here (the app never saw the request)."""
         self.scope["state"]["reason"] = reason
@@ -113,6 +138,7 @@ class _Exchange:
 
     async def _record(self, status: int) -> bool:
         """Metrics, then the audit entry; False when the audit log could not be written."""
+        self.recorded = True
         state = self.scope.get("state", {})
         seconds = time.perf_counter() - self.begun
         model = state.get("model") or ""

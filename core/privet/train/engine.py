@@ -254,21 +254,32 @@ class Recipe:
     # -- 2. the data ----------------------------------------------------------------------------------
 
     def setup_data(self) -> None:
+        from ..data.parallel import parallel_prefix
         from ..data.prepare import Preparer
+        from ..data.ranks import RankLink, serve
         from . import distributed
 
         run, is_main = self.run_ctx, self.is_main
         c = run.components
         t0 = time.perf_counter()
+        log = lambda m: print(m, file=sys.stderr) if is_main else None  # noqa: E731
+        # every rank at once (a gloo group is collective): the others clean their shards
+        link = RankLink(self.env.rank, self.env.world_size, log) if self.env.world_size > 1 else None
         preparer = Preparer(self.cfg.data, c.source, c.cleaners, c.model, seed=self.cfg.seed,
-                            fingerprint_extra=_fingerprint_extra(self.loaded),
-                            log=lambda m: print(m, file=sys.stderr) if is_main else None,
-                            progress=self.cfg.train.progress if is_main else "none")
+                            fingerprint_extra=_fingerprint_extra(self.loaded), log=log,
+                            progress=self.cfg.train.progress if is_main else "none", ranks=link)
         cache_root = self._cache_root()
         if is_main:
-            run.prepared = preparer.prepare(cache_root)
+            try:
+                run.prepared = preparer.prepare(cache_root)
+            finally:
+                if link is not None:
+                    link.stop()  # also after a reuse or a failure: the ranks wait for it
             distributed.announce(self.env, "prepared")
         else:  # waits on the store, not a collective: preparation may outlast NCCL's timeout
+            if link is not None and link.ok:
+                serve(link, c.source, c.cleaners, parallel_prefix(c.cleaners),
+                      self.cfg.data.prepare_workers)
             distributed.wait_for(self.env, "prepared")
             run.prepared = preparer.prepare(cache_root)
         self.timings["prepare_s"] = round(time.perf_counter() - t0, 3)

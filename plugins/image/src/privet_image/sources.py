@@ -8,7 +8,6 @@ needs none of them, and ``privet plugins`` imports this module.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
@@ -16,7 +15,8 @@ import attrs
 
 import privet
 from privet import OptionValueError, existing_path, positive
-from privet.io import outside_root, read_csv, read_jsonl
+from privet.io import (file_size, is_remote, join_path, list_tree, outside_root, read_bytes,
+                        read_csv, read_jsonl)
 
 #: File suffixes read as images by default (lower case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -36,25 +36,26 @@ def _suffixes(_instance: object, attribute: attrs.Attribute, value: list[str]) -
 
 
 def _folder(_instance: object, attribute: attrs.Attribute, value: Path) -> None:
-    if value.exists() and not value.is_dir():
+    if not is_remote(value) and value.exists() and not value.is_dir():
         raise OptionValueError(f"{str(value)!r} is not a folder; image.folder needs a folder "
                                f"with one subfolder per class", attribute.name)
 
 
-def _read_bytes(path: Path, limit: int) -> tuple[bytes | None, str]:
-    """The file's bytes, or None and the reason it cannot be read."""
+def _read_bytes(path: str, limit: int) -> tuple[bytes | None, str]:
+    """The file's (or ``s3://`` object's) bytes, or None and the reason it cannot be read.
+    The size is checked first (a HEAD request for an object) so a huge one is never read."""
     try:
-        size = path.stat().st_size
+        size = file_size(path)
         if size > limit:
             return None, f"file_too_large:{size} bytes > max_file_bytes {limit}"
-        return path.read_bytes(), ""
+        return read_bytes(path), ""
     except FileNotFoundError:
         return None, "missing_file:"
     except OSError as err:
         return None, f"unreadable_file:{err.strerror or err}"
 
 
-def _outside(path: Path, root: Path, where: str) -> privet.BadRecord:
+def _outside(path: str | Path, root: str | Path, where: str) -> privet.BadRecord:
     return privet.BadRecord("outside_root", where, f"{path} resolves outside {root}; not read "
                                                    f"(set follow_symlinks: true to read it)")
 
@@ -101,22 +102,15 @@ class ImageFolder(privet.Source):
 
     def _refused(self, rel: str) -> bool:
         root = self.options.root
-        return not self.options.follow_symlinks and outside_root(root / rel, root)
+        return not self.options.follow_symlinks and outside_root(join_path(root, rel), root)
 
     def _listing(self) -> list[str]:
-        """Every non-hidden file under root, as sorted paths relative to root (walked once)."""
+        """Every non-hidden file under root (a folder or an ``s3://`` prefix), as sorted
+        paths relative to root (walked, or listed, once)."""
         cached = getattr(self, "_listing_cache", None)
-        if cached is not None:
-            return cached
-        root = self.options.root
-        out = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for f in filenames:
-                if not f.startswith("."):
-                    out.append(os.path.relpath(os.path.join(dirpath, f), root))
-        self._listing_cache = sorted(p.replace(os.sep, "/") for p in out)
-        return self._listing_cache
+        if cached is None:
+            cached = self._listing_cache = list_tree(self.options.root)
+        return cached
 
     def shards(self) -> list[privet.Shard]:
         _check_decode(self.options.decode)
@@ -125,16 +119,16 @@ class ImageFolder(privet.Source):
             raise privet.DataError(f"{self.options.root}: no files found; image.folder needs one "
                                    f"subfolder per class holding the images")
         n = self.options.files_per_shard
-        return [privet.Shard(str(self.options.root), i, min(i + n, len(listing)))
+        return [privet.Shard(join_path(self.options.root, ""), i, min(i + n, len(listing)))
                 for i in range(0, len(listing), n)]
 
     def files(self) -> list[str]:
         _check_decode(self.options.decode)  # the first call of a run: fail before any work
         root = self.options.root
-        return [str(root / p) for p in self._listing() if not self._refused(p)]
+        return [join_path(root, p) for p in self._listing() if not self._refused(p)]
 
     def read(self, shard: privet.Shard) -> Iterator[privet.Record | privet.BadRecord]:
-        root = Path(shard.path)
+        root = shard.path
         listing = self._listing()[shard.start:shard.end]
         suffixes = {s.lower() for s in self.options.extensions}
         for rel in listing:
@@ -147,9 +141,9 @@ class ImageFolder(privet.Source):
                                        f"suffix not in extensions {sorted(suffixes)}")
                 continue
             if self._refused(rel):
-                yield _outside(root / rel, root, rel)
+                yield _outside(join_path(root, rel), root, rel)
                 continue
-            data, why = _read_bytes(root / rel, self.options.max_file_bytes)
+            data, why = _read_bytes(join_path(root, rel), self.options.max_file_bytes)
             if data is None:
                 yield _bad(why, rel)
                 continue
@@ -201,25 +195,26 @@ class Manifest(privet.Source):
 
     def shards(self) -> list[privet.Shard]:
         _check_decode(self.options.decode)
-        return [privet.Shard(str(self.options.path))]
+        return [privet.Shard(join_path(self.options.path, ""))]
 
     def files(self) -> list[str]:
         """The manifest and every image it names (their content defines the data)."""
         _check_decode(self.options.decode)  # the first call of a run: fail before any work
-        out = [str(self.options.path)]
+        out = [join_path(self.options.path, "")]
         for _where, row in self._rows(self.options.path):
             rel = row.get(self.options.path_field) if isinstance(row, dict) else None
             if isinstance(rel, str) and rel.strip() and not self._refused(rel.strip()):
-                out.append(str(self._root() / rel.strip()))
+                out.append(join_path(self._root(), rel.strip()))
         return out
 
     def _refused(self, rel: str) -> bool:
-        return not self.options.follow_symlinks and outside_root(self._root() / rel, self._root())
+        root = self._root()
+        return not self.options.follow_symlinks and outside_root(join_path(root, rel), root)
 
     def _root(self) -> Path:
         return self.options.root or self.options.path.parent
 
-    def _rows(self, path: Path) -> Iterator[tuple[str, dict | privet.BadRecord]]:
+    def _rows(self, path: str | Path) -> Iterator[tuple[str, dict | privet.BadRecord]]:
         """``(manifest:line, row)`` through :mod:`privet.io` (cells stay strings)."""
         if self.options.kind == "jsonl":
             return read_jsonl(path)
@@ -227,7 +222,7 @@ class Manifest(privet.Source):
 
     def read(self, shard: privet.Shard) -> Iterator[privet.Record | privet.BadRecord]:
         o = self.options
-        manifest = Path(shard.path)
+        manifest = shard.path  # a local file or an s3:// object, read through privet.io
         root = self._root()
         for where, row in self._rows(manifest):
             if isinstance(row, privet.BadRecord):
@@ -250,9 +245,9 @@ class Manifest(privet.Source):
                     continue
                 record["split"] = split
             if self._refused(record["path"]):
-                yield _outside(root / record["path"], root, where)
+                yield _outside(join_path(root, record["path"]), root, where)
                 continue
-            data, why = _read_bytes(root / record["path"], o.max_file_bytes)
+            data, why = _read_bytes(join_path(root, record["path"]), o.max_file_bytes)
             if data is None:
                 yield _bad(why, where)
                 continue

@@ -9,13 +9,15 @@ so that a label column has one type in the Arrow cache even when a file mixes ``
 
 from __future__ import annotations
 
-from pathlib import Path
+import fnmatch
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
 import attrs
 from privet import BadRecord, Record, Shard, Source
 from privet import existing_path, existing_paths
-from privet.io import ListedFilesSource, Located, outside_root, read_csv, read_jsonl
+from privet.io import (ListedFilesSource, Located, file_size, is_remote, join_path, list_tree,
+                        outside_root, read_bytes, read_csv, read_jsonl)
 
 
 class _FieldMapper:
@@ -142,12 +144,21 @@ class TextFiles(Source):
         follow_symlinks: bool = False
 
         def __attrs_post_init__(self) -> None:
-            if not self.path.is_dir():
+            if not is_remote(self.path) and not self.path.is_dir():
                 raise ValueError(f"{self.path} is not a folder; text.files reads a folder of .txt files")
 
     def shards(self) -> list[Shard]:
         root = self.options.path
+        if is_remote(root):  # a prefix: its objects (hidden ones left out) matched as Path.glob does
+            pattern = self.options.pattern.split("/")
+            return [Shard(join_path(root, rel)) for rel in list_tree(root)
+                    if _glob_match(rel.split("/"), pattern)]
         return [Shard(str(p)) for p in sorted(root.glob(self.options.pattern)) if p.is_file()]
+
+    def _relative(self, path: str) -> PurePosixPath | Path:
+        if is_remote(path):
+            return PurePosixPath(path[len(join_path(self.options.path, "")) + 1:])
+        return Path(path).relative_to(self.options.path)
 
     def _outside(self, path: str) -> bool:
         return not self.options.follow_symlinks and outside_root(path, self.options.path)
@@ -157,19 +168,18 @@ class TextFiles(Source):
         return [s.path for s in self.shards() if not self._outside(s.path)]
 
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        path = Path(shard.path)
-        rel = path.relative_to(self.options.path)
+        rel = self._relative(shard.path)
         where = str(rel)
         if self._outside(shard.path):
             yield BadRecord("outside_root", where, f"resolves outside {self.options.path}; not "
                                                    f"read (set follow_symlinks: true to read it)")
             return
-        size = path.stat().st_size
+        size = file_size(shard.path)  # an s3:// object: a HEAD request, nothing read yet
         if size > self.options.max_bytes:
             yield BadRecord("file_too_large", where, f"{size} bytes > max_bytes {self.options.max_bytes}")
             return
         try:
-            text = path.read_bytes().decode("utf-8")
+            text = read_bytes(shard.path).decode("utf-8")
         except UnicodeDecodeError as err:
             yield BadRecord("invalid_utf8", where, f"byte {err.start}")
             return
@@ -182,3 +192,14 @@ class TextFiles(Source):
         if self.options.labels_from == "subfolder":
             record["label"] = rel.parts[0] if len(rel.parts) > 1 else None
         yield record
+
+
+def _glob_match(parts: list[str], pattern: list[str]) -> bool:
+    """Whether a relative path (split on ``/``) matches a glob pattern the way
+    ``Path.glob`` does: ``**`` spans any number of folders, other parts match one name."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return (bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0])
+            and _glob_match(parts[1:], pattern[1:]))

@@ -4,21 +4,22 @@ Each record is a flat dict the Arrow cache stores as it is: ``time`` (seconds si
 epoch, float), ``series`` (str), every target and numeric feature as a float (``None``
 when missing) and text columns as str. Files are streamed: CSV by lines (optionally cut
 into byte-range shards), Parquet by row group, so memory does not grow with file size.
+Every file is listed and opened through :mod:`privet.io`, so ``s3://`` objects and
+prefixes work as paths (ranged GETs; the cache key uses their ETags and sizes).
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Optional
 
 import attrs
 
-from privet import BadRecord, DataError, Record, Shard, Source
+from privet import BadRecord, DataError, PrivetError, Record, Shard, Source
 from privet import OptionValueError, existing_paths, positive
-from privet.io import ListedFiles
+from privet.io import ListedFiles, byte_ranges, open_binary, open_seekable
 
 from .timeparse import parse_time
 
@@ -250,11 +251,7 @@ class TimeSeriesCsv(_ListedSource):
             if listing.refusal(path) is not None:
                 out.append(Shard(path))
                 continue
-            size = Path(path).stat().st_size
-            if chunk <= 0 or path.endswith(".gz") or size <= chunk:
-                out.append(Shard(path))
-                continue
-            out.extend(Shard(path, start, min(start + chunk, size)) for start in range(0, size, chunk))
+            out.extend(Shard(path, start, end) for start, end in byte_ranges(path, chunk))
         return out
 
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
@@ -263,8 +260,7 @@ class TimeSeriesCsv(_ListedSource):
             yield refusal
             return
         name = Path(shard.path).name
-        opener = gzip.open if shard.path.endswith(".gz") else open
-        with opener(shard.path, "rb") as fh:
+        with open_binary(shard.path) as fh:  # a local file, or an s3:// object by ranged GETs
             header_raw = fh.readline()
             try:
                 header = next(csv.reader([header_raw.decode("utf-8-sig")], delimiter=self.options.delimiter))
@@ -274,51 +270,59 @@ class TimeSeriesCsv(_ListedSource):
                 yield BadRecord("bad_csv_header", f"{name}:1", f"{err}; file skipped")
                 return
             header = [h.strip() for h in header]
-            conv = _RowConverter(self.options, header, name)
-            if shard.start > len(header_raw):
-                fh.seek(shard.start - 1)
-                fh.readline()  # finish the line the byte range starts inside
-            first_pos = fh.tell()
-            bad_lines: list[int] = []
-            undecodable: list[int] = []
-            line_base = _LineBase(shard.path, first_pos)
+            if shard.start <= len(header_raw):
+                yield from self._rows(fh, len(header_raw), shard, header, name)
+                return
+        # A later byte range: open the file there (an object is not seekable) and finish
+        # the line the range starts inside, which belongs to the range before.
+        with open_binary(shard.path, shard.start - 1) as fh:
+            pos = shard.start - 1 + len(fh.readline())
+            yield from self._rows(fh, pos, shard, header, name)
 
-            def lines() -> Iterator[str]:
-                n = 0
-                while shard.end is None or fh.tell() < shard.end:
-                    raw = fh.readline()
-                    if not raw:
-                        return
-                    n += 1
-                    try:
-                        yield raw.decode("utf-8")
-                    except UnicodeDecodeError:
-                        undecodable.append(n)
-                        yield "\n"
+    def _rows(self, fh: Any, pos: int, shard: Shard, header: list[str], name: str
+              ) -> Iterator[Record | BadRecord]:
+        """Records of the lines from byte ``pos`` (where ``fh`` stands) to the shard's end."""
+        conv = _RowConverter(self.options, header, name)
+        undecodable: list[int] = []
+        line_base = _LineBase(shard.path, pos)
 
-            reader = csv.reader(lines(), delimiter=self.options.delimiter)
-            while True:
+        def lines() -> Iterator[str]:
+            nonlocal pos
+            n = 0
+            while shard.end is None or pos < shard.end:
+                raw = fh.readline()
+                if not raw:
+                    return
+                pos += len(raw)
+                n += 1
                 try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as err:
-                    bad_lines.append(reader.line_num)
-                    yield BadRecord("unreadable_row", f"{name}:{line_base() + reader.line_num}", str(err))
-                    continue
-                while undecodable:
-                    yield BadRecord("invalid_utf8", f"{name}:{line_base() + undecodable.pop(0)}")
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != len(header):
-                    yield BadRecord("wrong_column_count", f"{name}:{line_base() + reader.line_num}",
-                                    f"{len(row)} cells, header has {len(header)}")
-                    continue
-                line = reader.line_num
-                yield from conv.convert(dict(zip(header, row)),
-                                        lambda line=line: f"{name}:{line_base() + line}")
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    undecodable.append(n)
+                    yield "\n"
+
+        reader = csv.reader(lines(), delimiter=self.options.delimiter)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                yield BadRecord("unreadable_row", f"{name}:{line_base() + reader.line_num}", str(err))
+                continue
             while undecodable:
                 yield BadRecord("invalid_utf8", f"{name}:{line_base() + undecodable.pop(0)}")
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                yield BadRecord("wrong_column_count", f"{name}:{line_base() + reader.line_num}",
+                                f"{len(row)} cells, header has {len(header)}")
+                continue
+            line = reader.line_num
+            yield from conv.convert(dict(zip(header, row)),
+                                    lambda line=line: f"{name}:{line_base() + line}")
+        while undecodable:
+            yield BadRecord("invalid_utf8", f"{name}:{line_base() + undecodable.pop(0)}")
 
 
 class _LineBase:
@@ -331,10 +335,9 @@ class _LineBase:
 
     def __call__(self) -> int:
         if self._value is None:
-            opener = gzip.open if self.path.endswith(".gz") else open
             count = 0
             left = self.offset
-            with opener(self.path, "rb") as fh:
+            with open_binary(self.path) as fh:
                 while left > 0:
                     block = fh.read(min(left, 1 << 20))
                     if not block:
@@ -369,14 +372,16 @@ class TimeSeriesParquet(_ListedSource):
                 out.append(Shard(path))  # read() reports it without opening it
                 continue
             try:
-                groups = pq.ParquetFile(path).metadata.num_row_groups
+                with open_seekable(path) as fh:
+                    groups = pq.ParquetFile(fh).metadata.num_row_groups
+            except PrivetError:  # the store refused (missing object, access denied): one line
+                raise
             except Exception as err:  # pyarrow raises several types for a broken file
                 raise DataError(f"{Path(path).name}: not a readable Parquet file ({err})") from None
             out.extend(Shard(path, g, g + 1) for g in range(groups))
         return out
 
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         refusal = self.listing().refusal(shard.path)
@@ -384,13 +389,18 @@ class TimeSeriesParquet(_ListedSource):
             yield refusal
             return
         name = Path(shard.path).name
-        pf = pq.ParquetFile(shard.path)
+        with open_seekable(shard.path) as fh:  # an s3:// object: footer and row group by ranged GETs
+            yield from self._group(pq.ParquetFile(fh), shard.start, name)
+
+    def _group(self, pf: Any, group: int, name: str) -> Iterator[Record | BadRecord]:
+        """Records of one row group, converted ``batch_rows`` rows at a time."""
+        import pyarrow as pa
+
         schema = pf.schema_arrow
         text = [f.name for f in schema
                 if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                 or pa.types.is_dictionary(f.type)]
         conv = _RowConverter(self.options, schema.names, name, text_columns=text)
-        group = shard.start
         offset = sum(pf.metadata.row_group(g).num_rows for g in range(group))
         row_no = offset
         for batch in pf.iter_batches(batch_size=self.options.batch_rows, row_groups=[group]):
