@@ -1,6 +1,7 @@
 """Preparation at corpus scale: records/s, MB/s and peak memory, 1 vs N worker processes.
 
-    python benchmarks/bench_prep.py [--mb 1024] [--files 16] [--workers N] [--write-docs]
+    python benchmarks/bench_prep.py [--mb 1024] [--files 16] [--workers N] [--repeats 3]
+                                    [--kinds text,timeseries] [--write-docs]
 
 1. Text: a generated JSONL corpus of ``--mb`` MB in ``--files`` files (lengths drawn from a
    log-normal, 20 to 2,000 words; 5% exact and 5% near duplicates; PII in 10% of records)
@@ -14,8 +15,9 @@
    series starter's cleaners (outliers, impute, calendar). Floor: ``pyarrow.csv.read_csv``.
 
 Each Privet figure runs in a fresh process (its peak RSS is that process'; the workers'
-own peak is reported beside it). Prints a markdown table; ``--write-docs`` puts it into
-docs/benchmarks.md between the ``bench_prep`` markers.
+own peak is reported beside it). The floor, 1 worker and N workers run interleaved
+``--repeats`` times and each figure is the run of median time. Prints a markdown
+table; ``--write-docs`` puts it into docs/benchmarks.md between the ``bench_prep`` markers.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -157,7 +161,15 @@ def _prepare(kind: str, data: Path, cache: Path, workers: int) -> dict:
             "dropped": prepared.meta["dropped"], "workers": prepared.meta["workers"],
             "timings": prepared.meta["timings"],
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "workers_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "workers_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            **_cpu()}
+
+
+def _cpu() -> dict:
+    """CPU seconds of this process and of its finished children: steadier than wall time
+    on a shared machine, and they show which process does the work."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"cpu_s": me.ru_utime + me.ru_stime, "workers_cpu_s": kids.ru_utime + kids.ru_stime}
 
 
 def _floor(kind: str, data: Path) -> dict:
@@ -183,7 +195,8 @@ def _floor(kind: str, data: Path) -> dict:
     else:
         rows = sum(pcsv.read_csv(f).num_rows for f in sorted(data.glob("*.csv")))
     return {"seconds": time.perf_counter() - started, "read": rows,
-            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "workers": "all"}
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "workers": "all",
+            **_cpu()}
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -206,6 +219,49 @@ def _row(name: str, r: dict, mb: float, single: float | None) -> str:
             f"{mb / r['seconds']:.2f} | {r['rss_mib']:.0f} | {r.get('workers_rss_mib', 0):.0f} | {speedup} |")
 
 
+def _median(results: list[dict]) -> dict:
+    """The run of median seconds (the whole result of one run, so its columns agree)."""
+    return sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
+
+
+def _median_of(results: list[dict], key: str) -> float:
+    values = sorted(r[key] for r in results)
+    return values[len(values) // 2]
+
+
+def _measure_kind(kind: str, args: argparse.Namespace, loads: list[float]) -> list[str]:
+    """Table rows for one modality: floor, 1 worker and N workers, interleaved, medians."""
+    lines: list[str] = []
+    data = args.dir / kind
+    if kind == "text":
+        make_text_corpus(data, args.mb, args.files)
+    else:
+        make_csv(data / "series.csv", args.mb)
+    mb = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e6
+    runs: dict[str, list[dict]] = {"floor": [], "1": [], "n": []}
+    for r in range(args.repeats):  # interleaved: a change of load hits all three alike
+        runs["floor"].append(_measure(kind, "floor", data, args.dir / "none"))
+        for key, what in (("1", "1"), ("n", str(args.workers))):
+            shutil.rmtree(args.dir / f"cache-{kind}-{key}", ignore_errors=True)
+            runs[key].append(_measure(kind, what, data, args.dir / f"cache-{kind}-{key}"))
+        loads.append(os.getloadavg()[0])
+        print(f"{kind} round {r + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items())
+              + f"; load {loads[-1]:.1f}", file=sys.stderr)
+    floor, one, many = (_median(runs[k]) for k in ("floor", "1", "n"))
+    lines.append(_row(f"{kind}: floor (pyarrow{' + tokenizers' if kind == 'text' else ''})", floor, mb, None))
+    lines.append(_row(f"{kind}: Privet", one, mb, None))
+    lines.append(_row(f"{kind}: Privet", many, mb, one["seconds"]))
+    lines.append(f"| {kind}: Privet N workers / floor | | | {floor['seconds'] / many['seconds']:.2f}x | | | | |")
+    for r in (one, many):
+        print(f"{kind} {r['workers']} workers (median run): prep {r['prep_s']:.1f} s {r['timings']}, "
+              f"encode {r['encode_s']:.1f} s; CPU s: this process {r['cpu_s']:.1f}, workers "
+              f"{r['workers_cpu_s']:.1f}; dropped {r['dropped']}", file=sys.stderr)
+    lines.append(f"| {kind}: CPU s of the preparing process, median (1 / N workers) | | "
+                 f"{_median_of(runs['1'], 'cpu_s'):.1f} / {_median_of(runs['n'], 'cpu_s'):.1f} | | | | "
+                 f"{_median_of(runs['n'], 'workers_cpu_s'):.1f} (workers) | |")
+    return lines
+
+
 def main() -> None:
     from privet.data.parallel import usable_cores
 
@@ -214,34 +270,23 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--workers", type=int, default=usable_cores())
     parser.add_argument("--dir", type=Path, default=Path("/tmp/privet-bench-prep"))
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of (floor, 1 worker, N workers), interleaved; medians reported")
+    parser.add_argument("--kinds", default="text,timeseries", help="comma-separated: text, timeseries")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(args)
-    import shutil
-
     shutil.rmtree(args.dir, ignore_errors=True)
-    lines = [f"Machine: {machine(load=True)}; {date.today()}; corpus {args.mb:g} MB per modality.", "",
-             "| run | workers | seconds | records/s | MB/s | peak RSS MiB | workers' peak RSS MiB | vs 1 worker |",
+    lines = ["| run | workers | seconds | records/s | MB/s | peak RSS MiB | workers' peak RSS MiB | vs 1 worker |",
              "|---|---|---|---|---|---|---|---|"]
-    for kind in ("text", "timeseries"):
-        data = args.dir / kind
-        if kind == "text":
-            make_text_corpus(data, args.mb, args.files)
-        else:
-            make_csv(data / "series.csv", args.mb)
-        mb = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e6
-        floor = _measure(kind, "floor", data, args.dir / "none")
-        one = _measure(kind, "1", data, args.dir / f"cache-{kind}-1")
-        many = _measure(kind, str(args.workers), data, args.dir / f"cache-{kind}-n")
-        lines.append(_row(f"{kind}: floor (pyarrow{' + tokenizers' if kind == 'text' else ''})", floor, mb, None))
-        lines.append(_row(f"{kind}: Privet", one, mb, None))
-        lines.append(_row(f"{kind}: Privet", many, mb, one["seconds"]))
-        lines.append(f"| {kind}: Privet N workers / floor | | | {floor['seconds'] / many['seconds']:.2f}x | | | | |")
-        for r in (one, many):
-            print(f"{kind} {r['workers']} workers: prep {r['prep_s']:.1f} s {r['timings']}, encode "
-                  f"{r['encode_s']:.1f} s; dropped {r['dropped']}", file=sys.stderr)
+    loads: list[float] = []
+    for kind in args.kinds.split(","):
+        lines += _measure_kind(kind, args, loads)
+    lines[:0] = [f"Machine: {machine()}, load average {min(loads):.1f}-{max(loads):.1f} over the runs; "
+                 f"{date.today()}; corpus {args.mb:g} MB per modality; median of {args.repeats} "
+                 f"interleaved runs.", ""]
     table = "\n".join(lines)
     print(table)
     if args.write_docs:

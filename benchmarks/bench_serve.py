@@ -7,8 +7,11 @@ per configuration are split into ``--rounds`` interleaved rounds (after a warm-u
 
 * ``bare``: FastAPI + ONNX Runtime with the same preprocessing (the bundle's Predictor),
   no auth, no limits, no audit, no batching: the floor any gateway starts from;
+* ``bare, serving ORT options``: the same with the ONNX Runtime session options ``privet
+  serve`` uses (one intra-op thread, no spinning), to show what they alone are worth;
 * ``privet``: ``privet serve`` with JWT auth (HS256), a roles file, rate limits on and the
   audit log with ``fsync=always``, micro-batching off (``--max-batch 1``);
+* ``privet, fsync interval``: the same, the audit log synced every 100 lines or 1 s;
 * ``privet batched``: the same with micro-batching (``--max-batch 32 --max-wait-ms 2``);
 * ``privet batched, fsync interval``: the same, the audit log synced every 100 lines or 1 s.
 
@@ -69,8 +72,9 @@ def bench_records(features: int, n: int = 256) -> list[dict[str, Any]]:
     return [r for s in source.shards() for r in source.read(s)]
 
 
-def bare_server(port: int, bundle: str) -> None:
-    """FastAPI + ONNX Runtime, the bundle's own preprocessing, nothing else."""
+def bare_server(port: int, bundle: str, tuned: bool = False) -> None:
+    """FastAPI + ONNX Runtime, the bundle's own preprocessing, nothing else (``tuned``: with
+    the session options of ``privet serve``)."""
     import uvicorn
     from fastapi import Body, FastAPI
 
@@ -80,6 +84,10 @@ def bare_server(port: int, bundle: str) -> None:
     host = make_test_host()
     host.load_path(TESTS)
     predictor = Predictor.open(bundle, host)
+    if tuned:
+        from privet.serve.models import ServedModel
+
+        ServedModel("tiny", Path(bundle), predictor, "").tune_for_serving(intra_op_threads=1)
     app = FastAPI()
 
     @app.post("/v1/models/{name}:predict")
@@ -105,8 +113,9 @@ def token() -> str:
 def start(kind: str, bundle: Path, port: int, work: Path) -> subprocess.Popen:
     """The server of configuration ``kind`` in its own process."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    if kind == "bare":
-        cmd = [sys.executable, __file__, "--bare-server", str(port), str(bundle)]
+    if kind.startswith("bare"):
+        cmd = [sys.executable, __file__, "--bare-server", str(port), str(bundle),
+               *(["--tuned"] if "ORT" in kind else [])]
     else:
         from privet.crypto import new_key_text
 
@@ -188,13 +197,13 @@ def measure(kinds: list[str], bundle: Path, records: list[dict], args: argparse.
                                               for k in kinds}
         for kind, (url, proc) in servers.items():
             wait_ready(url, proc)
-            asyncio.run(load(url, records, args.clients, args.warmup, {} if kind == "bare" else auth))
+            asyncio.run(load(url, records, args.clients, args.warmup, {} if kind.startswith("bare") else auth))
         slice_s = args.seconds / args.rounds
         for _ in range(args.rounds):
             for kind, (url, proc) in servers.items():
                 cpu = cpu_seconds(proc.pid)
                 latencies, errors = asyncio.run(load(url, records, args.clients, slice_s,
-                                                     {} if kind == "bare" else auth))
+                                                     {} if kind.startswith("bare") else auth))
                 r = results[kind]
                 r["cpu"] += cpu_seconds(proc.pid) - cpu
                 r["rps"].append(len(latencies) / slice_s)
@@ -262,20 +271,25 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024, help="Width of the MLP's layers.")
     parser.add_argument("--write", type=Path, default=None, help="Update this docs page's results.")
     parser.add_argument("--bare-server", nargs=2, metavar=("PORT", "BUNDLE"), help=argparse.SUPPRESS)
+    parser.add_argument("--tuned", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
-        bare_server(int(args.bare_server[0]), args.bare_server[1])
+        bare_server(int(args.bare_server[0]), args.bare_server[1], args.tuned)
         return
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bundle = make_bundle(work, args.features, args.hidden)
         records = bench_records(args.features)
-        kinds = ["bare", "privet", "privet batched", "privet batched, fsync interval"]
+        kinds = ["bare", "bare, serving ORT options", "privet", "privet, fsync interval",
+                 "privet batched", "privet batched, fsync interval"]
         rows = measure(kinds, bundle, records, args, work)
         ceiling = predict_ceiling(bundle, records, work)
     from _common import machine, replace_results
 
-    text = table(rows, ceiling, args) + f"\nMachine: {machine(load=True)}.\n"
+    started = "" if load_at_start is None else f" ({load_at_start:.1f} at the start)"
+    text = (table(rows, ceiling, args) + f"\nMachine: {machine(load=True)}{started}; "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}.\n")
     print(text)
     if args.write:
         replace_results(args.write, text, "<!-- bench_serve:begin -->", "<!-- bench_serve:end -->")

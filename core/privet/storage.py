@@ -176,6 +176,25 @@ class Storage:
         st = p.stat()
         _SENT[p.resolve()] = (st.st_size, st.st_mtime_ns)
 
+    def send(self, rel: str, *, as_rel: str | None = None, sent_by_another: bool = False) -> None:
+        """Upload local file ``rel`` now, for a caller that orders the objects itself
+        (marker last): sharded checkpoints, whose files come from several processes.
+
+        ``as_rel``: the object's name in the run (a file still in a temp folder goes up
+        under its final name); ``sent_by_another``: another process uploaded these bytes,
+        only remember them as sent (so :meth:`flush` does not upload them again).
+        """
+        url = self._remote(as_rel or rel)
+        if url is None:
+            return
+        p = self.path(rel)
+        if not sent_by_another:
+            from . import objectstore
+
+            objectstore.put_bytes(url, p.read_bytes())
+        st = p.stat()
+        _SENT[p.resolve()] = (st.st_size, st.st_mtime_ns)
+
     def flush(self, rel: str = "") -> list[str]:
         """Upload the files under ``rel`` changed since they were last sent (what libraries
         wrote themselves: TensorBoard). Returns their names; does nothing without a mirror."""
@@ -466,10 +485,12 @@ class Storage:
                 p = self.path(rel) / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
-    def rename(self, rel: str, new_rel: str) -> None:
+    def rename(self, rel: str, new_rel: str, *, send: bool = True) -> None:
         """Atomically move ``rel`` to ``new_rel`` (same folder tree), then fsync the folder.
 
         A file moved into place is made owner-only (a library may have written it).
+        ``send=False``: the caller uploads the objects itself (sharded checkpoints, whose
+        files come from several processes).
         """
         target = self.path(new_rel)
         try:
@@ -479,7 +500,7 @@ class Storage:
         except OSError as err:
             raise _fail("rename", self.path(rel), err) from err
         _fsync_dir(target.parent)
-        if self._remote(new_rel) is not None:  # an object store has no rename: copy, delete
+        if send and self._remote(new_rel) is not None:  # an object store has no rename: copy, delete
             if target.is_dir():
                 self._send_tree(new_rel)
             else:

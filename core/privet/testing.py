@@ -98,3 +98,24 @@ def run_pipeline(privet_host: TestHost, tmp_path: Path):
         return PipelineOutcome(run_dir, report)
 
     return run
+
+
+def wait_for_server(url: str, proc: Any, timeout: float = 60) -> None:
+    """Wait until a ``privet serve`` started as ``proc`` (a ``subprocess.Popen``) answers
+    ``GET {url}/readyz`` with 200; fail with its stderr if it exits, or after ``timeout``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.communicate()[1] if proc.stderr else ""
+            raise AssertionError(f"the server exited with {proc.returncode}: {err}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the server at {url} did not become ready in {timeout:g} s")

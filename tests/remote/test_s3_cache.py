@@ -51,3 +51,17 @@ def test_the_cache_stays_local_keyed_by_etag_and_size(s3, tmp_path, capsys, monk
     s3.put("data/part-0.jsonl", corpus(96, seed=9))  # same size, new content: a new ETag
     _run(path, capsys)
     assert len([p for p in cache_dir.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def test_cache_list_of_a_store_runs_dir_shows_the_local_staging_caches(s3, tmp_path, capsys):
+    from click.testing import CliRunner
+
+    from privet.cli import cli
+
+    s3.put("data/part-0.jsonl", corpus(48))
+    _run(pipeline(tmp_path, data=s3.url("data"), runs=s3.url("runs"), every=100), capsys)
+    listed = CliRunner().invoke(cli, ["cache", "list", "--runs-dir", s3.url("runs"), "--json"])
+    assert listed.exit_code == 0, listed.output
+    (entry,) = json.loads(listed.output)
+    assert entry["size"] > 0 and entry["sources"] == [s3.url("data/part-0.jsonl")]
+    assert not any(".cache" in k for k in s3.keys()), "the cache never goes to the bucket"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from privet.testing import wait_for_server
+
 from privet.cli import main
 
 _PROBE = """\
@@ -79,19 +81,6 @@ def test_a_taken_port_is_one_clear_error():
             listening_socket("127.0.0.1", taken.getsockname()[1])
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not become ready")
 
 
 @pytest.mark.slow
@@ -115,7 +104,7 @@ def test_a_served_bundle_audits_every_request_and_survives_sigkill(tiny_bundle, 
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc)
+        wait_for_server(url, proc)
         auth = jwt_kit.auth()
 
         def one(i: int) -> int:

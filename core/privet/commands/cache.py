@@ -29,6 +29,18 @@ def parse_age(text: str) -> float:
     return int(m.group(1)) * _SECONDS[m.group(2)]
 
 
+def _local_runs_dir(runs_dir: str) -> Path:
+    """Where the caches of ``runs_dir`` live: runs on an object store keep theirs on local
+    disk, in the staging folder (never in the bucket)."""
+    from ..objectstore import is_remote
+
+    if is_remote(runs_dir):
+        from ..runs import staging_root
+
+        return staging_root()
+    return Path(runs_dir)
+
+
 def cache_entries(runs_dir: Path) -> list[dict[str, Any]]:
     """One entry per complete cache under ``runs_dir/.cache`` (temp folders are skipped)."""
     from ..crypto import KeyMissingError
@@ -72,12 +84,12 @@ def cache() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def list_caches(runs_dir: str, as_json: bool) -> None:
     """Fingerprint, size, source files, last use and encryption of each cache."""
-    entries = cache_entries(Path(runs_dir))
+    entries = cache_entries(_local_runs_dir(runs_dir))
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
     if not entries:
-        click.echo(f"no prepared caches in {Path(runs_dir) / '.cache'}")
+        click.echo(f"no prepared caches in {_local_runs_dir(runs_dir) / '.cache'}")
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
         sources = ("encrypted (key needed to list)" if e["encrypted"]
@@ -94,7 +106,7 @@ def clear(fingerprint: str | None, older_than: str | None, runs_dir: str) -> Non
     """Delete one cache (FINGERPRINT), those unused for --older-than, or all of them."""
     from ..storage import Storage
 
-    entries = cache_entries(Path(runs_dir))
+    entries = cache_entries(_local_runs_dir(runs_dir))
     if fingerprint is not None:
         entries = [e for e in entries if e["fingerprint"] == fingerprint]
         if not entries:

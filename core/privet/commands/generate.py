@@ -5,10 +5,13 @@ any model that implements it (``text.gpt``, ``llm.causal_lm``) works here. The t
 a run folder (its best weights), an export bundle (``RUN/export``: its default artifact,
 or ``--artifact``) or an artifact folder inside one (``RUN/export/merged``); a bundle's
 artifact is turned into a module by the exporter that wrote it (``Exporter.load_module``).
+Any of them may be an ``s3://`` URL: it is read from a private local copy
+(:mod:`privet.staging`), removed when the command ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +19,7 @@ from typing import Any, Callable
 import click
 
 from ..cli import get_host
+from .run import PathOrUrl
 
 
 def _bundle_target(path: Path, artifact: str | None) -> tuple[Path | None, str | None]:
@@ -102,7 +106,7 @@ def _sampling_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.command()
-@click.argument("target", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.argument("target", metavar="RUN", type=PathOrUrl(exists=True, file_okay=False))
 @click.option("--prompt", default="", show_default=True, help="Text to continue or to answer.")
 @_sampling_options
 @click.option("-n", "--num-samples", default=1, show_default=True, type=click.IntRange(min=1),
@@ -118,25 +122,42 @@ def generate(ctx: click.Context, target: str, prompt: str, max_new_tokens: int, 
     """Generate text after PROMPT with the model of RUN, streamed as it is sampled.
 
     RUN is a run folder, its export (RUN/export) or an artifact folder in the export
-    (RUN/export/merged). A chat model answers PROMPT as a user turn rendered with its chat
+    (RUN/export/merged), local or s3://. A chat model answers PROMPT as a user turn rendered with its chat
     template (--raw: continue the text instead); a plain language model continues it.
     """
-    model, module = load_for_generation(target, get_host(ctx), artifact=artifact,
-                                        trust_code=trust_code)
-    module = _place(module, device)
+    with contextlib.ExitStack() as stack:
+        model, module = _load(stack, ctx, target, artifact, trust_code, device)
+        _samples(model, module, prompt, num_samples, echo, max_new_tokens=max_new_tokens,
+                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, raw=raw)
+
+
+def _samples(model: Any, module: Any, prompt: str, num_samples: int, echo: bool, *,
+             seed: int | None, **sampling: Any) -> None:
+    """``num_samples`` continuations of ``prompt``, streamed, separated by blank lines."""
     for i in range(num_samples):
         if i:
             click.echo("\n")
         if echo:
             _echo_now(prompt)
-        _stream(model.generate(module, prompt, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_k=top_k, top_p=top_p,
-                               seed=None if seed is None else seed + i, raw=raw), _echo_now)
+        _stream(model.generate(module, prompt, seed=None if seed is None else seed + i,
+                               **sampling), _echo_now)
     click.echo("")
 
 
+def _load(stack: contextlib.ExitStack, ctx: click.Context, target: str, artifact: str | None,
+          trust_code: bool, device: str) -> tuple[Any, Any]:
+    """The model and its module on ``device``; an s3:// RUN is read from a private local
+    copy that ``stack`` removes when the command ends."""
+    from ..staging import staged_path
+
+    local = staged_path(stack, target, "generate")
+    model, module = load_for_generation(local, get_host(ctx), artifact=artifact,
+                                        trust_code=trust_code)
+    return model, _place(module, device)
+
+
 @click.command()
-@click.argument("target", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.argument("target", metavar="RUN", type=PathOrUrl(exists=True, file_okay=False))
 @click.option("--system", default=None, help="A system message that opens the conversation.")
 @_sampling_options
 @_loading_options
@@ -150,9 +171,15 @@ def chat(ctx: click.Context, target: str, system: str | None, max_new_tokens: in
     or end of input (Ctrl-D) ends it. The whole conversation is rendered with the model's
     chat template at every turn, as in training.
     """
-    model, module = load_for_generation(target, get_host(ctx), artifact=artifact,
-                                        trust_code=trust_code)
-    module = _place(module, device)
+    with contextlib.ExitStack() as stack:
+        model, module = _load(stack, ctx, target, artifact, trust_code, device)
+        _converse(model, module, system, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_k=top_k, top_p=top_p, seed=seed)
+
+
+def _converse(model: Any, module: Any, system: str | None, *, seed: int | None,
+              **sampling: Any) -> None:
+    """The chat loop: one user message per line of standard input, replies streamed."""
     opening = [{"role": "system", "content": system}] if system else []
     messages = list(opening)
     interactive = sys.stdin.isatty()
@@ -172,8 +199,7 @@ def chat(ctx: click.Context, target: str, system: str | None, max_new_tokens: in
         if not text:
             continue
         messages.append({"role": "user", "content": text})
-        reply = _stream(model.generate(module, list(messages), max_new_tokens=max_new_tokens,
-                                       temperature=temperature, top_k=top_k, top_p=top_p,
+        reply = _stream(model.generate(module, list(messages), **sampling,
                                        seed=None if seed is None else seed + turn), _echo_now)
         click.echo("")
         messages.append({"role": "assistant", "content": reply})

@@ -95,18 +95,15 @@ def predict(ctx: click.Context, bundle: str, input_path: str, out: str | None,
 
 def _staged_io(stack: contextlib.ExitStack, bundle: str, input_path: str,
                out: str | None) -> tuple[str, str, str | None]:
-    """Local copies of an s3:// bundle and input (a private temp folder, removed after),
-    and a local output file uploaded to its s3:// URL when predict succeeded."""
-    import shutil
+    """Local copies of an s3:// bundle (or a run's export) and input (private temp folders,
+    removed after), and a local output file uploaded to its s3:// URL when predict succeeded."""
+    from ..objectstore import fetch, publish
+    from ..staging import private_folder, staged_path
 
-    from ..objectstore import exists, fetch, join, publish
-    from ..runs import staging_root
-
-    tmp = Path(tempfile.mkdtemp(prefix="predict.", dir=staging_root()))
-    stack.callback(shutil.rmtree, tmp, True)
-    if is_remote(bundle):
-        exported = join(bundle, "export")  # a run folder's URL: its bundle
-        bundle = str(fetch(exported if exists(join(exported, "bundle.json")) else bundle, tmp / "bundle"))
+    bundle = staged_path(stack, bundle, "predict", prefer_export=True)
+    if not (is_remote(input_path) or (out and is_remote(out))):
+        return bundle, input_path, out
+    tmp = private_folder(stack, "predict")
     if is_remote(input_path):
         input_path = str(fetch(input_path, tmp / "input"))
     if out and is_remote(out):

@@ -7,6 +7,7 @@ address (unless ``--insecure-plain-http``, for a TLS-terminating proxy on the ho
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ from ..errors import UsageError
               default="info", show_default=True)
 @click.pass_context
 def serve(ctx: click.Context, bundles: tuple[str, ...], **options: Any) -> None:
-    """Serve exported BUNDLEs (RUN/export, or NAME=RUN/export) over HTTP(S).
+    """Serve exported BUNDLEs (RUN/export, or NAME=RUN/export; local or s3://) over HTTP(S).
 
     POST /v1/models/NAME:predict takes {"records": [...]} as 'privet predict' reads them;
     GET /v1/models, /healthz, /readyz, /metrics and /openapi.json complete the API.
@@ -92,10 +93,33 @@ def serve(ctx: click.Context, bundles: tuple[str, ...], **options: Any) -> None:
     from ..serve.server import serve_forever
 
     _check_security(options)
-    config = _server_config(ctx, list(bundles), options)
-    click.echo(f"privet: serving on {'https' if options['tls_cert'] else 'http'}://"
-               f"{options['host']}:{options['port']}", err=True)
-    serve_forever(config)
+    with contextlib.ExitStack() as stack:  # private copies of s3:// models, removed at exit
+        config = _server_config(ctx, _staged_specs(stack, bundles), options)
+        click.echo(f"privet: serving on {'https' if options['tls_cert'] else 'http'}://"
+                   f"{options['host']}:{options['port']}", err=True)
+        serve_forever(config)
+
+
+def _staged_specs(stack: contextlib.ExitStack, specs: tuple[str, ...]) -> list[str]:
+    """``[NAME=]PATH`` specs with every s3:// PATH replaced by a private local copy.
+
+    A served model keeps the name its URL would give it locally (the run's folder name).
+    """
+    from ..objectstore import is_remote
+    from ..serve.models import parse_spec
+    from ..staging import private_folder, stage
+
+    out = []
+    for spec in specs:
+        name, path = parse_spec(spec)
+        if not is_remote(path):
+            out.append(spec)
+            continue
+        staged = stage(path, private_folder(stack, "serve"))
+        if name is None and staged.kind == "artifact":  # its run folder is not copied
+            name = staged.run_name
+        out.append(f"{name}={staged.path}" if name else str(staged.path))
+    return out
 
 
 def _check_security(o: dict[str, Any]) -> None:
@@ -163,13 +187,13 @@ def _load_all(specs: list[str], host: Any, o: dict[str, Any]) -> tuple[dict[str,
     from ..serve.models import load_models
 
     chat = [s for s in specs if is_chat_target(s, host, o["artifact"])]
-    if chat and (o["key"] or o["verify_key"]):
-        raise UsageError("--key and --verify-key apply to ONNX bundles; chat models "
+    if chat and o["key"]:
+        raise UsageError("--key applies to ONNX bundles; chat models "
                          f"({', '.join(chat)}) are loaded as 'privet generate' loads them")
     models = load_models([s for s in specs if s not in chat], host, key=o["key"],
                          verify_key=o["verify_key"], artifact=o["artifact"], trust_code=o["trust_code"])
     chat_models = load_chat_models(chat, host, artifact=o["artifact"], trust_code=o["trust_code"],
-                                   device=o["device"])
+                                   device=o["device"], verify_key=o["verify_key"])
     clash = sorted(set(models) & set(chat_models))
     if clash:
         raise UsageError(f"two models are named {clash[0]!r}; serve one as OTHER=PATH")

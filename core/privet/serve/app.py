@@ -11,7 +11,9 @@ accepted or refused, before its answer leaves.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import gc
 import hashlib
 import json
 from typing import Any, AsyncIterator, Callable
@@ -52,6 +54,9 @@ class ServeSettings:
     max_tokens: int = 512
     #: whether an audit append may block (fsync=always): then it runs in a worker thread
     audit_blocking: bool = True
+    #: threads appending blocking audit entries: while one waits for its fsync the others
+    #: write their lines, and the next fsync covers them all (group commit)
+    audit_threads: int = 8
 
 
 class ApiError(Exception):
@@ -78,11 +83,17 @@ class Gateway:
         self.metrics = Metrics()
         self.limiter = SubjectRateLimiter(settings.rate_limit) if settings.rate_limit else None
         self.gate = ConcurrencyGate(settings.max_concurrent)
+        for model in models.values():  # unbatched: requests run side by side, one core each
+            model.tune_for_serving(intra_op_threads=1 if settings.max_batch <= 1 else 0)
+        self.audit_executor = (concurrent.futures.ThreadPoolExecutor(
+            max(1, settings.audit_threads), thread_name_prefix="privet-audit")
+            if audit is not None and settings.audit_blocking else None)
         self.batchers = {name: MicroBatcher(m, max_batch=settings.max_batch,
                                             max_wait_s=settings.max_wait_ms / 1000,
                                             on_batch=self.metrics.batch)
                          for name, m in models.items()}
         self.ready = False
+        self.answers = 0
 
     def authenticate(self, request: Request) -> Principal:
         if self.verifier is None:
@@ -94,15 +105,42 @@ class Gateway:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         for batcher in self.batchers.values():
             await batcher.start()
+        settle()
         self.ready = True
         try:
             yield
         finally:
+            gc.unfreeze()
             self.ready = False
             for batcher in self.batchers.values():
                 await batcher.stop()
+            if self.audit_executor is not None:  # appends in flight finish first
+                self.audit_executor.shutdown(wait=True)
             if self.audit is not None:
                 self.audit.close()
+
+    def answered(self) -> None:
+        """Count an answered request; once the first ones have run, :func:`settle` again."""
+        self.answers += 1
+        if self.answers == WARM_REQUESTS:
+            settle()
+
+
+#: Requests after which the server counts as warm: lazy imports (torch, on a model's
+#: first encode) and first-call caches are in place.
+WARM_REQUESTS = 100
+
+
+def settle() -> None:
+    """Move every object alive now out of the garbage collector's sight (``gc.freeze``).
+
+    What a server has loaded (torch, ONNX Runtime, the models, ~250 000 objects) lives as
+    long as it does; left in the collector's oldest generation, each full collection
+    walks all of it: about 0.15 ms of CPU per request, measured. Frozen objects are still
+    freed when their last reference goes; only cycles among them stay (no ``gc.collect()``
+    first: it would cost every server start ~0.1 s for a few cycles' worth of memory).
+    """
+    gc.freeze()
 
 
 def gateway_of(request: Request) -> Gateway:

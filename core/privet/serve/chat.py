@@ -232,15 +232,35 @@ def is_chat_target(spec: str, host: Any, artifact: str | None = None) -> bool:
     return artifact != "onnx" if artifact else "onnx" not in (meta.get("artifacts") or {})
 
 
+def verify_chat_export(path: str, verify_key: str | Path, artifact: str | None) -> None:
+    """Check a signed export's Ed25519 signature before it is loaded (``--verify-key``).
+
+    A run folder carries no signature: with a verify key it is refused, never served
+    unverified.
+    """
+    from ..commands.generate import _bundle_target
+    from ..signing import verify_bundle
+
+    folder, _ = _bundle_target(Path(path), artifact)
+    if folder is None:
+        raise UsageError(f"{path}: --verify-key checks signed export bundles; a run folder has no "
+                         f"signature (serve its signed export: privet export RUN --sign KEY)")
+    verify_bundle(folder, verify_key)
+
+
 def load_chat_models(specs: list[str], host: Any, *, artifact: str | None = None,
-                     trust_code: bool = False, device: str = "auto") -> dict[str, ChatModel]:
-    """Load every ``[NAME=]RUN_OR_EXPORT`` as ``privet generate`` does, on ``device``."""
+                     trust_code: bool = False, device: str = "auto",
+                     verify_key: str | Path | None = None) -> dict[str, ChatModel]:
+    """Load every ``[NAME=]RUN_OR_EXPORT`` as ``privet generate`` does, on ``device``;
+    with ``verify_key`` each export's signature is checked first."""
     from ..commands.generate import _place, load_for_generation
     from ..components import Model
 
     served: dict[str, ChatModel] = {}
     for spec in specs:
         name, path = parse_spec(spec)
+        if verify_key is not None:
+            verify_chat_export(path, verify_key, artifact)
         model, module = load_for_generation(path, host, artifact=artifact, trust_code=trust_code)
         if type(model).generate is Model.generate:
             raise UsageError(f"{path}: model {model.name!r} does not generate text; serve its "

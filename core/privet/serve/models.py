@@ -50,6 +50,20 @@ class ServedModel:
                 "artifact": self.predictor.artifact, "inputs": meta.get("inputs"),
                 "outputs": meta.get("outputs"), "bundle_sha256": self.bundle_sha256}
 
+    def tune_for_serving(self, *, intra_op_threads: int) -> bool:
+        """Reopen an ONNX artifact with serving session options; False when it is not one.
+
+        ONNX Runtime's defaults suit one caller with big batches: a pool of intra-op
+        threads per session that spin after every call. A server calls it from several
+        threads at once with small batches, where those threads only burn the CPU the
+        requests need (measured: 0.18 -> 0.07 ms of CPU per one-record call).
+        """
+        session = _serving_session(self.predictor, intra_op_threads)
+        if session is None:
+            return False
+        self.predictor.run = _session_runner(session)
+        return True
+
     @property
     def batch_limit(self) -> int:
         return self.predictor.batch_size
@@ -103,6 +117,49 @@ class ServedModel:
         if bad:
             return RecordErrors(bad)
         return [{k: v for k, v in e.items() if k != "location"} for e in entries]
+
+
+def _serving_session(predictor: Predictor, intra_op_threads: int) -> Any:
+    """A new ONNX Runtime session over the predictor's artifact, with options for serving:
+    ``intra_op_threads`` (0: one per core) that sleep when idle, nodes run in sequence.
+    The artifact's bytes are read again through the bundle (decrypted if sealed) and must
+    match the checksum the bundle recorded; None when it is not a one-file ONNX artifact."""
+    session = getattr(predictor.run, "session", None)
+    if not type(session).__module__.startswith("onnxruntime"):  # not an ONNX Runtime runner
+        return None
+    info = predictor.bundle.meta["artifacts"][predictor.artifact]
+    if info.get("external_data") or not info.get("sha256"):
+        return None  # keep the checked session as it is
+    data = predictor.bundle.storage.read_bytes(info["file"])
+    if hashlib.sha256(data).hexdigest() != info["sha256"]:  # swapped since it was loaded
+        raise UsageError(f"{predictor.bundle.folder / info['file']}: the artifact changed while "
+                         f"loading; copy the export folder again")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, intra_op_threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(data, options, providers=session.get_providers())
+    except Exception as err:  # the default session works: serve with it rather than not at all
+        log.warning("%s: keeping ONNX Runtime's default session options (%s)", info["file"],
+                    (str(err).splitlines() or [type(err).__name__])[0][:200])
+        return None
+
+
+def _session_runner(session: Any) -> Any:
+    """``run(inputs) -> outputs`` over ``session``, as the ONNX exporter's runner maps them."""
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: dict[str, Any]) -> list[Any]:
+        feed = dict(inputs) if set(inputs) == set(names) else dict(zip(names, inputs.values()))
+        return session.run(None, feed)
+
+    run.session = session  # type: ignore[attr-defined]
+    return run
 
 
 def _answer(pending: list[Any]) -> list[dict[str, Any]] | RecordErrors:

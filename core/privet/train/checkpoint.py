@@ -6,8 +6,9 @@
 early-stopping state). The folder is written under a temp name, fsynced and renamed:
 a kill or a full disk mid-write leaves the previous checkpoints intact. In a run folder on
 an object store (no rename there) the storage module uploads the step object by object
-with ``state.json`` last, and old steps are pruned only after that marker landed; resume
-fetches the newest step whose marker exists. In an encrypted
+with ``state.json`` last (a sharded step: each rank its own shard files, then rank 0 the
+rest), and old steps are pruned only after that marker landed; resume fetches the newest
+step whose marker exists, every shard of it on every rank. In an encrypted
 run folder every file is serialised to bytes in memory and sealed by the storage module;
 otherwise the libraries write the files themselves, as fast as before.
 """
@@ -123,29 +124,50 @@ class CheckpointManager:
     def save_sharded(self, step: int, module: Any, optimizer: Any, tensors: dict[str, Any],
                      plain: dict[str, Any]) -> Path:
         """FSDP: a collective. Every rank writes its shards into a temp step folder; rank 0
-        adds the rest, renames it and prunes."""
-        import torch
+        adds the rest, renames it and prunes.
+
+        On an object store (a mirrored working copy per process or per node) each rank
+        uploads its own shard files to the step's prefix; after a barrier rank 0 uploads
+        ``.metadata``, ``state.pt`` and the marker ``state.json`` last, so a step killed
+        mid-upload has no marker and is never resumed from.
+        """
         import torch.distributed as dist
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        from .sealed_dcp import sealed_writer
-
-        if self.storage.remote is not None:
-            raise CheckpointError("sharded (FSDP) checkpoints cannot be written to an object "
-                                  "store yet: every rank writes its own files; set runs_dir "
-                                  "to shared storage, or use train.strategy: ddp")
         name = f"step-{step:08d}"
         tmp_rel = f"{self.folder}/.tmp-{name}"
+        remote = self.storage.remote is not None
         if self.is_main:
             self.storage.clean_partial(self.folder)
+            if remote:  # a copy of this step from an earlier attempt goes first, marker first
+                self.storage.remove(f"{self.folder}/{name}")
             self.storage.makedirs(tmp_rel)
         dist.barrier()
+        if remote:  # the working copy of this rank (another node's, a resumed rank's own)
+            self.storage.makedirs(tmp_rel)
         model_sd, optim_sd = get_state_dict(module, optimizer)
         keys = _trainable_keys(self.model, module)
         if keys is not None:  # an adapter run: its shards hold the adapter, not the frozen base
             model_sd = {k: v for k, v in model_sd.items() if k in keys}
             plain = dict(plain, trainable_part=True)
+        self._write_shards(tmp_rel, model_sd, optim_sd, step)
+        if remote and not self.is_main:
+            self._send_shards(tmp_rel, name, dist.get_rank())
+        dist.barrier()
+        if self.is_main:
+            self._complete_sharded(tmp_rel, name, tensors, dict(plain, sharded=True), step)
+        dist.barrier()
+        if remote and not self.is_main and self.storage.exists(tmp_rel):
+            self.storage.remove(tmp_rel)  # a working copy of its own: the shards are on the store
+        return self.path(step)
+
+    def _write_shards(self, tmp_rel: str, model_sd: dict[str, Any], optim_sd: dict[str, Any],
+                      step: int) -> None:
+        """This rank's part through torch.distributed.checkpoint (sealed in an encrypted run)."""
+        import torch.distributed.checkpoint as dcp
+
+        from .sealed_dcp import sealed_writer
+
         try:
             shards = self.storage.path(f"{tmp_rel}/sharded")
             if self.storage.cipher is not None:  # every shard sealed through the storage module
@@ -155,25 +177,45 @@ class CheckpointManager:
         except (OSError, RuntimeError) as err:
             raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
                                   f"checkpoints are intact") from err
-        dist.barrier()
-        if self.is_main:
-            tmp = self.storage.sub(tmp_rel)
-            try:
-                if tmp.encrypts("state.pt"):
-                    buffer = io.BytesIO()
-                    torch.save(tensors, buffer)
-                    tmp.write_bytes("state.pt", buffer.getbuffer())
-                else:
-                    torch.save(tensors, tmp.path("state.pt"))
-            except (OSError, RuntimeError) as err:
-                raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
-                                      f"checkpoints are intact") from err
-            tmp.write_text("state.json", json.dumps(dict(plain, sharded=True)))
-            self.storage.remove(f"{self.folder}/{name}")
-            self.storage.rename(tmp_rel, f"{self.folder}/{name}")
-            self._prune()
-        dist.barrier()
-        return self.path(step)
+
+    def _send_shards(self, tmp_rel: str, name: str, rank: int) -> None:
+        """Upload the shard files DCP wrote for ``rank`` (``__RANK_*``) under the step's name."""
+        for file in self.storage.listdir(f"{tmp_rel}/sharded"):
+            if file.startswith(f"__{rank}_"):
+                self.storage.send(f"{tmp_rel}/sharded/{file}",
+                                  as_rel=f"{self.folder}/{name}/sharded/{file}")
+
+    def _complete_sharded(self, tmp_rel: str, name: str, tensors: dict[str, Any],
+                          plain: dict[str, Any], step: int) -> None:
+        """Rank 0: ``state.pt`` and the marker, the step in place (and on the store), pruning."""
+        import torch
+
+        tmp = self.storage.sub(tmp_rel)
+        try:
+            if tmp.encrypts("state.pt"):
+                buffer = io.BytesIO()
+                torch.save(tensors, buffer)
+                tmp.write_bytes("state.pt", buffer.getbuffer())
+            else:
+                torch.save(tensors, tmp.path("state.pt"))
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(f"cannot write {self.path(step)}: {err}; the previous "
+                                  f"checkpoints are intact") from err
+        tmp.write_text("state.json", json.dumps(plain))
+        final = f"{self.folder}/{name}"
+        if self.storage.remote is None:
+            self.storage.remove(final)
+            self.storage.rename(tmp_rel, final)
+        else:
+            self.storage.rename(tmp_rel, final, send=False)
+            self._send_shards(final, name, 0)
+            for file in self.storage.listdir(f"{final}/sharded"):  # the other ranks sent theirs
+                if not file.startswith("__0_"):
+                    self.storage.send(f"{final}/sharded/{file}",
+                                      sent_by_another=file.startswith("__"))
+            self.storage.send(f"{final}/state.pt")
+            self.storage.send(f"{final}/state.json")  # the marker, last
+        self._prune()
 
     def save_best(self, module: Any, full_state: dict[str, Any] | None) -> None:
         """The best epoch's full weights, for export and ``load_trained`` (rank 0)."""

@@ -88,7 +88,7 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
             env = distributed.setup(loaded.config.train.device)
             # a restarted torchrun worker continues its job's run: rank 0 decides for all
             found = distributed.broadcast(
-                restart_dir(loaded.config, loaded.base_dir) if env.rank == 0 else None, env)
+                _restart_dir(loaded, name) if env.rank == 0 else None, env)
             if found is None:
                 result = _run(loaded, host, env, name=name, resume_dir=None, progress=progress)
                 ok = True
@@ -114,6 +114,32 @@ def run_from_config(config: dict[str, Any] | str | Path, *, host: Any | None = N
             lock.release()
         if env is not None:
             distributed.teardown(env, together=ok)
+
+
+def _restart_dir(loaded: LoadedConfig, name: str | None) -> str | Path | None:
+    """The run an earlier attempt of this torchrun job made: a local folder, or on an object
+    store the run (named ``NAME`` or ``NAME-N``) whose manifest holds the job's elastic id."""
+    import json
+    import re
+
+    cfg = loaded.config
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not objectstore.is_remote(cfg.runs_dir) or os.environ.get("PRIVET_RUN_DIR"):
+        return restart_dir(cfg, loaded.base_dir)
+    if not run_id or run_id == "none":
+        return None
+    stem = re.escape(name or cfg.name)
+    for child in objectstore.children(cfg.runs_dir):
+        if not re.fullmatch(rf"{stem}(-\d+)?", child):
+            continue
+        try:
+            manifest = json.loads(objectstore.read_bytes(objectstore.join(cfg.runs_dir, child,
+                                                                          "manifest.json")))
+        except (objectstore.ObjectStoreError, ValueError):
+            continue  # a folder being created, or no run
+        if isinstance(manifest, dict) and manifest.get("elastic_run_id") == run_id:
+            return objectstore.join(cfg.runs_dir, child)
+    return None
 
 
 def _run(loaded: LoadedConfig, host: Any, env: Any, *, name: str | None,

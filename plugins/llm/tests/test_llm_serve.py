@@ -293,8 +293,35 @@ def test_privet_serve_sends_llm_exports_to_chat_and_refuses_bundle_keys_for_them
     options = {"key": None, "verify_key": None, "artifact": None, "trust_code": False, "device": "cpu"}
     models, chat_models = _load_all([f"bot={export}"], server["host"], options)
     assert models == {} and list(chat_models) == ["bot"]
-    with pytest.raises(UsageError, match="--verify-key"):
-        _load_all([export], server["host"], {**options, "verify_key": "pub.pem"})
+    with pytest.raises(UsageError, match="--key"):
+        _load_all([export], server["host"], {**options, "key": "env:PRIVET_KEY"})
+
+
+def test_signed_llm_exports_are_verified_before_they_are_served(server, tmp_path):
+    import shutil
+
+    from privet.commands.serve import _load_all
+    from privet.errors import UsageError
+    from privet.signing import SignatureError, new_signing_key, sign_bundle
+
+    private, public = new_signing_key(tmp_path / "keys" / "serve")
+    export = tmp_path / "export"
+    shutil.copytree(server["run_dir"] / "export", export)
+    options = {"key": None, "verify_key": str(public), "artifact": None, "trust_code": False,
+               "device": "cpu"}
+    with pytest.raises(SignatureError, match="not signed"):
+        _load_all([f"bot={export}"], server["host"], options)
+    sign_bundle(export, private)
+    _, chat_models = _load_all([f"bot={export}"], server["host"], options)
+    assert list(chat_models) == ["bot"]
+    weights = next((export / "merged").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SignatureError, match=weights.name):
+        _load_all([f"bot={export}"], server["host"], options)
+    with pytest.raises(UsageError, match="no signature"):
+        _load_all([f"bot={server['run_dir']}"], server["host"], options)
 
 
 def test_the_stop_scanner_holds_back_what_may_begin_a_stop_sequence():
