@@ -1,7 +1,7 @@
 """A real S3 API on loopback for the object-store tests: moto's server, fake credentials.
 
-``s3_endpoint`` starts ``moto.server.ThreadedMotoServer`` once per session on 127.0.0.1
-(random port; nothing leaves the machine). ``s3`` gives each test its own bucket, the
+``s3_endpoint`` (from ``privet.testing``) starts ``moto.server.ThreadedMotoServer`` once
+per session on 127.0.0.1 (random port; nothing leaves the machine). ``s3`` gives each test its own bucket, the
 AWS_* variables that point the SDK at the server (``monkeypatch``ed for in-process code,
 ``s3.env`` for subprocesses), and a private staging folder for local working copies.
 The secret key is a marker: tests grep every written file and object for it.
@@ -28,17 +28,7 @@ from privet.testing import privet_host  # noqa: E402,F401  (a host with the core
 _buckets = itertools.count(1)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Any:
-    pytest.importorskip("moto.server")
-    pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+# ``s3_endpoint`` (moto's server on 127.0.0.1, once per session) comes from privet.testing.
 
 
 class S3:

@@ -11,62 +11,17 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from privet import BadRecord, DataError, PrivetError
 
 
-class Bucket:
-    """A fresh bucket on the loopback server, seen through boto3 from outside Privet."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.name = f"privet-text-{uuid.uuid4().hex[:12]}"
-        client.create_bucket(Bucket=self.name)
-
-    def url(self, key: str = "") -> str:
-        return f"s3://{self.name}/{key}".rstrip("/")
-
-    def upload(self, folder: Path, prefix: str) -> str:
-        """Every file under ``folder`` (hidden ones too) as objects under ``prefix``."""
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
-            self.client.put_object(Bucket=self.name, Key=key, Body=path.read_bytes())
-        return self.url(prefix)
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    pytest.importorskip("moto.server")
-    pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
-    import boto3
-    from privet import objectstore  # settings of an earlier in-process run must not leak in
-
-    env = {"AWS_ACCESS_KEY_ID": "AKIATEXTTEST", "AWS_SECRET_ACCESS_KEY": "text-test-secret",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": s3_server,
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    objectstore.configure(None)
-    yield Bucket(boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
-                              aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                              aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]))
-    objectstore.configure(None)
+def bucket(s3_bucket):
+    """A fresh bucket on ``privet.testing``'s loopback S3 server (moto)."""
+    return s3_bucket
 
 
 def _read(source: Any) -> list[Any]:
