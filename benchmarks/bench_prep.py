@@ -1,22 +1,24 @@
 """Preparation at corpus scale: records/s, MB/s and peak memory, 1 vs N worker processes.
 
     python benchmarks/bench_prep.py [--mb 1024] [--files 16] [--workers N] [--repeats 3]
-                                    [--kinds text,timeseries] [--write-docs]
+                                    [--kinds text,timeseries] [--reuse] [--write-docs]
 
 1. Text: a generated JSONL corpus of ``--mb`` MB in ``--files`` files (lengths drawn from a
    log-normal, 20 to 2,000 words; 5% exact and 5% near duplicates; PII in 10% of records)
    through the text starter's cleaners (strip_html, normalize, redact_pii, dedupe minhash
    0.9, length_filter) and ``text.classifier``'s tokenizer (BPE 8000, trained on 20,000
-   texts), then every prepared text encoded once with it (what training pays). Floor:
-   ``pyarrow.json.read_json`` of the files plus ``tokenizers``' ``encode_batch`` of every
-   text, both on all cores.
+   texts), which encodes every prepared text into the cache (``token_ids``, made in the
+   workers). Floor: ``pyarrow.json.read_json`` of the files plus ``tokenizers``'
+   ``encode_batch`` of every text, both on all cores.
 2. Time series: a generated long-layout CSV of ``--mb`` MB (200 series, one row per hour,
    3 covariates with gaps and outliers), read as 8 MB byte-range shards, through the time
    series starter's cleaners (outliers, impute, calendar). Floor: ``pyarrow.csv.read_csv``.
 
 Each Privet figure runs in a fresh process (its peak RSS is that process'; the workers'
-own peak is reported beside it). The floor, 1 worker and N workers run interleaved
-``--repeats`` times and each figure is the run of median time. Prints a markdown
+own peak is reported beside it). The floor, 1 worker, 1 worker pinned to one core (its
+affinity, so that pyarrow's and tokenizers' thread pools get one core too: the
+single-process figure) and N workers run interleaved ``--repeats`` times and each figure
+is the run of median time. Prints a markdown
 table; ``--write-docs`` puts it into docs/benchmarks.md between the ``bench_prep`` markers.
 """
 
@@ -147,16 +149,11 @@ def _prepare(kind: str, data: Path, cache: Path, workers: int) -> dict:
     started = time.perf_counter()
     prepared = Preparer(config, source, cleaners, model, seed=0, fingerprint_extra={}).prepare(cache)
     prep_s = time.perf_counter() - started
-    encode_s = 0.0
-    if kind == "text":  # what training pays per epoch for the classifier: every text encoded once
-        started = time.perf_counter()
-        tok = model.tokenizer
-        for s in ("train", "val", "test"):
-            texts = prepared.tables[s].column("text")
-            for i in range(0, len(texts), 4096):
-                tok.encode_batch(texts[i:i + 4096])
-        encode_s = time.perf_counter() - started
-    return {"seconds": prep_s + encode_s, "prep_s": prep_s, "encode_s": encode_s,
+    if kind == "text":  # every kept text was encoded into the cache
+        assert sum(prepared.meta["examples"].values()) == prepared.meta["kept"]
+        assert all("token_ids" in t.column_names for s in ("train", "val", "test")
+                   for t in prepared.tables[s]._open()), "texts without token_ids"
+    return {"seconds": prep_s, "prep_s": prep_s,
             "read": prepared.meta["read"], "kept": prepared.meta["kept"],
             "dropped": prepared.meta["dropped"], "workers": prepared.meta["workers"],
             "timings": prepared.meta["timings"],
@@ -201,13 +198,22 @@ def _floor(kind: str, data: Path) -> dict:
 
 def _child(args: argparse.Namespace) -> None:
     kind, what, data, cache = args.child
-    out = _floor(kind, Path(data)) if what == "floor" else _prepare(kind, Path(data), Path(cache), int(what))
+    if what == "floor":
+        out = _floor(kind, Path(data))
+    else:
+        out = _prepare(kind, Path(data), Path(cache), int(what.rstrip("c")))
+        out["workers"] = "1 (1 core)" if what.endswith("c") else out["workers"]
     print(json.dumps(out))
 
 
 def _measure(kind: str, what: str, data: Path, cache: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, what, str(data), str(cache)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if what.endswith("c"):  # one core: the thread pools of pyarrow and tokenizers size to it
+        first = min(os.sched_getaffinity(0))
+        cmd = ["taskset", "-c", str(first), *cmd]
+        env.update(RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{kind} {what} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -233,28 +239,33 @@ def _measure_kind(kind: str, args: argparse.Namespace, loads: list[float]) -> li
     """Table rows for one modality: floor, 1 worker and N workers, interleaved, medians."""
     lines: list[str] = []
     data = args.dir / kind
-    if kind == "text":
-        make_text_corpus(data, args.mb, args.files)
-    else:
-        make_csv(data / "series.csv", args.mb)
+    if not (args.reuse and data.is_dir()):
+        shutil.rmtree(data, ignore_errors=True)
+        if kind == "text":
+            make_text_corpus(data, args.mb, args.files)
+        else:
+            make_csv(data / "series.csv", args.mb)
     mb = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e6
-    runs: dict[str, list[dict]] = {"floor": [], "1": [], "n": []}
-    for r in range(args.repeats):  # interleaved: a change of load hits all three alike
+    runs: dict[str, list[dict]] = {"floor": [], "1c": [], "1": [], "n": []}
+    for r in range(args.repeats):  # interleaved: a change of load hits all alike
         runs["floor"].append(_measure(kind, "floor", data, args.dir / "none"))
-        for key, what in (("1", "1"), ("n", str(args.workers))):
+        for key, what in (("1c", "1c"), ("1", "1"), ("n", str(args.workers))):
             shutil.rmtree(args.dir / f"cache-{kind}-{key}", ignore_errors=True)
             runs[key].append(_measure(kind, what, data, args.dir / f"cache-{kind}-{key}"))
         loads.append(os.getloadavg()[0])
         print(f"{kind} round {r + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items())
               + f"; load {loads[-1]:.1f}", file=sys.stderr)
-    floor, one, many = (_median(runs[k]) for k in ("floor", "1", "n"))
+    floor, core, one, many = (_median(runs[k]) for k in ("floor", "1c", "1", "n"))
     lines.append(_row(f"{kind}: floor (pyarrow{' + tokenizers' if kind == 'text' else ''})", floor, mb, None))
-    lines.append(_row(f"{kind}: Privet", one, mb, None))
-    lines.append(_row(f"{kind}: Privet", many, mb, one["seconds"]))
+    lines.append(_row(f"{kind}: Privet, one process on one core", core, mb, None))
+    lines.append(_row(f"{kind}: Privet, one process, all cores for library threads", one, mb, core["seconds"]))
+    lines.append(_row(f"{kind}: Privet", many, mb, core["seconds"]))
     lines.append(f"| {kind}: Privet N workers / floor | | | {floor['seconds'] / many['seconds']:.2f}x | | | | |")
-    for r in (one, many):
-        print(f"{kind} {r['workers']} workers (median run): prep {r['prep_s']:.1f} s {r['timings']}, "
-              f"encode {r['encode_s']:.1f} s; CPU s: this process {r['cpu_s']:.1f}, workers "
+    lines.append(f"| {kind}: Privet N workers / 1 process, all cores | | | "
+                 f"{one['seconds'] / many['seconds']:.2f}x | | | | |")
+    for r in (core, one, many):
+        print(f"{kind} {r['workers']} workers (median run): prep {r['prep_s']:.1f} s {r['timings']}; "
+              f"CPU s: this process {r['cpu_s']:.1f}, workers "
               f"{r['workers_cpu_s']:.1f}; dropped {r['dropped']}", file=sys.stderr)
     lines.append(f"| {kind}: CPU s of the preparing process, median (1 / N workers) | | "
                  f"{_median_of(runs['1'], 'cpu_s'):.1f} / {_median_of(runs['n'], 'cpu_s'):.1f} | | | | "
@@ -273,13 +284,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of (floor, 1 worker, N workers), interleaved; medians reported")
     parser.add_argument("--kinds", default="text,timeseries", help="comma-separated: text, timeseries")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a corpus already generated in --dir (same --mb and --files)")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(args)
-    shutil.rmtree(args.dir, ignore_errors=True)
-    lines = ["| run | workers | seconds | records/s | MB/s | peak RSS MiB | workers' peak RSS MiB | vs 1 worker |",
+    if not args.reuse:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    lines = ["| run | workers | seconds | records/s | MB/s | peak RSS MiB | workers' peak RSS MiB | vs one core |",
              "|---|---|---|---|---|---|---|---|"]
     loads: list[float] = []
     for kind in args.kinds.split(","):

@@ -152,6 +152,20 @@ class Cleaner(Component):
                 out.append(drop)
         return out
 
+    def digest_batch(self, records: list[Record]) -> list[Any] | None:
+        """Optional, for a cleaner with ``per_record = False``: the part of its work that
+        depends on each record alone (a hash, a MinHash sketch), one picklable value per
+        record, or ``None`` (the default: nothing to compute ahead).
+
+        When this cleaner is the first that compares records, preparation calls this in
+        the worker processes, on the records as the cleaners before it left them, and
+        then calls ``clean_batch(records, digests=...)`` in source order in the preparing
+        process, where only the cross-record part (a seen-set look-up) is left. A cleaner
+        that overrides it must accept ``digests`` (a list, one per record, or ``None``:
+        compute them itself) in :meth:`clean_batch`, with the same results either way.
+        """
+        return None
+
     def report(self) -> dict[str, int]:
         """Counters worth showing in the run report (e.g. PII replacements by type)."""
         return {}
@@ -174,12 +188,20 @@ class StepOutput(NamedTuple):
     covers (samples, or tokens for language models). The engine divides by the total
     count over an accumulation window, so accumulated micro-batches of different sizes
     give exactly the gradient of one big batch.
+
+    ``per_example`` (optional) is each example's own share of ``loss_sum``, shape
+    ``[batch]``, in the same graph (``per_example.sum() == loss_sum``: an example's
+    tokens or horizons summed as ``loss_sum`` counts them; masked items count 0). Methods that treat each example
+    on its own need it: Opacus' ghost clipping backpropagates the per-example losses
+    twice (``privacy.grad_sample_mode: ghost``). Models that leave it ``None`` work
+    everywhere else.
     """
 
     loss_sum: torch.Tensor
     count: torch.Tensor | int
     predictions: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    per_example: torch.Tensor | None = None
 
 
 class Model(Component):
@@ -201,6 +223,12 @@ class Model(Component):
     #: with ``examples(records, "predict")`` (series windows); False: one record, one
     #: prediction (the ``examples`` of a language model only packs training text).
     examples_at_inference: ClassVar[bool] = False
+    #: True when :meth:`examples` turns each record into at most one example from that
+    #: record alone (tokenizing, say; no packing, no windows). Preparation then runs it
+    #: after :meth:`fit` in the worker processes, one cached record shard at a time, and
+    #: each shard of examples is written as it comes back; the cache is the same for
+    #: any number of workers.
+    per_record_examples: ClassVar[bool] = False
 
     def fit(self, records: Iterable[Record]) -> None:
         """Learn what the model needs from the training split. Re-iterable input."""

@@ -267,7 +267,8 @@ def wrap_training(run: RunContext, objects: TrainingObjects) -> None:
         ``optimizer`` and ``train_loader`` attributes; assign to them to wrap. Its
         extension points (``extra_state`` saved in checkpoints, ``metrics`` logged,
         ``stop_checks`` after each step, ``micro_step`` between accumulated
-        micro-batches, ``sum_loss``) let a plugin change training without a core change.
+        micro-batches, ``sum_loss``, ``backward`` in place of the loop's own backward)
+        let a plugin change training without a core change.
 
     Called once per process after the optimizer is built and before a checkpoint is
     resumed (so ``extra_state`` is restored after this hook). Implementations run in

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,8 +21,41 @@ from privet.data.prepare import Preparer
 from privet.monitor.progress import PrepProgress
 
 
+def _note_pid(what: str) -> None:
+    """Where a stage ran: appended to $PRIVET_TEST_PIDS (spawned workers inherit it)."""
+    log = os.environ.get("PRIVET_TEST_PIDS")
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{what} {os.getpid()}\n")
+
+
+def _pids(log: Path, what: str) -> set[int]:
+    return {int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(what)}
+
+
 class _Plain(privet.Model):
+    """Examples per record from the fitted state: made in the workers after fit."""
+
     name = "test.plain"
+    per_record_examples = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.longest = 0
+
+    def fit(self, records):
+        self.longest = max(len(r["text"]) for r in records)
+
+    def state_dict(self):
+        return {"longest": self.longest}
+
+    def load_state_dict(self, state):
+        self.longest = state["longest"]
+
+    def examples(self, records, split):
+        _note_pid("examples")
+        for record in records:
+            yield {**record, "pad": self.longest - len(record["text"]), "part": split}
 
     def build(self):
         raise NotImplementedError
@@ -78,18 +113,31 @@ class _Screen(privet.Cleaner):
 
 
 class _FirstSeen(privet.Cleaner):
-    """Cross-record: the first copy of a text wins (runs in one process, in source order)."""
+    """Cross-record: the first copy of a text wins (runs in one process, in source order).
+    Its per-record part (a hash of the text) is a digest, computed in the workers."""
 
     name = "test.first_seen"
 
     def start_pass(self) -> None:
         self.texts: set[str] = set()
+        self.digested_here = 0
+
+    def digest_batch(self, records):
+        _note_pid("digest")
+        return [hashlib.sha256(r["text"].encode()).hexdigest() for r in records]
 
     def clean(self, record):
-        if record["text"] in self.texts:
-            return None
-        self.texts.add(record["text"])
-        return record
+        return self.clean_batch([record])[0]
+
+    def clean_batch(self, records, digests=None):
+        if digests is None:
+            digests = self.digest_batch(records)
+            self.digested_here += len(records)
+        out = []
+        for record, digest in zip(records, digests):
+            out.append(None if digest in self.texts else record)
+            self.texts.add(digest)
+        return out
 
 
 class _Shout(privet.Cleaner):
@@ -158,6 +206,29 @@ def test_two_workers_write_the_same_cache_as_one_process_byte_for_byte(tmp_path)
     assert one.meta["cleaner_states"][0] == two.meta["cleaner_states"][0] != {"mean": 0.0}
 
 
+def test_digests_and_examples_are_made_in_the_workers_and_change_nothing(tmp_path, monkeypatch):
+    data = _corpus(tmp_path / "data")
+    log = tmp_path / "pids"
+    monkeypatch.setenv("PRIVET_TEST_PIDS", str(log))
+    cleaners = [_Centre(), _Screen(), _FirstSeen(), _Shout()]
+    one, _ = _prepare(data, tmp_path / "c1", workers=1)
+    here = os.getpid()
+    assert _pids(log, "examples") == {here} and _pids(log, "digest") == {here}
+    log.unlink()
+    two, _ = _prepare(data, tmp_path / "c2", workers=2, cleaners=cleaners)
+
+    # the seen-set look-up ran here on the workers' digests; examples came from the workers
+    assert cleaners[2].digested_here == 0
+    assert _pids(log, "digest") and here not in _pids(log, "digest")
+    assert len(_pids(log, "examples")) == 2 and here not in _pids(log, "examples")
+    assert _files(one.cache.root) == _files(two.cache.root)
+    examples = ArrowTable(two.tables["train"].files).iter_rows()
+    longest = two.meta["model_state"]["longest"]
+    assert longest > 0 and all(e["pad"] == longest - len(e["text"]) and e["part"] == "train"
+                               for e in examples)
+    assert two.meta["examples"] == one.meta["examples"] == one.meta["counts"]
+
+
 def test_an_encrypted_cache_is_sealed_and_holds_the_same_records_with_workers(tmp_path):
     from privet.crypto import Cipher, is_encrypted
     from privet.storage import protect
@@ -201,6 +272,26 @@ def test_a_cleaner_error_in_a_worker_reaches_the_preparing_process(tmp_path):
     data = _corpus(tmp_path / "data", files=3, lines=40)
     with pytest.raises(ValueError, match="cleaner bug at n=70") as err:
         _prepare(data, tmp_path / "c", 2, cleaners=[_Exploding()])
+    assert any("preparation worker" in note for note in getattr(err.value, "__notes__", []))
+    assert not list((tmp_path / "c").glob("*/meta.json"))
+
+
+class _BadExamples(_Plain):
+    def examples(self, records, split):
+        for record in records:
+            if record["n"] == 70:
+                raise ValueError("examples bug at n=70")
+            yield record
+
+
+def test_an_examples_error_in_a_worker_reaches_the_preparing_process(tmp_path):
+    data = _corpus(tmp_path / "data", files=3, lines=40)
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=2, max_bad_fraction=0.5,
+                        shard_rows=30)
+    preparer = Preparer(config, JsonLines(JsonLines.Options(paths=[data])), [_Centre()],
+                        _BadExamples(), seed=3, fingerprint_extra={})
+    with pytest.raises(ValueError, match="examples bug at n=70") as err:
+        preparer.prepare(tmp_path / "c")
     assert any("preparation worker" in note for note in getattr(err.value, "__notes__", []))
     assert not list((tmp_path / "c").glob("*/meta.json"))
 

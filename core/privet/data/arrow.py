@@ -35,6 +35,28 @@ def _approx_size(record: dict[str, Any]) -> int:
     return n
 
 
+def rows_table(rows: list[dict[str, Any]], split: str) -> Any:
+    """``rows`` as a pyarrow Table; a one-line error when their types do not agree."""
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise DataError(f"records of split {split!r} cannot be stored: {err}; a "
+                        f"component yields values of different types under one key") from err
+
+
+def ipc_file_bytes(rows: list[dict[str, Any]], split: str) -> bytes:
+    """The bytes of one Arrow IPC file holding ``rows`` (a shard made in a worker process)."""
+    import pyarrow as pa
+
+    table = rows_table(rows, split)
+    buffer = pa.BufferOutputStream()
+    with pa.ipc.new_file(buffer, table.schema) as writer:
+        writer.write_table(table)
+    return buffer.getvalue().to_pybytes()
+
+
 class ArrowShardWriter:
     """Buffers records and writes them as Arrow IPC files of at most ``shard_rows`` rows."""
 
@@ -48,6 +70,9 @@ class ArrowShardWriter:
         self._buffer: list[dict[str, Any]] = []
         self._bytes = 0
         self._files: list[str] = []
+        #: tables of add_table() not yet written, and their rows
+        self._tables: list[Any] = []
+        self._pending = 0
 
     def add(self, record: dict[str, Any]) -> None:
         self._buffer.append(record)
@@ -59,13 +84,14 @@ class ArrowShardWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
+        self._write(rows_table(self._buffer, self.split))
+        self._buffer = []
+        self._bytes = 0
+
+    def _write(self, table: Any) -> None:
+        """One shard file holding ``table``: sealed in memory, or written by pyarrow."""
         import pyarrow as pa
 
-        try:
-            table = pa.Table.from_pylist(self._buffer)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise DataError(f"records of split {self.split!r} cannot be stored: {err}; a "
-                            f"component yields values of different types under one key") from err
         storage = self.storage
         storage.makedirs()
         name = f"{self.split}-{len(self._files):05d}.arrow"
@@ -83,10 +109,35 @@ class ArrowShardWriter:
                 writer.write_table(table)
             storage.rename(name + ".tmp", name)
         self._files.append(str(path))
-        self._buffer = []
-        self._bytes = 0
+
+    def add_table(self, table: Any) -> None:
+        """Rows made elsewhere (a worker's Arrow table): written in shards of ``shard_rows``
+        rows like :meth:`add`'s, with one schema (a column all null in one part takes the
+        type the others give it)."""
+        if self._buffer:
+            raise DataError("ArrowShardWriter: add() and add_table() cannot be mixed in one split")
+        self._tables.append(table)
+        self._pending += table.num_rows
+        self.rows += table.num_rows
+        while self._pending >= self.shard_rows:
+            self._write_tables(self.shard_rows)
+
+    def _write_tables(self, rows: int) -> None:
+        import pyarrow as pa
+
+        try:
+            joined = pa.concat_tables(self._tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise DataError(f"examples of split {self.split!r} cannot be stored: {err}; a "
+                            f"component yields values of different types under one key") from err
+        head, rest = joined.slice(0, rows), joined.slice(rows)
+        self._tables = [rest] if rest.num_rows else []
+        self._pending = rest.num_rows
+        self._write(head.combine_chunks())
 
     def close(self) -> list[str]:
+        if self._tables:
+            self._write_tables(self._pending)
         self._flush()
         return list(self._files)
 

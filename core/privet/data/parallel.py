@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ..components import BadRecord, Cleaner, Record, Shard, Source
+from ..components import BadRecord, Cleaner, Model, Record, Shard, Source
 from ..errors import DropRecord, PluginError, PrivetError
 from .checks import non_finite
 
@@ -40,8 +40,9 @@ _POLL_S = 1.0
 #: One item of a shard's outcome stream (plain tuples: they cross process boundaries):
 #: ``("drop", reason, where, detail, bad)``: the source dropped it (no ordinal);
 #: ``("skip", reason, where, detail)``: a readable record with a bad value (an ordinal);
-#: ``("rec", where, path, part, outcome)``: a record; ``outcome`` is the cleaned record,
-#: ``("D", reason, detail, bad)`` (a cleaner's DropRecord) or ``("F", cleaner name)``.
+#: ``("rec", where, path, part, outcome, digest)``: a record; ``outcome`` is the cleaned
+#: record, ``("D", reason, detail, bad)`` (a cleaner's DropRecord) or ``("F", cleaner
+#: name)``; ``digest`` is the next cleaner's digest of it, or None (see ``digest_batch``).
 Item = tuple[Any, ...]
 
 
@@ -70,19 +71,29 @@ def parallel_prefix(cleaners: Sequence[Cleaner]) -> int:
     return len(cleaners)
 
 
-def clean_chain(cleaners: Sequence[Cleaner], records: list[Record]) -> list[Any]:
+def digests_of(cleaner: Cleaner) -> bool:
+    """Whether ``cleaner`` computes per-record digests ahead (``Cleaner.digest_batch``)."""
+    return type(cleaner).digest_batch is not Cleaner.digest_batch
+
+
+def clean_chain(cleaners: Sequence[Cleaner], records: list[Record],
+                digests: list[Any] | None = None) -> list[Any]:
     """Each record through ``cleaners``, cleaner by cleaner over the whole list.
 
     Returns per record the cleaned record, the :class:`DropRecord` a cleaner gave, or
     the name of the cleaner that filtered it out. A cleaner sees the survivors of the
-    earlier ones in source order, as it would one record at a time.
+    earlier ones in source order, as it would one record at a time. ``digests``: the
+    first cleaner's digests of ``records``, computed in the workers.
     """
     outcomes: list[Any] = list(records)
     alive = list(range(len(records)))
-    for cleaner in cleaners:
+    for n, cleaner in enumerate(cleaners):
         if not alive:
             break
-        results = cleaner.clean_batch([outcomes[i] for i in alive])
+        if n == 0 and digests is not None:
+            results = cleaner.clean_batch(list(records), digests=digests)  # type: ignore[call-arg]
+        else:
+            results = cleaner.clean_batch([outcomes[i] for i in alive])
         if len(results) != len(alive):
             raise PluginError(f"cleaner {cleaner.name}: clean_batch returned {len(results)} "
                               f"results for {len(alive)} records; return one per record")
@@ -135,9 +146,11 @@ def _item(location: str | None, item: Any, name: str, split_field: str | None,
 
 
 def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
-                 split_field: str | None, parts: dict[str, str], size: int) -> Iterator[list[Item]]:
+                 split_field: str | None, parts: dict[str, str], size: int,
+                 digester: Cleaner | None = None) -> Iterator[list[Item]]:
     """The outcome stream of one shard, ``size`` records at a time, in source order.
 
+    ``digester``: the next cleaner, whose digests of the cleaned records go with them.
     A source error is raised after the chunk holding the records read before it.
     """
     name = Path(shard.path).name
@@ -145,8 +158,10 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
     records: list[Record] = []
 
     def flush() -> list[Item]:
-        outcomes = iter(clean_chain(cleaners, records))
-        out = [("rec", *p, _portable(next(outcomes))) if isinstance(p, list) else p for p in pending]
+        cleaned = clean_chain(cleaners, records)
+        digests = _digests(digester, cleaned)
+        outcomes = iter(zip(cleaned, digests))
+        out = [("rec", *p, *_portable(*next(outcomes))) if isinstance(p, list) else p for p in pending]
         pending.clear()
         records.clear()
         return out
@@ -171,12 +186,28 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
         yield flush()
 
 
-def _portable(outcome: Any) -> Any:
+def _digests(digester: Cleaner | None, cleaned: list[Any]) -> list[Any]:
+    """The digest of each cleaned record (``None`` for the dropped, or without a digester)."""
+    if digester is None:
+        return [None] * len(cleaned)
+    kept = [i for i, out in enumerate(cleaned) if isinstance(out, dict)]
+    got = digester.digest_batch([cleaned[i] for i in kept]) if kept else []
+    if got is None or len(got) != len(kept):
+        raise PluginError(f"cleaner {digester.name}: digest_batch returned "
+                          f"{'None' if got is None else len(got)} digests for {len(kept)} records; "
+                          f"return one per record")
+    out: list[Any] = [None] * len(cleaned)
+    for i, digest in zip(kept, got):
+        out[i] = digest
+    return out
+
+
+def _portable(outcome: Any, digest: Any) -> tuple[Any, Any]:
     if isinstance(outcome, DropRecord):
-        return ("D", outcome.reason, outcome.detail, outcome.bad)
+        return ("D", outcome.reason, outcome.detail, outcome.bad), None
     if isinstance(outcome, str):
-        return ("F", outcome)
-    return outcome
+        return ("F", outcome), None
+    return outcome, digest
 
 
 def report_delta(after: Any, before: Any) -> Any:
@@ -204,12 +235,50 @@ def report_sum(total: Any, delta: Any) -> Any:
 
 
 def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], split_field: str | None,
-               parts: dict[str, str], size: int) -> Iterator[tuple[str, Any]]:
+               parts: dict[str, str], size: int,
+               digester: Cleaner | None = None) -> Iterator[tuple[str, Any]]:
     """``("chunk", items)`` messages, then ``("end", report deltas of the cleaners)``."""
     before = [copy.deepcopy(c.report()) for c in cleaners]
-    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size):
+    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester):
         yield "chunk", chunk
     yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
+
+
+#: Records per job of the examples pass: small enough that every worker gets several
+#: jobs of a split, and fixed (not a function of the worker count): the cache is the same.
+EXAMPLE_ROWS = 2048
+#: the record shard a process' latest example job read (its next job is usually in it)
+_last_table: dict[str, Any] = {}
+
+
+def example_jobs(split: str, records: Any) -> list[tuple[str, str, Any, int, int]]:
+    """The examples pass' jobs over one split's record shards (an ``ArrowTable``):
+    ``EXAMPLE_ROWS`` rows each."""
+    jobs = []
+    for file, table in zip(records.files, records._open()):
+        rows = table.num_rows
+        jobs += [(split, file, records.cipher, lo, min(rows, lo + EXAMPLE_ROWS))
+                 for lo in range(0, rows, EXAMPLE_ROWS)]
+    return jobs
+
+
+def example_shard(model: Model, job: tuple[str, str, Any, int, int]) -> bytes | None:
+    """The Arrow IPC file of ``model.examples`` over rows ``[lo, hi)`` of one cached record
+    shard (None: no examples).
+
+    ``job``: the split, the record shard's file, the cache's cipher and the rows. Only for
+    a model with ``per_record_examples``: its examples of some records are then those of
+    the records within the whole split, so they can be made anywhere, in any order.
+    """
+    from .arrow import ArrowTable, ipc_file_bytes
+
+    split, file, cipher, lo, hi = job
+    if _last_table.get("file") != file:  # a worker's jobs walk through a shard in turn
+        _last_table.update(file=file, table=ArrowTable([file], cipher=cipher))
+    part = _last_table["table"]._open()[0].slice(lo, hi - lo)
+    rows = [row for batch in part.to_batches(max_chunksize=1024) for row in batch.to_pylist()]
+    out = list(model.examples(rows, split))
+    return ipc_file_bytes(out, split) if out else None
 
 
 # -- running the shards of one pass ------------------------------------------------------------
@@ -218,12 +287,14 @@ class PassSpec:
     """What one streaming pass asks of the workers."""
 
     def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
-                 parts: dict[str, str], size: int) -> None:
+                 parts: dict[str, str], size: int, digest: bool = False) -> None:
         self.upto = upto
         self.states = states
         self.split_field = split_field
         self.parts = parts
         self.size = size
+        #: also compute the digests of cleaner ``upto`` (Cleaner.digest_batch)
+        self.digest = digest
 
 
 class InlineRunner:
@@ -231,18 +302,30 @@ class InlineRunner:
 
     workers = 1
 
-    def __init__(self, source: Source, cleaners: Sequence[Cleaner]) -> None:
+    def __init__(self, source: Source, cleaners: Sequence[Cleaner], model: Model | None = None) -> None:
         self.source = source
         self.cleaners = list(cleaners)
+        self.model = model
 
     def run(self, shards: list[Shard], spec: PassSpec) -> Iterator[tuple[int, str, Any]]:
         cleaners = self.cleaners[:spec.upto]
         for c in cleaners:
             c.start_pass()
+        digester = self.cleaners[spec.upto] if spec.digest else None
         for index, shard in enumerate(shards):
             for kind, payload in _run_shard(self.source, shard, cleaners, spec.split_field,
-                                            spec.parts, spec.size):
+                                            spec.parts, spec.size, digester):
                 yield index, kind, payload
+
+    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
+        """The example shard of each job (see :func:`example_shard`), in order: the fitted model."""
+        if self.model is None:
+            raise PluginError("this runner was made without the model; its examples are not per record")
+        try:
+            for job in jobs:
+                yield example_shard(self.model, job)
+        finally:
+            _last_table.clear()  # the records' table is not kept past the pass
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -251,14 +334,16 @@ class InlineRunner:
 class ProcessRunner:
     """Runs the shards in ``workers`` spawned processes; yields their messages in shard order."""
 
-    def __init__(self, source: Source, cleaners: Sequence[Cleaner], workers: int) -> None:
+    def __init__(self, source: Source, cleaners: Sequence[Cleaner], workers: int,
+                 model: Model | None = None) -> None:
         import multiprocessing
 
-        _check_importable([source, *cleaners])
-        modules = _file_modules([source, *cleaners])
+        parts = [source, *cleaners, *([model] if model is not None else [])]
+        _check_importable(parts)
+        modules = _file_modules(parts)
         for name, _path in modules:
             _ensure_parents(name)
-        payload = pickle.dumps((source, list(cleaners)))  # raises when a component does not pickle
+        payload = pickle.dumps((source, list(cleaners), model))  # raises when a component does not pickle
         ctx = multiprocessing.get_context("spawn")
         self.workers = workers
         self._current = ctx.Value("l", 0)
@@ -292,6 +377,28 @@ class ProcessRunner:
                 yield index, kind, payload
                 if kind == "end":
                     break
+
+    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
+        """The example shard of each job (see :func:`example_shard`), made in the workers from the
+        fitted model's ``state`` (job ``i`` on worker ``i % workers``), yielded in order."""
+        self._pass += 1
+        pass_id = self._pass
+        self._current.value = pass_id
+        for w, commands in enumerate(self._commands):
+            mine = [(i, job) for i, job in enumerate(jobs) if i % self.workers == w]
+            commands.put(("examples", pass_id, state, mine))
+        for index in range(len(jobs)):
+            w = index % self.workers
+            while True:
+                got_pass, got_index, kind, payload = self._get(w)
+                if got_pass != pass_id:
+                    continue
+                if got_index != index:
+                    raise PluginError(f"preparation worker {w} sent example shard {got_index}, expected {index}")
+                if kind == "error":
+                    raise _rebuild(payload)
+                yield payload
+                break
 
     def _get(self, w: int) -> tuple[Any, ...]:
         while True:
@@ -394,7 +501,7 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
     """A worker: wait for a pass, run its shards in order, stream the outcomes back."""
     try:
         _load_file_modules(modules)
-        source, cleaners = pickle.loads(payload)
+        source, cleaners, model = pickle.loads(payload)
     except BaseException as err:  # noqa: BLE001 - answered to every pass, in order
         broken: BaseException | None = err
     else:
@@ -403,6 +510,9 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
         command = commands.get()
         if command is None:
             return
+        if command[0] == "examples":
+            _worker_examples(model, command, results, broken)
+            continue
         pass_id, spec, mine = command
         if broken is not None:
             if mine:
@@ -420,12 +530,33 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
         _worker_pass(source, cleaners, spec, pass_id, mine, results, lambda: current.value)
 
 
+def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any,
+                     broken: BaseException | None) -> None:
+    """Example shards of this worker's ``(split, record shard)`` jobs, from the fitted state."""
+    _kind, pass_id, state, mine = command
+    for index, job in mine:
+        try:
+            if broken is not None:
+                raise broken
+            if model is None:
+                raise PluginError("this preparation's workers were started without the model")
+            if state is not None:
+                model.load_state_dict(state)
+                state = None
+            results.put((pass_id, index, "examples", example_shard(model, job)))
+        except BaseException as err:  # noqa: BLE001 - reported in order, raised there
+            results.put((pass_id, index, "error", _export_error(err)))
+            break
+    _last_table.clear()
+
+
 def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_id: int,
                  mine: list[tuple[int, Shard]], results: Any, current: Callable[[], int]) -> None:
+    digester = cleaners[spec.upto] if spec.digest and spec.upto < len(cleaners) else None
     for index, shard in mine:
         try:
             for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec.split_field,
-                                            spec.parts, spec.size):
+                                            spec.parts, spec.size, digester):
                 if current() != pass_id:
                     return  # the preparing process moved on (an error, or a fit that stopped early)
                 results.put((pass_id, index, kind, payload))

@@ -26,8 +26,8 @@ from ..errors import DataError, DropRecord
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .parallel import (InlineRunner, PassSpec, ProcessRunner, clean_chain, parallel_prefix,
-                       report_sum, shard_bytes)
+from .parallel import (InlineRunner, PassSpec, ProcessRunner, clean_chain, digests_of,
+                       example_jobs, parallel_prefix, report_sum, shard_bytes)
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
@@ -169,19 +169,21 @@ class Preparer:
         world = link.world_size if link is not None else 1
         mine = [s for i, s in enumerate(shards) if i % world == 0]
         local = local_runner(self.source, self.cleaners, self.prefix, self.data.prepare_workers,
-                             mine, self.log)
+                             mine, self.log, self.model)
         self._runner = RankRunner(link, local) if link is not None else local
         self.workers = self._runner.workers
 
-    def _spec(self, upto: int) -> PassSpec:
-        """A pass through the first ``upto`` cleaners, with the fitted state workers need."""
+    def _spec(self, upto: int, digest: bool) -> PassSpec:
+        """A pass through the first ``upto`` cleaners (and the digests of the next when
+        ``digest``), with the fitted state workers need."""
         split = self.data.split
         states = {}
         if not isinstance(self._runner, InlineRunner):  # workers or ranks start from the pickled state
-            states = {j: c.state_dict() for j, c in enumerate(self.cleaners[:upto]) if c.needs_fit}
+            states = {j: c.state_dict() for j, c in enumerate(self.cleaners[:upto + digest])
+                      if c.needs_fit}
         size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
         return PassSpec(upto, states, split.field if split.method == "field" else None,
-                        _FIELD_SPLITS, size)
+                        _FIELD_SPLITS, size, digest)
 
     def _part(self, ordinal: int, ordered_count: int) -> str:
         split = self.data.split
@@ -226,24 +228,26 @@ class Preparer:
             _tag, reason, where, detail = item
             self._bad(deferred, reason, where or f"{name} record {pos[0]}", detail)
             return None
-        _tag, where, path, part, outcome = item
+        _tag, where, path, part, outcome, digest = item
         part = part or self._part(pos[0], pos[1])
         if only is not None and part != only:
             return None
-        return ("record", part, path or where or f"{name} record {pos[0]}", outcome)
+        return ("record", part, path or where or f"{name} record {pos[0]}", outcome, digest)
 
     def _flush(self, events: list[tuple[Any, ...]], suffix: list[Cleaner],
-               drops: DropCounter | None) -> Iterator[tuple[str, Record]]:
-        """Run the in-order cleaners over the batch, report drops and yield records in order."""
-        todo = [e[3] for e in events if e[0] == "record" and isinstance(e[3], dict)]
-        outcomes = iter(clean_chain(suffix, todo))
+               drops: DropCounter | None, digest: bool = False) -> Iterator[tuple[str, Record]]:
+        """Run the in-order cleaners over the batch, report drops and yield records in order.
+        ``digest``: the records came with the first of ``suffix``'s digests."""
+        todo = [e for e in events if e[0] == "record" and isinstance(e[3], dict)]
+        outcomes = iter(clean_chain(suffix, [e[3] for e in todo],
+                                    [e[4] for e in todo] if digest else None))
         batch, events[:] = list(events), []
         for event in batch:
             if event[0] == "drop":  # dropped by the source while the batch filled
                 if drops is not None:
                     drops.add(event[1], event[2], bad=event[3])
                 continue
-            _tag, part, where, value = event
+            _tag, part, where, value, _digest = event
             out = next(outcomes) if isinstance(value, dict) else value
             if isinstance(out, tuple) and out[0] == "D":  # a worker's DropRecord
                 out = DropRecord(out[1], out[2], bad=out[3])
@@ -271,7 +275,8 @@ class Preparer:
         for cleaner in suffix:
             cleaner.start_pass()
         on_start()
-        spec = self._spec(k)
+        spec = self._spec(k, k < upto and digests_of(self.cleaners[k])
+                          and not isinstance(self._runner, InlineRunner))
         shards = self.source.shards()
         self.pass_reports = [{} for _ in range(k)]
         events: list[tuple[Any, ...]] = []
@@ -294,11 +299,11 @@ class Preparer:
                 self.progress.advance(len(payload), 0)
                 if pending >= spec.size:
                     pending = 0
-                    yield from self._flush(events, suffix, drops)
+                    yield from self._flush(events, suffix, drops, spec.digest)
         except DataError:
-            yield from self._flush(events, suffix, drops)  # errors of earlier records first
+            yield from self._flush(events, suffix, drops, spec.digest)  # errors of earlier records first
             raise
-        yield from self._flush(events, suffix, drops)
+        yield from self._flush(events, suffix, drops, spec.digest)
 
     # -- the whole preparation ------------------------------------------------------------------
 
@@ -398,15 +403,14 @@ class Preparer:
                             f"{drops.total} dropped: {dict(drops.counts)}); check the source and "
                             f"cleaner options")
         records = {s: ArrowTable(fs, cipher=cache.cipher) for s, fs in record_files.items()}
+        self.progress.phase(f"fit {self.model.name}")
         self.model.fit(_Reiterable(records["train"].iter_rows))
+        lap("model_fit_s")
         example_files = dict(record_files)
         if type(self.model).examples is not Model.examples:
-            for s in SPLITS:
-                w = ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows)
-                for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
-                    w.add(ex)
-                example_files[s] = w.close()
-        lap("model_s")
+            self.progress.phase("examples")
+            example_files = self._write_examples(cache, records)
+        lap("examples_s")
         # counts of the writing pass alone: fitting passes ran the earlier cleaners too
         reports = {f"{i}:{c.name}": self.pass_reports[i] if i < len(self.pass_reports)
                    else counts_since(c.report(), before)
@@ -430,6 +434,27 @@ class Preparer:
             "cleaner_states": [c.state_dict() for c in self.cleaners],
             "model_state": self.model.state_dict(),
         }
+
+    def _write_examples(self, cache: Storage, records: dict[str, ArrowTable]) -> dict[str, list[str]]:
+        """The examples of every split: made in the workers, a few thousand records at a
+        time, for a model whose examples are per record; else one streaming pass per split here."""
+        out: dict[str, list[str]] = {s: [] for s in SPLITS}
+        if not self.model.per_record_examples:
+            for s in SPLITS:
+                w = ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows)
+                for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
+                    w.add(ex)
+                out[s] = w.close()
+            return out
+        import pyarrow as pa
+
+        jobs = [job for s in SPLITS for job in example_jobs(s, records[s])]
+        writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
+        state = None if isinstance(self._runner, InlineRunner) else self.model.state_dict()
+        for job, data in zip(jobs, self._runner.examples(jobs, state)):
+            if data is not None:
+                writers[job[0]].add_table(pa.ipc.open_file(pa.BufferReader(data)).read_all())
+        return {s: w.close() for s, w in writers.items()}
 
     def _check_bad_fraction(self, drops: DropCounter, total: int) -> None:
         if total and drops.bad / total > self.data.max_bad_fraction:

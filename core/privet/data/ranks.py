@@ -21,10 +21,10 @@ import pickle
 from datetime import timedelta
 from typing import Any, Callable, Iterator
 
-from ..components import Cleaner, Shard, Source
+from ..components import Cleaner, Model, Shard, Source
 from ..errors import PrivetError
 from .parallel import (PARALLEL_MIN_BYTES, InlineRunner, PassSpec, ProcessRunner, _export_error,
-                       _rebuild, shard_bytes, usable_cores)
+                       _rebuild, digests_of, shard_bytes, usable_cores)
 
 _PREFIX = "privet/prep"
 
@@ -110,19 +110,25 @@ class RankLink:
 
 
 def local_runner(source: Source, cleaners: list[Cleaner], prefix: int, wanted: int | None,
-                 shards: list[Shard], log: Callable[[str], None]) -> InlineRunner | ProcessRunner:
-    """This process' runner for ``shards``: worker processes (``data.prepare_workers``) or inline."""
+                 shards: list[Shard], log: Callable[[str], None],
+                 model: Model | None = None) -> InlineRunner | ProcessRunner:
+    """This process' runner for ``shards``: worker processes (``data.prepare_workers``) or
+    inline. The workers get the per-record cleaners, the next one when it computes digests
+    (``Cleaner.digest_batch``), and ``model`` when its examples are made per record."""
     if wanted is None:
         small = sum(shard_bytes(s) for s in shards) < PARALLEL_MIN_BYTES
         wanted = 1 if small else usable_cores()
     workers = max(1, min(wanted, len(shards)))
+    if model is not None and not model.per_record_examples:
+        model = None
     if workers > 1:
+        upto = prefix + 1 if prefix < len(cleaners) and digests_of(cleaners[prefix]) else prefix
         try:
-            return ProcessRunner(source, cleaners[:prefix], workers)
+            return ProcessRunner(source, cleaners[:upto], workers, model)
         except (pickle.PicklingError, TypeError, AttributeError) as err:
-            log(f"data: preparing in one process: the source or a cleaner cannot be "
+            log(f"data: preparing in one process: the source, a cleaner or the model cannot be "
                 f"sent to worker processes ({err})")
-    return InlineRunner(source, cleaners)
+    return InlineRunner(source, cleaners, model)
 
 
 class RankRunner:
@@ -161,6 +167,10 @@ class RankRunner:
             stream.close()  # the generator: a ProcessRunner skips the rest of an abandoned pass
             if self._open:  # abandoned (a fit that stopped early) or failed
                 self._drain()
+
+    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
+        """Example shards are made by this rank's own workers (the cache is written here)."""
+        return self.local.examples(jobs, state)
 
     def _from_local(self, stream: Iterator[tuple[int, str, Any]], mine: list[int],
                     index: int) -> Iterator[tuple[str, Any]]:

@@ -8,12 +8,15 @@ steps, global batch) so that nothing recomputes them with its own rounding.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 
 from ..config import LoadedConfig, PipelineConfig
 from ..storage import Storage
+
+if TYPE_CHECKING:
+    from ..components import StepOutput
 
 
 @attrs.define
@@ -54,6 +57,10 @@ class TrainingObjects:
     * ``sum_loss``: backpropagate each micro-batch's summed loss and leave the
       normalisation to the optimizer (Opacus' ``DPOptimizer`` divides by the expected
       batch size); the loop then never rescales gradients itself.
+    * ``backward``: called with each micro-batch's :class:`privet.StepOutput` in place
+      of the loop's own ``loss_sum.backward()`` (Opacus' ghost clipping runs its two
+      backward passes over ``StepOutput.per_example`` there). Setting it also takes the
+      loop off its one-batch fast path, so every micro-batch comes through here.
     """
 
     module: Any
@@ -64,6 +71,7 @@ class TrainingObjects:
     stop_checks: list[Callable[[], str | None]] = attrs.field(factory=list)
     micro_step: Callable[[], None] | None = None
     sum_loss: bool = False
+    backward: Callable[[StepOutput], None] | None = None
 
 
 @attrs.define(frozen=True)

@@ -73,7 +73,7 @@ class Trainer:
         self.train_metrics = self.model.metrics("train")
         # one batch per optimizer step on one process: the mean loss's plain backward
         self.single_batch_steps = (self.cfg.accumulate == 1 and run.world_size == 1
-                                   and not objects.sum_loss)
+                                   and not objects.sum_loss and objects.backward is None)
         self.sharded = run.world_size > 1 and self.cfg.strategy == "fsdp"
         self._skips_in_a_row = 0
         self._local_samples = 0  # this rank's samples since the last sync_samples
@@ -362,6 +362,7 @@ class Trainer:
             return loss_sum.detach(), out.count, model.batch_size_of(batch)
         distributed = self.run.world_size > 1
         micro_step = self.objects.micro_step
+        backward = self.objects.backward
         n_samples = 0
         total_loss: Any = 0.0
         total_count: Any = 0
@@ -372,7 +373,10 @@ class Trainer:
             with sync:
                 with self._autocast():
                     out = model.step(module, batch)
-                self.scaler.scale(out.loss_sum).backward()
+                if backward is None:
+                    self.scaler.scale(out.loss_sum).backward()
+                else:  # a plugin's backward (TrainingObjects.backward)
+                    backward(out)
             if micro_step is not None and i < len(window) - 1:
                 micro_step()
             total_loss = total_loss + out.loss_sum.detach()

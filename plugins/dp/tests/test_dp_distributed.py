@@ -17,12 +17,13 @@ import yaml
 
 
 @pytest.mark.slow
-def test_two_processes_train_privately_with_one_accountant(tmp_path, write_table, mlp_pipeline):
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])  # ghost: Opacus' distributed ghost optimizer
+def test_two_processes_train_privately_with_one_accountant(tmp_path, write_table, mlp_pipeline, mode):
     from privet_dp.accounting import epsilon_for
 
     write_table(400)
     config = mlp_pipeline({"mechanism": "dp-sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0,
-                           "randomness": "seeded"},
+                           "randomness": "seeded", "grad_sample_mode": mode},
                           batch_size=16, accumulate=2)
     config["runs_dir"] = "runs"
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
@@ -41,5 +42,6 @@ def test_two_processes_train_privately_with_one_accountant(tmp_path, write_table
     assert privacy["steps"] == report["steps"] == 2 * -(-n // 64)
     assert privacy["epsilon"] == epsilon_for("rdp", [(1.0, privacy["sample_rate"], privacy["steps"])], 1e-5)
     assert report["final"]["val/accuracy"] > 0.8
+    assert privacy["grad_sample_mode"] == mode
     manifest = json.loads((tmp_path / "runs" / "dp" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["privacy"] == privacy

@@ -29,7 +29,9 @@ def qwen2(tmp_path_factory) -> Path:
     return checkpoints.make_qwen2(tmp_path_factory.mktemp("qwen2"))
 
 
-def test_lora_adapters_train_privately_on_a_tiny_qwen2(host, run_pipeline, qwen2, tmp_path):
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_lora_adapters_train_privately_on_a_tiny_qwen2(host, run_pipeline, qwen2, tmp_path, mode):
+    """Both Opacus modes: per-example gradients (hooks) and ghost clipping's norms."""
     rng = random.Random(0)
     words = ["cat", "dog", "sun", "map", "red", "big", "hot", "pen", "cup", "box"]
     with open(tmp_path / "chats.jsonl", "w", encoding="utf-8") as fh:
@@ -47,12 +49,13 @@ def test_lora_adapters_train_privately_on_a_tiny_qwen2(host, run_pipeline, qwen2
         "train": {"epochs": 1, "batch_size": 8, "device": "cpu", "progress": "none",
                   "optimizer": {"name": "adamw", "lr": 3e-3}},
         "privacy": {"mechanism": "dp-sgd", "noise_multiplier": 1.0, "max_grad_norm": 1.0,
-                    "delta": 1e-3, "randomness": "seeded"},
+                    "delta": 1e-3, "randomness": "seeded", "grad_sample_mode": mode},
     }, plugins=["llm"])
 
     out.assert_success()
     privacy = out.report["privacy"]
     assert privacy["steps"] == out.report["steps"] > 0 and privacy["epsilon"] > 0
+    assert privacy["grad_sample_mode"] == mode
     from safetensors.torch import load_file
 
     last = sorted((out.run_dir / "checkpoints").glob("step-*"))[-1]

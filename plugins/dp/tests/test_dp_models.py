@@ -105,11 +105,12 @@ def test_batch_norm_is_refused_in_one_line_suggesting_group_norm(host, run_pipel
     assert getattr(out.error, "exit_code", None) == 2
 
 
-def test_timeseries_lstm_is_swapped_for_dplstm_and_its_weights_export_as_lstm(host, run_pipeline, tmp_path):
+def lstm_pipeline(root: Path, rows: int) -> dict:
+    """The time-series LSTM on a synthetic seasonal CSV written into ``root``."""
     from privet_timeseries.synthetic import seasonal_rows, write_csv
 
-    write_csv(tmp_path / "series.csv", seasonal_rows(300, seed=4))
-    out = run_pipeline({
+    write_csv(root / "series.csv", seasonal_rows(rows, seed=4))
+    return {
         "name": "lstm", "seed": 0,
         "data": {"source": {"name": "timeseries.csv", "options": {
                      "paths": ["series.csv"], "series_column": "series", "target_columns": ["value"],
@@ -118,8 +119,11 @@ def test_timeseries_lstm_is_swapped_for_dplstm_and_its_weights_export_as_lstm(ho
         "model": {"name": "timeseries.lstm", "options": {"input_length": 12, "horizon": 3,
                                                           "hidden_size": 8, "num_layers": 1}},
         "train": {"epochs": 1, "batch_size": 32, "device": "cpu", "progress": "none"},
-        "privacy": PRIVACY,
-    }, plugins=["timeseries"])
+    }
+
+
+def test_timeseries_lstm_is_swapped_for_dplstm_and_its_weights_export_as_lstm(host, run_pipeline, tmp_path):
+    out = run_pipeline({**lstm_pipeline(tmp_path, 300), "privacy": PRIVACY}, plugins=["timeseries"])
 
     out.assert_success()
     assert out.report["privacy"]["steps"] > 0

@@ -200,6 +200,30 @@ def test_classifier_encode_columns_builds_the_batch_collate_would(classifier, co
     assert fast["input_ids"].shape[1] == TINY_CLF["max_length"]
 
 
+def test_classifier_examples_cache_token_ids_that_give_the_same_batch(classifier, corpora, tmp_path):
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+
+    rows = corpora.sentiment(20) + [{"text": "great " * 40, "label": "pos"}]
+    examples = list(classifier.examples(rows, "train"))
+    assert [e["text"] for e in examples] == [r["text"] for r in rows]  # one per record, in order
+    assert examples[-1]["token_ids"].dtype.name == "int32"
+    assert len(examples[-1]["token_ids"]) == TINY_CLF["max_length"]
+    plain, cached = ArrowShardWriter(tmp_path / "a", "train", 7), ArrowShardWriter(tmp_path / "b", "train", 7)
+    for row, example in zip(rows, examples):
+        plain.add(row)
+        cached.add(example)
+    order = [20, 3, 11, 0, 7, 19]  # rows of three files
+    fast = classifier.encode_columns(ArrowTable(cached.close()).columns(order))
+    slow = classifier.encode_columns(ArrowTable(plain.close()).columns(order))
+    for key in slow:
+        assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key
+    empty = list(classifier.examples([{"text": "", "label": "neg"}], "train"))[0]
+    writer = ArrowShardWriter(tmp_path / "c", "train", 7)
+    writer.add(empty)
+    with pytest.raises(DropRecord):  # encode() then names the reason, empty_text
+        classifier.encode_columns(ArrowTable(writer.close()).columns([0]))
+
+
 def test_classifier_encode_columns_hands_unusable_batches_back_to_encode(classifier, tmp_path):
     from privet.data.arrow import ArrowShardWriter, ArrowTable
 

@@ -35,7 +35,10 @@ class DPSGDOptions:
     accountant: Literal["rdp", "prv"] = "rdp"
     noise_multiplier: Optional[float] = attrs.field(default=None, validator=positive)
     poisson_sampling: bool = True
-    grad_sample_mode: Literal["hooks", "functorch"] = "hooks"
+    #: hooks: Opacus' per-example gradients; functorch: the same through torch.func;
+    #: ghost: Opacus' ghost clipping (norms without per-example gradients; needs the
+    #: model's StepOutput.per_example). See ghost.py and docs/plugins/dp.md.
+    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = "hooks"
     #: secret: Poisson draws and noise from a seed drawn from the OS and kept in the
     #: checkpoint; seeded: from the pipeline's seed (repeatable runs). See secrecy.py.
     randomness: Literal["secret", "seeded"] = "secret"

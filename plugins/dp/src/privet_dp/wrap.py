@@ -3,11 +3,12 @@
 The order: refuse what DP-SGD cannot honour (one line each) -> make the module fit for
 per-example gradients (no BatchNorm; DPLSTM) -> Poisson sampling replaces the engine's
 sampler -> the noise multiplier from the target (Opacus' ``get_noise_multiplier``) ->
-Opacus' per-sample gradient hooks on the module, its ``DPOptimizer`` around the
-optimizer, its accountant on the optimizer's steps -> the loop's extension points: the
-accountant in ``extra_state`` (checkpointed), epsilon in ``metrics``, the budget in
-``stop_checks``, Opacus' virtual steps in ``micro_step``, ``sum_loss``; and the
-``privacy`` section of report.json and manifest.json.
+Opacus' per-sample gradient hooks on the module (or its ghost clipping hooks), its
+``DPOptimizer`` around the optimizer, its accountant on the optimizer's steps -> the
+loop's extension points: the accountant in ``extra_state`` (checkpointed), epsilon in
+``metrics``, the budget in ``stop_checks``, Opacus' virtual steps in ``micro_step``,
+``sum_loss``, ghost clipping's two passes in ``backward``; and the ``privacy`` section of
+report.json and manifest.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import privet
 
 from .accounting import Accountant, budget_steps, noise_for_target
+from .ghost import GhostBackward, check_no_tied_parameters, contiguous_embedding_inputs
 from .modules import BatchFirstCheck, check_no_batch_norm, check_validator, fix_in_place, no_inplace_activations
 from .sampling import PoissonBatchSampler, PoissonLoader, plan_poisson
 from .secrecy import SecretRandomness
@@ -136,10 +138,15 @@ def make_private(run: Any, objects: Any, options: Any) -> PrivateTraining:
     fix_in_place(raw, objects.optimizer)
     no_inplace_activations(raw)
     check_validator(raw)
+    mode = options.grad_sample_mode
+    ghost = {"max_grad_norm": options.max_grad_norm} if mode == "ghost" else {}
+    if ghost:
+        check_no_tied_parameters(raw, run.components.model.name)
+        contiguous_embedding_inputs(raw)
     private = PrivateTraining(run, objects, options)
     try:
-        private.hooks = prepare_module(raw, options.grad_sample_mode, wrap_model=False,
-                                       batch_first=True, loss_reduction="sum", strict=True)
+        private.hooks = prepare_module(raw, mode, wrap_model=False, batch_first=True,
+                                       loss_reduction="sum", strict=True, **ghost)
     except NotImplementedError as err:
         raise privet.ConfigError(f"Opacus cannot compute per-example gradients for this model: {err}",
                                  path="privacy.grad_sample_mode") from err
@@ -149,8 +156,7 @@ def make_private(run: Any, objects: Any, options: Any) -> PrivateTraining:
         from opacus.distributed import DifferentiallyPrivateDistributedDataParallel
 
         objects.module = DifferentiallyPrivateDistributedDataParallel(raw)
-    optimizer_cls = get_optimizer_class(clipping="flat", distributed=distributed,
-                                        grad_sample_mode=options.grad_sample_mode)
+    optimizer_cls = get_optimizer_class(clipping="flat", distributed=distributed, grad_sample_mode=mode)
     private.optimizer = optimizer_cls(objects.optimizer, noise_multiplier=private.noise,
                                       max_grad_norm=options.max_grad_norm,
                                       expected_batch_size=private.expected_batch, loss_reduction="mean",
@@ -159,6 +165,8 @@ def make_private(run: Any, objects: Any, options: Any) -> PrivateTraining:
     objects.optimizer = private.optimizer
     objects.sum_loss = True
     objects.micro_step = private.virtual_step
+    if ghost:  # Opacus' two backward passes over StepOutput.per_example (ghost.py)
+        objects.backward = GhostBackward(private.hooks, private.optimizer, run.components.model.name)
     objects.extra_state["privacy_accountant"] = private.accountant
     objects.extra_state["privacy_randomness"] = private.randomness
     objects.metrics.append(private.metrics)

@@ -259,9 +259,10 @@ class ImageClassifier(privet.Model):
 
         x, y = self._on_device(module, batch)  # the engine moved tensors to the device
         logits = module(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum",
-                               label_smoothing=self.options.label_smoothing)
-        return privet.StepOutput(loss, y.numel(), logits.detach(), y)
+        per_example = F.cross_entropy(logits.float(), y, reduction="none",
+                                      label_smoothing=self.options.label_smoothing)
+        return privet.StepOutput(per_example.sum(), y.numel(), logits.detach(), y,
+                                 per_example=per_example)
 
     def example_inputs(self, batch: Any) -> tuple[Any, ...]:
         from .gpu_decode import EncodedBatch

@@ -287,7 +287,8 @@ class CausalLM(Model):
         return batch
 
     def step(self, module: torch.nn.Module, batch: Any) -> StepOutput:
-        """Summed cross-entropy over target tokens, and their count.
+        """Summed cross-entropy over target tokens, and their count; ``per_example`` sums
+        each row's tokens (a packed row holds several sequences: it is then the unit).
 
         Logits are computed only at positions where some row has a target
         (``logits_to_keep``): on chat data most positions are prompt, and the output head
@@ -304,9 +305,10 @@ class CausalLM(Model):
                      use_cache=False, logits_to_keep=keep, **spans)
         targets = labels[:, keep]
         logits = out.logits.float()
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=-100, reduction="sum")
-        return StepOutput(loss_sum, (targets != -100).sum())
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                    ignore_index=-100, reduction="none")  # ignored tokens: 0
+        per_example = per_token.view(targets.shape).sum(1)  # a row is one example
+        return StepOutput(per_example.sum(), (targets != -100).sum(), per_example=per_example)
 
     def batch_size_of(self, batch: Any) -> int:
         return int(batch["input_ids"].shape[0])

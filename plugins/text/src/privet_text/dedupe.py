@@ -488,49 +488,71 @@ class Dedupe(Cleaner):
             raise out
         return out
 
-    def clean_batch(self, records: list[Record]) -> list[Record | None | DropRecord]:
+    def clean_batch(self, records: list[Record],
+                    digests: list[Any] | None = None) -> list[Record | None | DropRecord]:
         """The batch's texts canonicalised and hashed at once; then the first-seen-wins
-        checks, as if one record at a time in order (earlier records of the batch count)."""
-        o = self.options
+        checks, as if one record at a time in order (earlier records of the batch count).
+        ``digests``: :meth:`digest_batch` of ``records``, computed in a worker process."""
         out: list[Record | None | DropRecord] = list(records)
-        texts = [record.get(o.field) for record in records]
-        where = range(len(records))
-        if set(map(type, texts)) - {str}:  # a missing or non-string text: drop those
-            where = [i for i, text in enumerate(texts) if isinstance(text, str)]
-            for i in set(range(len(records))) - set(where):
-                out[i] = DropRecord("missing_text", f"field {o.field!r}")
-            texts = [texts[i] for i in where]
-        if o.method == "minhash":
-            drops = {}
-            for lo, hi in _parts(texts, _CHARS_AT_ONCE):  # long texts: bounded numpy arrays
-                found = self._near_batch(*canonical_codes(texts[lo:hi], punctuation=o.keep_punctuation))
-                drops.update((lo + i, drop) for i, drop in found.items())
+        if digests is None:
+            digests = self.digest_batch(records)
+        where = [i for i, d in enumerate(digests) if d is not None]
+        for i in set(range(len(records))) - set(where):
+            out[i] = DropRecord("missing_text", f"field {self.options.field!r}")
+        present = [digests[i] for i in where]
+        if self.options.method == "minhash":
+            drops = self._near_batch(*self._unpack(present)) if present else {}
         else:
-            drops = self._exact_batch(canonical_batch(texts, punctuation=o.keep_punctuation))
+            drops = self._exact_batch(present)
         for i, drop in drops.items():
             out[where[i]] = drop
             self._counts["exact_duplicates" if drop.reason == "duplicate" else "near_duplicates"] += 1
         return out
 
-    def _exact_batch(self, texts: list[str]) -> dict[int, DropRecord]:
+    def digest_batch(self, records: list[Record]) -> list[Any]:
+        """What each record alone decides, computed in the preparation workers: a 16-byte
+        hash of the canonical text (``exact``), or its signature, fingerprint and band
+        keys end to end (``minhash``). ``None`` for a record without a text."""
+        o = self.options
+        texts = [record.get(o.field) for record in records]
+        out: list[Any] = [None] * len(records)
+        where = [i for i, text in enumerate(texts) if isinstance(text, str)]
+        texts = [texts[i] for i in where]
+        if o.method == "exact":
+            for i, text in zip(where, canonical_batch(texts, punctuation=o.keep_punctuation)):
+                out[i] = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            return out
+        for lo, hi in _parts(texts, _CHARS_AT_ONCE):  # long texts: bounded numpy arrays
+            sigs, fps = self._hasher.sketch_codes(*canonical_codes(texts[lo:hi], punctuation=o.keep_punctuation))
+            rows = np.concatenate([sigs.view(np.uint8), fps.view(np.uint8).reshape(-1, 8),
+                                   self._band_keys(sigs).view(np.uint8)], axis=1)
+            for i, row in zip(where[lo:hi], rows):
+                out[i] = row.tobytes()
+        return out
+
+    def _unpack(self, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Signatures, fingerprints and band keys from :meth:`digest_batch`'s rows."""
+        k = self.options.num_perm
+        rows = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
+        sigs = np.ascontiguousarray(rows[:, :4 * k]).view(np.uint32)
+        fps = np.ascontiguousarray(rows[:, 4 * k:4 * k + 8]).view(np.uint64).ravel()
+        keys = np.ascontiguousarray(rows[:, 4 * k + 8:]).view(np.uint64)
+        return sigs, fps, keys
+
+    def _exact_batch(self, digests: list[bytes]) -> dict[int, DropRecord]:
         drops: dict[int, DropRecord] = {}
-        for i, text in enumerate(texts):
-            digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        for i, digest in enumerate(digests):
             if digest in self._exact:
                 drops[i] = DropRecord("duplicate", bad=False)
             else:
                 self._exact.add(digest)
         return drops
 
-    def _near_batch(self, codes: np.ndarray, lengths: np.ndarray) -> dict[int, DropRecord]:
+    def _near_batch(self, sigs: np.ndarray, fps: np.ndarray, keys: np.ndarray) -> dict[int, DropRecord]:
         """Compared with the kept records of earlier batches all at once; then the
         records of this batch that share a band with another of it, one by one in order."""
         drops: dict[int, DropRecord] = {}
-        if not len(lengths):
-            return drops
         k, threshold = self.options.num_perm, self.options.threshold
-        sigs, fps = self._hasher.sketch_codes(codes, lengths)
-        keys = self._band_keys(sigs)
         equal, copy, clash, placed = self._seen.add(sigs, fps, keys)
         near = equal / k >= threshold
         for i in np.flatnonzero(near).tolist():

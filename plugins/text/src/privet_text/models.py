@@ -25,6 +25,10 @@ def _unit_interval(_instance: Any, attribute: Any, value: float) -> None:
         raise ValueError(f"{attribute.name} must be in [0, 1), got {value}")
 
 
+#: The cached examples' field of token ids (text.classifier tokenizes at preparation).
+TOKEN_IDS = "token_ids"
+
+
 def _heads_divide_hidden(instance: Any) -> None:
     if instance.hidden % instance.heads:
         raise ValueError(f"hidden ({instance.hidden}) must be divisible by heads ({instance.heads})")
@@ -155,9 +159,10 @@ class GPTModel(_TokenizedModel):
 
         inputs, targets = batch[:, :-1], batch[:, 1:]
         logits = module(inputs)
-        loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                   targets.reshape(-1), reduction="sum")
-        return StepOutput(loss_sum, targets.numel())
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                    targets.reshape(-1), reduction="none")
+        per_example = per_token.view(targets.shape).sum(1)  # a sequence is one example
+        return StepOutput(per_example.sum(), targets.numel(), per_example=per_example)
 
     def example_inputs(self, batch: Any) -> tuple[Any, ...]:
         return (batch[:, :-1],)
@@ -254,6 +259,8 @@ class ClassifierModel(_TokenizedModel):
     """
 
     task = "classification"
+    #: examples() adds each text's token ids on its own: run in the preparation workers
+    per_record_examples = True
 
     @attrs.define(frozen=True)
     class Options:
@@ -294,6 +301,27 @@ class ClassifierModel(_TokenizedModel):
                               f"and the source's label_field")
         self.labels = sorted(seen)
         self._index = {label: i for i, label in enumerate(self.labels)}
+
+    def examples(self, records: Iterable[Record], split: str) -> Iterator[Record]:
+        """Each record with its text's token ids (``token_ids``, int32, cut to ``max_length``):
+        texts are tokenized once, in the preparation workers, instead of every epoch."""
+        import numpy as np
+
+        tok = self._require_tokenizer()
+        field, most = self.options.text_field, self.options.max_length
+        batch: list[Record] = []
+
+        def flush() -> Iterator[Record]:
+            texts = [r.get(field) if isinstance(r.get(field), str) else "" for r in batch]
+            for record, ids in zip(batch, tok.encode_batch(texts)):
+                yield {**record, TOKEN_IDS: np.asarray(ids[:most], dtype=np.int32)}
+            batch.clear()
+
+        for record in records:
+            batch.append(record)
+            if len(batch) >= 1024:
+                yield from flush()
+        yield from flush()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "labels": list(self.labels)}
@@ -343,16 +371,25 @@ class ClassifierModel(_TokenizedModel):
         o = self.options
         labels = [self._index.get(str(v)) if v is not None else None
                   for v in batch.arrow(o.label_field).to_pylist()]
-        texts = batch.arrow(o.text_field).to_pylist()
-        if None in labels or not all(isinstance(t, str) and t for t in texts):
+        if None in labels:
             raise DropRecord("unusable_example")  # encode() names the reason per example
-        seqs = [ids[: o.max_length] for ids in self._require_tokenizer().encode_batch(texts)]
-        lengths = np.fromiter((len(ids) for ids in seqs), dtype=np.int64, count=len(seqs))
+        if TOKEN_IDS in batch.names:  # tokenized at preparation
+            column = batch.arrow(TOKEN_IDS)
+            offsets = column.offsets.to_numpy()
+            lengths = np.diff(offsets).astype(np.int64)
+            flat = column.values.to_numpy()[offsets[0]:offsets[-1]]
+        else:
+            texts = batch.arrow(o.text_field).to_pylist()
+            if not all(isinstance(t, str) and t for t in texts):
+                raise DropRecord("unusable_example")
+            seqs = [ids[: o.max_length] for ids in self._require_tokenizer().encode_batch(texts)]
+            lengths = np.fromiter((len(ids) for ids in seqs), dtype=np.int64, count=len(seqs))
+            flat = np.fromiter((i for seq in seqs for i in seq), dtype=np.int64, count=int(lengths.sum()))
         if not lengths.all():
             raise DropRecord("empty_text")
         mask = np.arange(int(lengths.max())) < lengths[:, None]
         ids = np.zeros(mask.shape, dtype=np.int64)  # 0 is <pad>
-        ids[mask] = np.fromiter((i for seq in seqs for i in seq), dtype=np.int64, count=int(lengths.sum()))
+        ids[mask] = flat
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask.astype(np.int64)),
                 "labels": torch.tensor(labels, dtype=torch.long)}
 
@@ -373,8 +410,9 @@ class ClassifierModel(_TokenizedModel):
 
         logits = module(batch["input_ids"], batch["attention_mask"])
         labels = batch["labels"]
-        loss_sum = F.cross_entropy(logits.float(), labels, reduction="sum")
-        return StepOutput(loss_sum, labels.shape[0], logits.detach(), labels)
+        per_example = F.cross_entropy(logits.float(), labels, reduction="none")
+        return StepOutput(per_example.sum(), labels.shape[0], logits.detach(), labels,
+                          per_example=per_example)
 
     def example_inputs(self, batch: Any) -> tuple[Any, ...]:
         return (batch["input_ids"], batch["attention_mask"])

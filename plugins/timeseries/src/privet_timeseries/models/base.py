@@ -472,12 +472,13 @@ class WindowModel(Model):
         out = self._forward(module, batch)
         n = batch["past"].shape[0]
         if self.task == "classification":
-            loss = F.cross_entropy(out.float(), batch["label"], reduction="sum")
-            return StepOutput(loss, n, out, batch["label"])
+            per = F.cross_entropy(out.float(), batch["label"], reduction="none")
+            return StepOutput(per.sum(), n, out, batch["label"], per_example=per)
         if self.task == "regression":
             _loc, scale = self.state["label_scaling"]
             err = (out.float() - batch["label"]) / scale
-            return StepOutput(self._point_loss(err).sum(), n, out, batch["label"])
+            per = self._point_loss(err).reshape(n, -1).sum(1)
+            return StepOutput(per.sum(), n, out, batch["label"], per_example=per)
         target = batch["future"]
         loc = batch["loc"][:, None, :]
         scale = batch["scale"][:, None, :]
@@ -489,10 +490,10 @@ class WindowModel(Model):
             pinball = torch.maximum(qs * diff, (qs - 1) * diff)  # (N, H, T, Q)
             per_item = pinball.mean(dim=(1, 2)).sum(-1)
             median = out[..., self.options.quantiles.index(0.5)]
-            return StepOutput(per_item.sum(), n, median, target)
+            return StepOutput(per_item.sum(), n, median, target, per_example=per_item)
         err = (out.float() - target) / scale
         per_item = self._point_loss(err).flatten(1).mean(1)
-        return StepOutput(per_item.sum(), n, out, target)
+        return StepOutput(per_item.sum(), n, out, target, per_example=per_item)
 
     def _point_loss(self, err: Any) -> Any:
         import torch.nn.functional as F

@@ -194,10 +194,12 @@ class MLP(Model):
         out = module(batch["x"], batch["codes"]) if "codes" in batch else module(batch["x"])
         n = batch["x"].shape[0]
         if self.task == "classification":
-            return StepOutput(F.cross_entropy(out.float(), batch["label"], reduction="sum"), n, out, batch["label"])
-        _loc, scale = self.state["label_scaling"]
-        err = (out.float() - batch["label"]) / scale
-        return StepOutput((err * err).sum(), n, out, batch["label"])
+            per = F.cross_entropy(out.float(), batch["label"], reduction="none")
+        else:
+            _loc, scale = self.state["label_scaling"]
+            err = (out.float() - batch["label"]) / scale
+            per = (err * err).reshape(n, -1).sum(1)
+        return StepOutput(per.sum(), n, out, batch["label"], per_example=per)
 
     def example_inputs(self, batch: dict[str, Any]) -> tuple[Any, ...]:
         return (batch["x"], batch["codes"]) if "codes" in batch else (batch["x"],)
