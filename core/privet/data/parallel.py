@@ -30,8 +30,11 @@ from ..components import BadRecord, Cleaner, Model, Record, Shard, Source
 from ..errors import DropRecord, PluginError, PrivetError
 from .checks import non_finite
 
-#: Chunks a worker may have waiting before it blocks: bounds memory, keeps workers busy.
-QUEUE_CHUNKS = 4
+#: Chunks a worker may have waiting before it blocks: bounds memory (about 16k records a
+#: worker), and lets a worker finish a whole shard of up to ~8 MB of text while the
+#: preparing process still reads the one before it (shards are taken in order: with a
+#: shallow queue the workers would take turns instead of running side by side).
+QUEUE_CHUNKS = 32
 #: With ``data.prepare_workers`` unset, data smaller than this is prepared in-process:
 #: starting worker processes (a second each) costs more than it saves.
 PARALLEL_MIN_BYTES = 8 << 20

@@ -159,6 +159,26 @@ def test_a_batch_of_long_texts_is_hashed_in_parts_with_the_same_outcome(host, mo
     assert list(dedupe._parts(["ab", "cde", "f" * 9, "g"], 5)) == [(0, 2), (2, 3), (3, 4)]
 
 
+def test_signatures_held_in_many_blocks_and_digests_from_a_worker_decide_the_same(host, monkeypatch):
+    import privet_text.dedupe as dedupe
+
+    records = varied_records()
+    expected = outcomes(host.make("cleaner", "text.dedupe", {"method": "minhash"}), records, 64)
+    monkeypatch.setattr(dedupe, "_BLOCK", 50)
+    blocks = host.make("cleaner", "text.dedupe", {"method": "minhash"})
+    assert outcomes(blocks, records, 64) == expected
+    assert len(blocks._seen.blocks) == -(-blocks._seen.size // 50) > 10
+    for method in ("minhash", "exact"):  # digests made by another instance, as in a worker
+        worker, main = (host.make("cleaner", "text.dedupe", {"method": method}) for _ in range(2))
+        reference = outcomes(host.make("cleaner", "text.dedupe", {"method": method}), records, 64)
+        got = []
+        for start in range(0, len(records), 64):
+            batch = [dict(r) for r in records[start:start + 64]]
+            for r in main.clean_batch(batch, digests=worker.digest_batch(batch)):
+                got.append(f"{r.reason}:{r.detail}" if isinstance(r, DropRecord) else repr(sorted(r.items())))
+        assert got == reference, method
+
+
 def test_first_seen_wins_and_a_new_pass_forgets(host):
     cleaner = host.make("cleaner", "text.dedupe", {"method": "minhash"})
     base = ("the quarterly report shows that revenue grew by twelve percent in the north while "

@@ -68,6 +68,22 @@ def test_jsonl_drops_bad_lines_with_reason_and_line_number(host, tmp_path):
     assert good(items) == [{"text": "ok one", "label": "a"}, {"text": "ok three", "label": "b"}]
 
 
+def test_jsonl_chunk_mb_cuts_big_files_into_byte_ranges_with_the_same_records(host, tmp_path):
+    path = tmp_path / "big.jsonl"
+    rows = [json.dumps({"text": f"record {i} " + "word " * (i % 50), "label": str(i % 3)})
+            for i in range(3000)]
+    rows[1500] = '{"text": "broken'
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    whole = host.make("source", "text.jsonl", {"paths": [str(path)]})
+    cut = host.make("source", "text.jsonl", {"paths": [str(path)], "chunk_mb": 0.1})
+
+    assert len(whole.shards()) == 1 and len(cut.shards()) == 5  # a 0.5 MB file in 0.1 MiB ranges
+    assert good(read_all(cut)) == good(read_all(whole)) and len(good(read_all(cut))) == 2999
+    offset = sum(len(r) + 1 for r in rows[:1500])
+    assert bad(read_all(cut)) == [("malformed_json", f"big.jsonl@{offset}")]
+    assert bad(read_all(whole)) == [("malformed_json", "big.jsonl:1501")]
+
+
 def test_jsonl_reads_gzip_and_folders(host, tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()

@@ -13,9 +13,15 @@ rest (duplicates, and records sharing a band by chance) are compared on their
 signatures, those sharing a band within the batch one by one in source order. The
 outcome is the one of checking record by record, whatever the batch size.
 
+Signatures are compared on the low 16 bits of each entry (b-bit minwise hashing, Li and
+König 2010): two different 32-bit values agree there with probability 2^-16, which moves
+a Jaccard estimate by under 2e-5, and it halves the seen-set. Band keys are made from the
+full 32-bit entries.
+
 Memory per record seen: 16 bytes for ``exact`` (kept records only); for ``minhash`` the
-signature (``4 * num_perm`` bytes), a fingerprint and an 8-byte slot per band key in a
-table a twelfth to a third full: 0.9-2 kB with the defaults.
+signature (``2 * num_perm`` bytes), a fingerprint and an 8-byte slot per band key in a
+table a quarter to a half full: with 128 permutations 390-520 bytes at threshold 0.9 (8
+bands) and 520-780 at 0.8 (16 bands), so 0.4-0.8 GB for a million records kept.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ _MASK32 = np.uint64(0xFFFFFFFF)
 _EMPTY = np.uint64(1 << 32)  # a bin no shingle fell into
 #: Keys left in a probing loop below which plain Python beats another numpy round.
 _FEW = 32
+#: Signature rows per block of the seen-set.
+_BLOCK = 1 << 16
+#: Entries moved at a time when the band index grows.
+_GROW_CHUNK = 1 << 20
 #: Characters hashed in one go: a batch of long texts is done in parts, so its numpy
 #: arrays (a few times 8 bytes a character) stay near 100 MB at most.
 _CHARS_AT_ONCE = 1 << 22
@@ -250,12 +260,12 @@ class MinHasher:
 class _BandIndex:
     """A multimap from LSH band keys to kept-record numbers, in one numpy array.
 
-    Open addressing with linear probing, at most a third full. A key is cut to a 32-bit
+    Open addressing with linear probing, at most half full (grown by doubling). A key is cut to a 32-bit
     tag (its low bits, made odd so that 0 marks an empty slot); the tag's top bits pick
     the first slot, and a slot holds the tag above the record number. Two keys with one
     tag only make a spurious candidate, which the signature comparison then rejects.
     Look-ups and inserts take a whole batch of keys and probe for all of them at once:
-    8 bytes a slot, at most 24 an entry, where a Python dict needs about 100.
+    8 bytes a slot, 16 to 32 an entry, where a Python dict needs about 100.
     """
 
     def __init__(self, capacity: int = 1 << 18) -> None:
@@ -274,7 +284,7 @@ class _BandIndex:
         """Add each key with its id (all ``ids`` above those already held) in one probing
         pass; return what a look-up before would have found, as (position in ``keys``,
         id) pairs, whether each key's tag is another key's too, and each key's slot."""
-        if 3 * (self.size + len(keys)) > len(self.table):
+        if 2 * (self.size + len(keys)) > len(self.table):
             self._grow(self.size + len(keys))
         self.size += len(keys)
         mask, newest = len(self.table) - 1, np.uint64(ids.min())
@@ -336,10 +346,10 @@ class _BandIndex:
         """Entries of dropped records: kept as tags, so that probe runs stay unbroken."""
         self.table[slots] |= _MASK32  # id 0xFFFFFFFF: above every live id
 
-    def _insert(self, tag: np.ndarray, ids: np.ndarray) -> None:
-        self.size += len(tag)
+    def _insert(self, entry: np.ndarray) -> None:
+        """Add entries (tag above id) sorted by tag, so in slot order: neighbouring writes."""
+        self.size += len(entry)
         mask = len(self.table) - 1
-        entry = np.sort((tag << np.uint64(32)) | ids)  # in slot order: neighbouring writes
         slot = ((entry >> np.uint64(32)) >> self._shift).astype(np.intp)
         while len(entry) > _FEW:
             free = self.table[slot] == 0
@@ -362,38 +372,61 @@ class _BandIndex:
 
     def _grow(self, need: int) -> None:
         capacity = len(self.table)
-        while 3 * need > capacity:
-            capacity *= 4
+        while 2 * need > capacity:
+            capacity *= 2
         if capacity > 1 << 32:
             raise MemoryError("text.dedupe: over a billion band keys; deduplicate in parts")
         held = self.table[(self.table != 0) & ((self.table & _MASK32) != _MASK32)]  # live ones
+        self.table = held[:0]  # the old table goes before the new one is made: a lower peak
         self._resize(capacity)
-        self._insert(held >> np.uint64(32), held & _MASK32)
+        held.sort()  # in place: by tag, so in slot order
+        for lo in range(0, len(held), _GROW_CHUNK):  # a few MB of temporaries at a time
+            self._insert(held[lo:lo + _GROW_CHUNK])
 
 class _Seen:
     """Signatures, fingerprints and the LSH band index of the records seen; first seen wins.
 
     A batch is added whole, in the same pass that looks its band keys up; the entries
     of the records it then drops are marked dead (their signature rows stay unused).
+    Signatures are kept in blocks of ``_BLOCK`` rows: growing never copies them, so the
+    peak stays at what is held (a doubling array would need old and new at once).
     """
 
     def __init__(self, num_perm: int) -> None:
-        self.sigs = np.empty((1024, num_perm), dtype=np.uint32)
+        self.num_perm = num_perm
+        self.blocks: list[np.ndarray] = []
         self.fps = np.empty(1024, dtype=np.uint64)
         self.size = 0
         self.index = _BandIndex()
 
     def _append(self, sigs: np.ndarray, fps: np.ndarray) -> np.ndarray:
         need = self.size + len(sigs)
-        if need > len(self.sigs):  # grow by doubling (np.resize would fill the new part)
-            grown = max(need, 2 * len(self.sigs))
-            sigs_, fps_ = self.sigs, self.fps
-            self.sigs = np.empty((grown, sigs_.shape[1]), dtype=np.uint32)
-            self.fps = np.empty(grown, dtype=np.uint64)
-            self.sigs[:self.size], self.fps[:self.size] = sigs_[:self.size], fps_[:self.size]
-        self.sigs[self.size:need], self.fps[self.size:need] = sigs, fps
+        if need > len(self.fps):  # 8 bytes a record: doubling is cheap here
+            grown = np.empty(max(need, 2 * len(self.fps)), dtype=np.uint64)
+            grown[:self.size] = self.fps[:self.size]
+            self.fps = grown
+        self.fps[self.size:need] = fps
+        done = 0
+        while done < len(sigs):
+            block, row = divmod(self.size + done, _BLOCK)
+            if block == len(self.blocks):
+                self.blocks.append(np.empty((_BLOCK, self.num_perm), dtype=sigs.dtype))
+            n = min(len(sigs) - done, _BLOCK - row)
+            self.blocks[block][row:row + n] = sigs[done:done + n]
+            done += n
         ids, self.size = np.arange(self.size, need), need
         return ids
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The signatures of records ``ids`` (a copy, in that order)."""
+        which, row = np.divmod(ids, _BLOCK)
+        if len(self.blocks) == 1:
+            return self.blocks[0][row]
+        out = np.empty((len(ids), self.num_perm), dtype=self.blocks[0].dtype)
+        for b in np.unique(which).tolist():
+            at = which == b
+            out[at] = self.blocks[b][row[at]]
+        return out
 
     def add(self, sigs: np.ndarray, fps: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per record: the most equal signature entries with an earlier record it shares a
@@ -406,7 +439,7 @@ class _Seen:
         if len(at):
             pairs = np.unique((at // keys.shape[1]) * self.size + found)
             rec, found = np.divmod(pairs, self.size)
-            same = np.count_nonzero(sigs[rec] == self.sigs[found], axis=1)
+            same = np.count_nonzero(sigs[rec] == self.rows(found), axis=1)
             np.maximum.at(equal, rec, same)
             copy[rec[(same == sigs.shape[1]) & (fps[rec] == self.fps[found])]] = True
         return equal, copy, shared.reshape(keys.shape).any(axis=1), placed.reshape(keys.shape)
@@ -511,8 +544,9 @@ class Dedupe(Cleaner):
 
     def digest_batch(self, records: list[Record]) -> list[Any]:
         """What each record alone decides, computed in the preparation workers: a 16-byte
-        hash of the canonical text (``exact``), or its signature, fingerprint and band
-        keys end to end (``minhash``). ``None`` for a record without a text."""
+        hash of the canonical text (``exact``), or its signature (the low 16 bits of each
+        entry), fingerprint and band keys end to end (``minhash``). ``None`` for a record
+        without a text."""
         o = self.options
         texts = [record.get(o.field) for record in records]
         out: list[Any] = [None] * len(records)
@@ -524,8 +558,9 @@ class Dedupe(Cleaner):
             return out
         for lo, hi in _parts(texts, _CHARS_AT_ONCE):  # long texts: bounded numpy arrays
             sigs, fps = self._hasher.sketch_codes(*canonical_codes(texts[lo:hi], punctuation=o.keep_punctuation))
-            rows = np.concatenate([sigs.view(np.uint8), fps.view(np.uint8).reshape(-1, 8),
-                                   self._band_keys(sigs).view(np.uint8)], axis=1)
+            keys = self._band_keys(sigs)
+            rows = np.concatenate([sigs.astype(np.uint16).view(np.uint8), fps.view(np.uint8).reshape(-1, 8),
+                                   keys.view(np.uint8)], axis=1)
             for i, row in zip(where[lo:hi], rows):
                 out[i] = row.tobytes()
         return out
@@ -534,9 +569,9 @@ class Dedupe(Cleaner):
         """Signatures, fingerprints and band keys from :meth:`digest_batch`'s rows."""
         k = self.options.num_perm
         rows = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), -1)
-        sigs = np.ascontiguousarray(rows[:, :4 * k]).view(np.uint32)
-        fps = np.ascontiguousarray(rows[:, 4 * k:4 * k + 8]).view(np.uint64).ravel()
-        keys = np.ascontiguousarray(rows[:, 4 * k + 8:]).view(np.uint64)
+        sigs = np.ascontiguousarray(rows[:, :2 * k]).view(np.uint16)
+        fps = np.ascontiguousarray(rows[:, 2 * k:2 * k + 8]).view(np.uint64).ravel()
+        keys = np.ascontiguousarray(rows[:, 2 * k + 8:]).view(np.uint64)
         return sigs, fps, keys
 
     def _exact_batch(self, digests: list[bytes]) -> dict[int, DropRecord]:

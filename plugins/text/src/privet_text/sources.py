@@ -87,6 +87,10 @@ class TextJsonl(_ListedSource):
     @attrs.define(frozen=True)
     class Options(_FieldOptions):
         paths: list[Path] = attrs.field(validator=existing_paths)
+        #: Cut files bigger than this many MiB into byte-range shards that preparation
+        #: workers read side by side (0: one shard per file). Locations are then
+        #: ``file@BYTE_OFFSET`` instead of ``file:line``.
+        chunk_mb: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
 
         def __attrs_post_init__(self) -> None:
             if not self.paths:
@@ -94,6 +98,12 @@ class TextJsonl(_ListedSource):
 
     def _rows(self, path: str) -> Iterator[Located]:
         return read_jsonl(path)
+
+    def read_range(self, path: str, start: int, end: int) -> Iterator[Located]:
+        to_record = _FieldMapper(self.options.text_field, self.options.label_field,
+                                 self.options.keep_fields)
+        for where, row in read_jsonl(path, start=start, end=end):
+            yield where, row if isinstance(row, BadRecord) else to_record(row, where)
 
 
 class TextCsv(_ListedSource):
