@@ -133,19 +133,9 @@ def start(kind: str, bundle: Path, port: int, work: Path) -> subprocess.Popen:
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import httpx
+    from privet.testing import wait_for_server
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
+    wait_for_server(url, proc, timeout)
 
 
 async def load(url: str, records: list[dict], clients: int, seconds: float,

@@ -225,9 +225,9 @@ class Model(Component):
     examples_at_inference: ClassVar[bool] = False
     #: True when :meth:`examples` turns each record into at most one example from that
     #: record alone (tokenizing, say; no packing, no windows). Preparation then runs it
-    #: after :meth:`fit` in the worker processes, one cached record shard at a time, and
-    #: each shard of examples is written as it comes back; the cache is the same for
-    #: any number of workers.
+    #: after :meth:`fit` in the worker processes, over fixed runs of cached records, and
+    #: writes the examples in order as they come back; the cache is the same for any
+    #: number of workers.
     per_record_examples: ClassVar[bool] = False
 
     def fit(self, records: Iterable[Record]) -> None:

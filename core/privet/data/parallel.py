@@ -368,15 +368,8 @@ class ProcessRunner:
             mine = [(i, s) for i, s in enumerate(shards) if i % self.workers == w]
             commands.put((pass_id, spec, mine))
         for index in range(len(shards)):
-            w = index % self.workers
             while True:
-                got_pass, got_index, kind, payload = self._get(w)
-                if got_pass != pass_id:
-                    continue  # a chunk of an abandoned pass
-                if got_index != index:
-                    raise PluginError(f"preparation worker {w} sent shard {got_index}, expected {index}")
-                if kind == "error":
-                    raise _rebuild(payload)
+                kind, payload = self._next(pass_id, index)
                 yield index, kind, payload
                 if kind == "end":
                     break
@@ -391,17 +384,21 @@ class ProcessRunner:
             mine = [(i, job) for i, job in enumerate(jobs) if i % self.workers == w]
             commands.put(("examples", pass_id, state, mine))
         for index in range(len(jobs)):
-            w = index % self.workers
-            while True:
-                got_pass, got_index, kind, payload = self._get(w)
-                if got_pass != pass_id:
-                    continue
-                if got_index != index:
-                    raise PluginError(f"preparation worker {w} sent example shard {got_index}, expected {index}")
-                if kind == "error":
-                    raise _rebuild(payload)
-                yield payload
-                break
+            yield self._next(pass_id, index)[1]
+
+    def _next(self, pass_id: int, index: int) -> tuple[str, Any]:
+        """The next message of job ``index`` of pass ``pass_id`` from its worker (messages
+        of an abandoned pass are skipped; a worker's error is raised here)."""
+        w = index % self.workers
+        while True:
+            got_pass, got_index, kind, payload = self._get(w)
+            if got_pass != pass_id:
+                continue  # a chunk of an abandoned pass
+            if got_index != index:
+                raise PluginError(f"preparation worker {w} sent job {got_index}, expected {index}")
+            if kind == "error":
+                raise _rebuild(payload)
+            return kind, payload
 
     def _get(self, w: int) -> tuple[Any, ...]:
         while True:

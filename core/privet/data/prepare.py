@@ -438,18 +438,15 @@ class Preparer:
     def _write_examples(self, cache: Storage, records: dict[str, ArrowTable]) -> dict[str, list[str]]:
         """The examples of every split: made in the workers, a few thousand records at a
         time, for a model whose examples are per record; else one streaming pass per split here."""
-        out: dict[str, list[str]] = {s: [] for s in SPLITS}
+        writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
         if not self.model.per_record_examples:
             for s in SPLITS:
-                w = ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows)
                 for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
-                    w.add(ex)
-                out[s] = w.close()
-            return out
+                    writers[s].add(ex)
+            return {s: w.close() for s, w in writers.items()}
         import pyarrow as pa
 
         jobs = [job for s in SPLITS for job in example_jobs(s, records[s])]
-        writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
         state = None if isinstance(self._runner, InlineRunner) else self.model.state_dict()
         for job, data in zip(jobs, self._runner.examples(jobs, state)):
             if data is not None:

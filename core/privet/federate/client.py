@@ -125,33 +125,12 @@ class Client:
 
     def evaluate(self, r: int) -> dict[str, Any]:
         """Metrics of round ``r``'s global weights on this client's validation split."""
-        import torch
-
-        from ..data.loader import make_loader
-        from ..train.checkpoint import read_weights
-
         run = self.hooks.run
         if run is None:
             raise RuntimeError("evaluate before train: this client has no prepared data yet")
-        model, cfg = run.components.model, run.config
-        torch.manual_seed(cfg.seed)
-        module = model.build().to(run.device)
         rnd = self.storage.sub(exchange.round_dir(r))
-        read_weights(rnd.path(exchange.GLOBAL), module, model, storage=rnd)
-        loader = make_loader(run.prepared.tables["val"], model, [], seed=cfg.seed, train=False,
-                             batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
-                             shuffle=False, num_workers=0)
-        acc, n = model.metrics("val"), 0
-        module.eval()
-        with torch.no_grad():
-            for loaded in loader:
-                if loaded.batch is None:
-                    continue
-                out = model.step(module, _to_device(loaded.batch, run.device))
-                acc.update(out)
-                n += int(out.count)
-        return {"client": self.spec.name, "round": r, "examples": n,
-                "metrics": acc.compute() if n else {}}
+        n, metrics = validate(run, rnd, exchange.GLOBAL)
+        return {"client": self.spec.name, "round": r, "examples": n, "metrics": metrics}
 
     # -- finalize ----------------------------------------------------------------------------------
 
@@ -203,6 +182,33 @@ def federation_cipher(fed: LoadedFederation, host: Any) -> Any:
         return None
     return Cipher(load_key(enc.key, host.catalog, fed.base_dir,
                            where=f"{fed.file}: security.encryption.key"))
+
+
+def validate(run: Any, storage: Storage, name: str) -> tuple[int, dict[str, Any]]:
+    """The items counted and the metrics of weights file ``name`` (in ``storage``) on the
+    run's validation split: a fresh module of the run's model, evaluated as the engine does."""
+    import torch
+
+    from ..data.loader import make_loader
+    from ..train.checkpoint import read_weights
+
+    model, cfg = run.components.model, run.config
+    torch.manual_seed(cfg.seed)
+    module = model.build().to(run.device)
+    read_weights(storage.path(name), module, model, storage=storage)
+    loader = make_loader(run.prepared.tables["val"], model, [], seed=cfg.seed, train=False,
+                         batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
+                         shuffle=False, num_workers=0)
+    acc, n = model.metrics("val"), 0
+    module.eval()
+    with torch.no_grad():
+        for loaded in loader:
+            if loaded.batch is None:
+                continue
+            out = model.step(module, _to_device(loaded.batch, run.device))
+            acc.update(out)
+            n += int(out.count)
+    return n, acc.compute() if n else {}
 
 
 def _to_device(batch: Any, device: Any) -> Any:

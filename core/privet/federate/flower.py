@@ -24,7 +24,7 @@ import attrs
 from ..storage import Storage
 from . import exchange
 from .aggregate import FederationError, check_compatible
-from .client import ClientHooks, _restore_env, _to_device, local_overrides
+from .client import ClientHooks, _restore_env, local_overrides, validate
 from .config import ClientSpec
 
 #: ``client_app`` and ``server_app`` are built by ``__getattr__``; naming them here is also
@@ -146,32 +146,12 @@ class Site:
 
     def evaluate(self, state: dict[str, Any]) -> tuple[int, dict[str, float]]:
         """The global weights' metrics on this site's validation split (examples, metrics)."""
-        import torch
-
-        from ..data.loader import make_loader
-        from ..train.checkpoint import read_weights
-
         run = self.hooks.run or self._prepare()
-        model, cfg = run.components.model, run.config
-        torch.manual_seed(cfg.seed)
-        module = model.build().to(run.device)
         received = self._receive(state)
         if received is None:
             raise FederationError("an evaluate message without weights: nothing to evaluate")
-        storage, name = received
-        read_weights(storage.path(name), module, model, storage=storage)
-        loader = make_loader(run.prepared.tables["val"], model, [], seed=cfg.seed, train=False,
-                             batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
-                             shuffle=False, num_workers=0)
-        acc, n = model.metrics("val"), 0
-        module.eval()
-        with torch.no_grad():
-            for loaded in loader:
-                if loaded.batch is not None:
-                    out = model.step(module, _to_device(loaded.batch, run.device))
-                    acc.update(out)
-                    n += int(out.count)
-        return n, {k: float(v) for k, v in (acc.compute() if n else {}).items()}
+        n, metrics = validate(run, *received)
+        return n, {k: float(v) for k, v in metrics.items()}
 
     def _prepare(self) -> Any:
         """The site's prepared data without training, for an evaluate that comes first in
