@@ -30,6 +30,7 @@ _EXPORTS = {
     "non_negative": "validators", "at_least": "validators",
     "RunContext": "train.context", "TrainingObjects": "train.context",
     "load_trained": "train.loading",
+    "RecordStream": "data.records", "record_tables": "data.records",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
                          PluginError, PrivetError, TrainingError, UnknownComponentError,
                          UsageError)
     from .data.columns import Columns
+    from .data.records import RecordStream, record_tables
     from .hookspecs import hookimpl
     from .train.context import RunContext, TrainingObjects
     from .train.loading import load_trained

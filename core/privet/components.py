@@ -96,6 +96,20 @@ class Source(Component):
     def read(self, shard: Shard) -> Iterator[Record | BadRecord]:
         ...
 
+    def read_table(self, shard: Shard) -> Any:
+        """Optional columnar fast path: the shard's records as one pyarrow Table, or
+        ``None`` (the default) for the record path (:meth:`read`).
+
+        The table must hold exactly the records :meth:`read` would yield, in order: one
+        column per key in the order the records have their keys, a missing value null,
+        numbers as float64 or int64 as the dicts hold them. Return ``None`` for a shard
+        that has anything :meth:`read` would report (a bad row, a value that needs the
+        slow rules): the engine then reads that shard record by record, so drops keep
+        their reasons and line numbers. Keep shards small enough to hold in memory
+        (byte ranges of a few MB).
+        """
+        return None
+
     def files(self) -> list[str]:
         """Files whose content defines the data (used for the cache fingerprint)."""
         return sorted({s.path for s in self.shards()})
@@ -121,7 +135,11 @@ class Cleaner(Component):
     per_record: ClassVar[bool] = True
 
     def fit(self, records: Iterable[Record]) -> None:
-        """Learn statistics from the (already cleaned) training records."""
+        """Learn statistics from the (already cleaned) training records.
+
+        ``records`` may be iterated more than once; :func:`privet.record_tables` gives
+        the same records as pyarrow Tables (numpy statistics instead of a dict per row).
+        """
 
     def start_pass(self) -> None:
         """Called before each streaming pass over the data that uses this cleaner.
@@ -151,6 +169,19 @@ class Cleaner(Component):
             except DropRecord as drop:
                 out.append(drop)
         return out
+
+    def clean_table(self, table: Any) -> Any:
+        """Optional columnar fast path: clean a pyarrow Table of records at once.
+
+        Return the cleaned table (the same rows, in order, with the values and columns
+        :meth:`clean` would give each record, and the same counters in :meth:`report`),
+        or ``None`` (the default) to decline: the engine then cleans these rows with
+        :meth:`clean_batch`. Decline, leaving counters alone, whenever a row would be
+        dropped or filtered, or needs rules the columns cannot express: the record path
+        names each drop. Preparation takes this path for a shard its source read as a
+        table (:meth:`Source.read_table`) while every cleaner accepts it.
+        """
+        return None
 
     def digest_batch(self, records: list[Record]) -> list[Any] | None:
         """Optional, for a cleaner with ``per_record = False``: the part of its work that
@@ -231,10 +262,12 @@ class Model(Component):
     per_record_examples: ClassVar[bool] = False
 
     def fit(self, records: Iterable[Record]) -> None:
-        """Learn what the model needs from the training split. Re-iterable input."""
+        """Learn what the model needs from the training split. Re-iterable input;
+        :func:`privet.record_tables` gives it as pyarrow Tables read from the cache."""
 
     def examples(self, records: Iterable[Record], split: str) -> Iterator[Record]:
-        """Turn cleaned records of one split into training examples (stored in the cache)."""
+        """Turn cleaned records of one split into training examples (stored in the cache).
+        :func:`privet.record_tables` gives ``records`` as pyarrow Tables."""
         yield from records
 
     def report(self) -> dict[str, Any]:

@@ -78,8 +78,21 @@ class ArrowShardWriter:
         self._buffer.append(record)
         self._bytes += _approx_size(record)
         self.rows += 1
-        if len(self._buffer) >= self.shard_rows or self._bytes >= _FLUSH_BYTES:
+        if self._tables:  # after tables: records join them, in order
+            if len(self._buffer) + self._pending >= self.shard_rows:
+                self._buffer_to_tables()
+                while self._pending >= self.shard_rows:
+                    self._write_tables(self.shard_rows)
+        elif len(self._buffer) >= self.shard_rows or self._bytes >= _FLUSH_BYTES:
             self._flush()
+
+    def _buffer_to_tables(self) -> None:
+        if self._buffer:
+            table = rows_table(self._buffer, self.split)
+            self._tables.append(table)
+            self._pending += table.num_rows
+            self._buffer = []
+            self._bytes = 0
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -113,9 +126,8 @@ class ArrowShardWriter:
     def add_table(self, table: Any) -> None:
         """Rows made elsewhere (a worker's Arrow table): written in shards of ``shard_rows``
         rows like :meth:`add`'s, with one schema (a column all null in one part takes the
-        type the others give it)."""
-        if self._buffer:
-            raise DataError("ArrowShardWriter: add() and add_table() cannot be mixed in one split")
+        type the others give it). Records and tables may alternate; order is kept."""
+        self._buffer_to_tables()
         self._tables.append(table)
         self._pending += table.num_rows
         self.rows += table.num_rows
@@ -137,6 +149,7 @@ class ArrowShardWriter:
 
     def close(self) -> list[str]:
         if self._tables:
+            self._buffer_to_tables()
             self._write_tables(self._pending)
         self._flush()
         return list(self._files)

@@ -24,11 +24,11 @@ import queue
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 from ..components import BadRecord, Cleaner, Model, Record, Shard, Source
 from ..errors import DropRecord, PluginError, PrivetError
-from .checks import non_finite
+from .checks import FLOAT32_MAX, non_finite
 
 #: Chunks a worker may have waiting before it blocks: bounds memory (about 16k records a
 #: worker), and lets a worker finish a whole shard of up to ~8 MB of text while the
@@ -150,12 +150,17 @@ def _item(location: str | None, item: Any, name: str, split_field: str | None,
 
 def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
                  split_field: str | None, parts: dict[str, str], size: int,
-                 digester: Cleaner | None = None) -> Iterator[list[Item]]:
+                 digester: Cleaner | None = None, columnar: bool = False) -> Iterator[list[Item]]:
     """The outcome stream of one shard, ``size`` records at a time, in source order.
 
     ``digester``: the next cleaner, whose digests of the cleaned records go with them.
+    ``columnar``: try the table path first (:func:`shard_table`).
     A source error is raised after the chunk holding the records read before it.
     """
+    if columnar and digester is None:
+        done = yield from shard_table(source, shard, cleaners, split_field, parts, size)
+        if done:
+            return
     name = Path(shard.path).name
     pending: list[Any] = []
     records: list[Record] = []
@@ -187,6 +192,92 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
         raise
     if pending:
         yield flush()
+
+
+def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
+                split_field: str | None, parts: dict[str, str], size: int
+                ) -> Generator[list[Item], None, bool]:
+    """The columnar path of one shard: ``[("tab", table, splits)]`` when the source reads it
+    as a table (``Source.read_table``) and every cleaner takes it (``Cleaner.clean_table``).
+
+    Returns False (nothing yielded) when the source declines or the table holds values the
+    record checks would report (non-finite numbers, a bad split value): the shard then
+    goes the record way from the start, so each drop keeps its line. When a cleaner
+    declines, the table's rows continue as records from that cleaner on.
+    """
+    table = source.read_table(shard)
+    if table is None:
+        return False
+    splits = table_splits(table, split_field, parts)
+    if splits is False or has_non_finite(table):
+        return False
+    for n, cleaner in enumerate(cleaners):
+        cleaned = cleaner.clean_table(table)
+        if cleaned is None:
+            yield from _rows_from(table, cleaners[n:], splits, size)
+            return True
+        if cleaned.num_rows != table.num_rows:
+            raise PluginError(f"cleaner {cleaner.name}: clean_table returned {cleaned.num_rows} "
+                              f"rows for {table.num_rows}; decline (return None) to drop rows")
+        table = cleaned
+    if table.num_rows:
+        yield [("tab", table, splits)]
+    return True
+
+
+def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> Any:
+    """Each row's split (a numpy array of names) from ``split_field``, None without one, or
+    False when a value is missing or not a split name (the record path reports those)."""
+    if split_field is None:
+        return None
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if split_field not in table.column_names:
+        return False
+    column = table.column(split_field)
+    if column.null_count or not (column.type == "string" or column.type == "large_string"):
+        return False
+    names, codes = np.unique(np.asarray(pc.utf8_lower(column).to_numpy(zero_copy_only=False), dtype=object),
+                             return_inverse=True)
+    if any(n not in parts for n in names):
+        return False
+    return np.array([parts[n] for n in names], dtype=object)[codes.reshape(-1)]
+
+
+def has_non_finite(table: Any) -> bool:
+    """Whether the table may hold a number :func:`~.checks.non_finite` reports (NaN,
+    infinity, beyond float32): the record path skips those rows, naming each. Columns of
+    lists are not inspected here: their tables take the record path."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column in table.columns:
+        kind = column.type
+        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+            return True
+        if not pa.types.is_floating(kind) or column.length() == column.null_count:
+            continue
+        if not pc.all(pc.is_finite(column), skip_nulls=True).as_py():
+            return True
+        if pc.max(pc.abs(column)).as_py() > FLOAT32_MAX:
+            return True
+    return False
+
+
+def _rows_from(table: Any, cleaners: Sequence[Cleaner], splits: Any, size: int) -> Iterator[list[Item]]:
+    """A table's rows through the remaining ``cleaners`` the record way, as stream items
+    (no line locations: the engine names them by ordinal)."""
+    for lo in range(0, table.num_rows, size):
+        records = table.slice(lo, size).to_pylist()
+        out = []
+        for i, outcome in enumerate(clean_chain(cleaners, records)):
+            rec = records[i]
+            path = rec.get("path")
+            part = None if splits is None else splits[lo + i]
+            out.append(("rec", None, path if isinstance(path, str) and path else None, part,
+                        *_portable(outcome, None)))
+        yield out
 
 
 def _digests(digester: Cleaner | None, cleaned: list[Any]) -> list[Any]:
@@ -239,10 +330,10 @@ def report_sum(total: Any, delta: Any) -> Any:
 
 def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], split_field: str | None,
                parts: dict[str, str], size: int,
-               digester: Cleaner | None = None) -> Iterator[tuple[str, Any]]:
+               digester: Cleaner | None = None, columnar: bool = False) -> Iterator[tuple[str, Any]]:
     """``("chunk", items)`` messages, then ``("end", report deltas of the cleaners)``."""
     before = [copy.deepcopy(c.report()) for c in cleaners]
-    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester):
+    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester, columnar):
         yield "chunk", chunk
     yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
 
@@ -290,7 +381,8 @@ class PassSpec:
     """What one streaming pass asks of the workers."""
 
     def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
-                 parts: dict[str, str], size: int, digest: bool = False) -> None:
+                 parts: dict[str, str], size: int, digest: bool = False,
+                 columnar: bool = False) -> None:
         self.upto = upto
         self.states = states
         self.split_field = split_field
@@ -298,6 +390,8 @@ class PassSpec:
         self.size = size
         #: also compute the digests of cleaner ``upto`` (Cleaner.digest_batch)
         self.digest = digest
+        #: try each shard as one Arrow table first (Source.read_table, Cleaner.clean_table)
+        self.columnar = columnar
 
 
 class InlineRunner:
@@ -317,7 +411,7 @@ class InlineRunner:
         digester = self.cleaners[spec.upto] if spec.digest else None
         for index, shard in enumerate(shards):
             for kind, payload in _run_shard(self.source, shard, cleaners, spec.split_field,
-                                            spec.parts, spec.size, digester):
+                                            spec.parts, spec.size, digester, spec.columnar):
                 yield index, kind, payload
 
     def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
@@ -556,7 +650,7 @@ def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_i
     for index, shard in mine:
         try:
             for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec.split_field,
-                                            spec.parts, spec.size, digester):
+                                            spec.parts, spec.size, digester, spec.columnar):
                 if current() != pass_id:
                     return  # the preparing process moved on (an error, or a fit that stopped early)
                 results.put((pass_id, index, kind, payload))

@@ -25,6 +25,7 @@ from ..config import DataConfig
 from ..errors import DataError, DropRecord
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
+from .records import RecordStream
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
 from .parallel import (InlineRunner, PassSpec, ProcessRunner, clean_chain, digests_of,
                        example_jobs, parallel_prefix, report_sum, shard_bytes)
@@ -173,7 +174,7 @@ class Preparer:
         self._runner = RankRunner(link, local) if link is not None else local
         self.workers = self._runner.workers
 
-    def _spec(self, upto: int, digest: bool) -> PassSpec:
+    def _spec(self, upto: int, digest: bool, columnar: bool = False) -> PassSpec:
         """A pass through the first ``upto`` cleaners (and the digests of the next when
         ``digest``), with the fitted state workers need."""
         split = self.data.split
@@ -183,7 +184,7 @@ class Preparer:
                       if c.needs_fit}
         size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
         return PassSpec(upto, states, split.field if split.method == "field" else None,
-                        _FIELD_SPLITS, size, digest)
+                        _FIELD_SPLITS, size, digest, columnar)
 
     def _part(self, ordinal: int, ordered_count: int) -> str:
         split = self.data.split
@@ -194,8 +195,32 @@ class Preparer:
                 else "val" if frac < 1 - split.test else "test")
 
     def _count(self) -> int:
-        return sum(1 for shard in self.source.shards() for item in self.source.read(shard)
-                   if not isinstance(item, (BadRecord, DropRecord)))
+        total = 0
+        for shard in self.source.shards():
+            table = self.source.read_table(shard)
+            total += table.num_rows if table is not None else sum(
+                1 for item in self.source.read(shard) if not isinstance(item, (BadRecord, DropRecord)))
+        return total
+
+    def _place_table(self, item: tuple[Any, ...], only: str | None, pos: list[int]) -> list[tuple[Any, ...]]:
+        """A worker's cleaned table in the whole stream: ``("table", split, rows)`` events,
+        one per split it holds (the record path's ordinals and splits, row for row)."""
+        import numpy as np
+        import pyarrow as pa
+
+        _tag, table, splits = item
+        start, n = pos[0], table.num_rows
+        pos[0] += n
+        if splits is None:
+            splits = np.array([self._part(start + i + 1, pos[1]) for i in range(n)], dtype=object)
+        events = []
+        for part in SPLITS if only is None else (only,):
+            mask = splits == part
+            if mask.all():
+                events.append(("table", part, table))
+            elif mask.any():
+                events.append(("table", part, table.filter(pa.array(mask))))
+        return events
 
     def _bad(self, drops: DropCounter | _Deferred | None, reason: str, where: str, detail: str = "",
              *, bad: bool = True) -> None:
@@ -247,6 +272,9 @@ class Preparer:
                 if drops is not None:
                     drops.add(event[1], event[2], bad=event[3])
                 continue
+            if event[0] == "table":  # a shard cleaned the columnar way
+                yield event[1], event[2]
+                continue
             _tag, part, where, value, _digest = event
             out = next(outcomes) if isinstance(value, dict) else value
             if isinstance(out, tuple) and out[0] == "D":  # a worker's DropRecord
@@ -262,8 +290,9 @@ class Preparer:
 
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
                  total: list[int], on_start: Callable[[], None] = lambda: None
-                 ) -> Iterator[tuple[str, Record]]:
-        """Cleaned ``(split, record)`` of one pass through ``cleaners[:upto]``, in source order.
+                 ) -> Iterator[tuple[str, Any]]:
+        """Cleaned ``(split, record)`` of one pass through ``cleaners[:upto]``, in source order;
+        a shard that went the columnar way comes as ``(split, pyarrow Table)`` of its rows.
 
         The source's shards are read and cleaned by the leading per-record cleaners in the
         runner (worker processes, or here); the rest run here over batches of about
@@ -276,7 +305,7 @@ class Preparer:
             cleaner.start_pass()
         on_start()
         spec = self._spec(k, k < upto and digests_of(self.cleaners[k])
-                          and not isinstance(self._runner, InlineRunner))
+                          and not isinstance(self._runner, InlineRunner), columnar=k == upto)
         shards = self.source.shards()
         self.pass_reports = [{} for _ in range(k)]
         events: list[tuple[Any, ...]] = []
@@ -290,13 +319,21 @@ class Preparer:
                     self.progress.advance(0, shard_bytes(shards[index]))
                     continue
                 name = Path(shards[index].path).name
+                rows = 0
                 for item in payload:
-                    total[0] += 1
+                    if item[0] == "tab":
+                        tables = self._place_table(item, only, pos)
+                        events.extend(tables)
+                        rows += item[1].num_rows
+                        pending += sum(t[2].num_rows for t in tables)
+                        continue
+                    rows += 1
                     event = self._place(item, name, deferred, only, pos)
                     if event is not None:
                         events.append(event)
                         pending += 1
-                self.progress.advance(len(payload), 0)
+                total[0] += rows
+                self.progress.advance(rows, 0)
                 if pending >= spec.size:
                     pending = 0
                     yield from self._flush(events, suffix, drops, spec.digest)
@@ -373,7 +410,7 @@ class Preparer:
             if cleaner.needs_fit:
                 self.log(f"data: fitting cleaner {cleaner.name}")
                 self.progress.phase(f"fit {cleaner.name}")
-                cleaner.fit(_Reiterable(lambda i=i: (r for _p, r in self._cleaned(i, "train", None, [0]))))
+                cleaner.fit(RecordStream(lambda i=i: (r for _p, r in self._cleaned(i, "train", None, [0]))))
 
     def _build(self, cache: Storage, fp: str, files: Any) -> dict[str, Any]:
         """Every pass of the preparation, written into ``cache``; returns its meta."""
@@ -394,7 +431,10 @@ class Preparer:
         snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
         self.progress.phase("prepare")
         for part, record in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
-            writers[part].add(record)
+            if isinstance(record, dict):
+                writers[part].add(record)
+            else:
+                writers[part].add_table(record)
         record_files = {s: w.close() for s, w in writers.items()}
         lap("clean_and_write_s")
         self._check_bad_fraction(drops, total[0])
@@ -404,7 +444,7 @@ class Preparer:
                             f"cleaner options")
         records = {s: ArrowTable(fs, cipher=cache.cipher) for s, fs in record_files.items()}
         self.progress.phase(f"fit {self.model.name}")
-        self.model.fit(_Reiterable(records["train"].iter_rows))
+        self.model.fit(RecordStream(records["train"]._open))
         lap("model_fit_s")
         example_files = dict(record_files)
         if type(self.model).examples is not Model.examples:
@@ -441,7 +481,7 @@ class Preparer:
         writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
         if not self.model.per_record_examples:
             for s in SPLITS:
-                for ex in self.model.examples(_Reiterable(records[s].iter_rows), s):
+                for ex in self.model.examples(RecordStream(records[s]._open), s):
                     writers[s].add(ex)
             return {s: w.close() for s, w in writers.items()}
         import pyarrow as pa
@@ -480,16 +520,6 @@ class _Deferred:
 
     def add(self, reason: str, where: str, *, bad: bool = True) -> None:
         self.events.append(("drop", reason, where, bad))
-
-
-class _Reiterable:
-    """Wraps a generator factory so fit() can iterate the data more than once."""
-
-    def __init__(self, factory: Callable[[], Iterable[Record]]) -> None:
-        self._factory = factory
-
-    def __iter__(self) -> Iterator[Record]:
-        return iter(self._factory())
 
 
 def counts_since(after: Any, before: Any) -> Any:

@@ -1,0 +1,248 @@
+"""The columnar path of preparation (Source.read_table, Cleaner.clean_table, record_tables):
+an exact shortcut of the record path, shard by shard, whatever the number of workers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+import privet
+from privet.builtins.sources import JsonLines
+from privet.config import ComponentSpec, DataConfig, SplitConfig
+from privet.data.arrow import ArrowShardWriter, ArrowTable
+from privet.data.prepare import Preparer
+from privet.data.records import RecordStream, record_tables, records_table
+
+
+def _note(what: str) -> None:
+    log = os.environ.get("PRIVET_TEST_PIDS")
+    if log:
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"{what} {os.getpid()}\n")
+
+
+class _TableJsonl(JsonLines):
+    """JSON Lines that a clean file reads as one table (pyarrow.json); a file with a bad
+    line declines (``None``), so its drops keep their line numbers."""
+
+    def read_table(self, shard):
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        try:
+            table = pj.read_json(shard.path)
+        except pa.ArrowInvalid:
+            return None
+        _note("read_table")
+        return table
+
+
+class _Centre(privet.Cleaner):
+    """Fitted per record: subtracts the training mean of ``x``, fitted over tables."""
+
+    name = "test.centre"
+    needs_fit = True
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.mean = 0.0
+        self.fitted_tables = 0
+
+    def fit(self, records):
+        total = count = 0
+        for table in record_tables(records):
+            self.fitted_tables += 1
+            xs = [x for x in table.column("x").to_pylist() if x is not None]
+            total += sum(xs)
+            count += len(xs)
+        self.mean = total / count
+
+    def state_dict(self):
+        return {"mean": self.mean}
+
+    def load_state_dict(self, state):
+        self.mean = state["mean"]
+
+    def clean(self, record):
+        return {**record, "x": record["x"] - self.mean}
+
+    def clean_table(self, table):
+        import pyarrow.compute as pc
+
+        _note("clean_table")
+        index = table.column_names.index("x")
+        x = pc.subtract(pc.cast(table.column("x"), "double"), self.mean)
+        return table.set_column(index, "x", x)
+
+
+class _Screen(privet.Cleaner):
+    """Filters some records and drops others; takes a table only when it keeps every row."""
+
+    name = "test.screen"
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.kept = 0
+
+    def clean(self, record):
+        if record["n"] % 11 == 0:
+            return None
+        if record["n"] % 17 == 0:
+            raise privet.DropRecord("too_odd", f"n={record['n']}")
+        self.kept += 1
+        return record
+
+    def clean_table(self, table):
+        ns = table.column("n").to_pylist()
+        if any(n % 11 == 0 or n % 17 == 0 for n in ns):
+            return None
+        self.kept += len(ns)
+        return table
+
+    def report(self):
+        return {"kept": self.kept}
+
+
+class _Longest(privet.Model):
+    """Fits over tables, examples one per record."""
+
+    name = "test.longest"
+
+    def fit(self, records):
+        self.seen_tables = sum(1 for _ in record_tables(records))
+        self.longest = max(len(r["text"]) for r in records)
+
+    def state_dict(self):
+        return {"longest": self.longest}
+
+    def load_state_dict(self, state):
+        self.longest = state["longest"]
+
+    def build(self):
+        raise NotImplementedError
+
+    def encode(self, record):
+        raise NotImplementedError
+
+    def step(self, module, batch):
+        raise NotImplementedError
+
+
+def _corpus(folder: Path) -> Path:
+    """Four files: clean (table all the way), screened rows (a cleaner declines), a
+    malformed line and a NaN (the source declines)."""
+    folder.mkdir()
+    n = 0
+    for f in range(4):
+        lines = []
+        for _ in range(60):
+            n += 1
+            if f == 0:
+                while n % 11 == 0 or n % 17 == 0:
+                    n += 1
+            x = math.nan if (f == 3 and n % 13 == 0) else float(n % 7)
+            lines.append(json.dumps({"n": n, "text": f"doc {n}", "x": x, "split": "train" if n % 5 else "val"}))
+        if f == 2:
+            lines[10] = "{not json"
+        (folder / f"part-{f}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _prepare(data: Path, cache: Path, source_cls, workers: int = 1, split: SplitConfig | None = None):
+    source = source_cls(source_cls.Options(paths=[data]))
+    cleaners = [_Centre(), _Screen()]
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=workers, max_bad_fraction=0.5,
+                        shard_rows=50, split=split or SplitConfig(method="field", field="split"))
+    model = _Longest()
+    prepared = Preparer(config, source, cleaners, model, seed=1, fingerprint_extra={}).prepare(cache)
+    return prepared, cleaners, model
+
+
+def _rows(prepared):
+    return {s: list(prepared.tables[s].iter_rows()) for s in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("split", [SplitConfig(method="field", field="split"),
+                                   SplitConfig(method="random", val=0.2, test=0.1),
+                                   SplitConfig(method="ordered", val=0.2, test=0.1)],
+                         ids=["field", "random", "ordered"])
+def test_the_columnar_path_prepares_the_same_records_drops_and_counts(tmp_path, monkeypatch, split):
+    data = _corpus(tmp_path / "data")
+    log = tmp_path / "log"
+    monkeypatch.setenv("PRIVET_TEST_PIDS", str(log))
+    fast, fast_cleaners, fast_model = _prepare(data, tmp_path / "fast", _TableJsonl, split=split)
+    assert log.read_text().count("read_table") >= 2  # the clean and the screened files
+    slow, slow_cleaners, _ = _prepare(data, tmp_path / "slow", JsonLines, split=split)
+
+    assert _rows(fast) == _rows(slow)
+    assert sum(fast.meta["counts"].values()) > 150
+    assert fast.meta["dropped"] == slow.meta["dropped"]
+    assert set(fast.meta["dropped"]) == {"malformed_json", "non_finite_value", "too_odd",
+                                         "filtered_by_test.screen"}
+    assert fast.meta["cleaners"] == slow.meta["cleaners"]
+    assert fast.meta["cleaner_states"] == slow.meta["cleaner_states"]
+    assert fast.meta["model_state"] == slow.meta["model_state"]
+    # the drops a source reports keep their lines
+    assert fast.meta["dropped_examples"]["malformed_json"][0].startswith("part-2.jsonl:11: ")
+    assert fast_cleaners[0].fitted_tables >= 2 and fast_model.seen_tables >= 1
+
+
+def test_the_columnar_path_writes_the_same_cache_with_two_workers(tmp_path):
+    data = _corpus(tmp_path / "data")
+    one, _, _ = _prepare(data, tmp_path / "one", _TableJsonl, workers=1)
+    two, _, _ = _prepare(data, tmp_path / "two", _TableJsonl, workers=2)
+
+    files = lambda p: {str(f.relative_to(p.cache.root)): f.read_bytes()  # noqa: E731
+                       for f in sorted(p.cache.root.rglob("*.arrow"))}
+    assert two.meta["workers"] == 2
+    assert len(files(one)) >= 3 and files(one) == files(two)
+    assert one.meta["dropped"] == two.meta["dropped"]
+
+
+def test_a_cleaner_that_changes_the_row_count_of_a_table_is_refused(tmp_path):
+    class _Shrink(_Screen):
+        def clean_table(self, table):
+            return table.slice(1)
+
+    data = _corpus(tmp_path / "data")
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=1, max_bad_fraction=0.5)
+    preparer = Preparer(config, source, [_Shrink()], _Longest(), seed=1, fingerprint_extra={})
+    with pytest.raises(privet.PluginError, match="clean_table returned 59 rows for 60"):
+        preparer.prepare(tmp_path / "cache")
+
+
+def test_record_tables_gives_tables_of_records_and_of_streams():
+    records = [{"a": 1, "b": "x"}, {"a": 2.5, "c": None}, {"a": "oops", "b": "y"}]
+    (table,) = list(record_tables(records))
+    assert table.column_names == ["a", "b", "c"]
+    assert table.column("a").to_pylist() == [1.0, 2.5, None]  # a stray text in numbers: null
+    assert table.column("b").to_pylist() == ["x", None, "y"]
+
+    import pyarrow as pa
+
+    first = pa.table({"a": [1, 2]})
+    stream = RecordStream(lambda: [first, {"a": 3}, {"a": 4}])
+    assert list(stream) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}]
+    tables = list(stream.tables())  # re-iterable: each view reads again
+    assert tables[0] is first and tables[1].column("a").to_pylist() == [3, 4]
+    assert records_table([]).num_rows == 0
+
+
+def test_a_writer_keeps_the_order_of_records_and_tables_it_is_given(tmp_path):
+    import pyarrow as pa
+
+    writer = ArrowShardWriter(tmp_path, "train", shard_rows=4)
+    writer.add({"i": 0})
+    writer.add_table(pa.table({"i": [1, 2, 3]}))
+    for i in (4, 5):
+        writer.add({"i": i})
+    writer.add_table(pa.table({"i": [6]}))
+    writer.add({"i": 7})
+    files = writer.close()
+    assert [r["i"] for r in ArrowTable(files).iter_rows()] == list(range(8))
+    assert [ArrowTable([f]).num_rows for f in files] == [4, 4]
