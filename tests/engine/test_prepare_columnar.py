@@ -217,10 +217,12 @@ def test_a_cleaner_that_changes_the_row_count_of_a_table_is_refused(tmp_path):
 
 
 def test_record_tables_gives_tables_of_records_and_of_streams():
-    records = [{"a": 1, "b": "x"}, {"a": 2.5, "c": None}, {"a": "oops", "b": "y"}]
+    records = [{"a": 1, "b": "x", "d": 1.5}, {"a": 2.5, "c": None, "d": True},
+               {"a": "oops", "b": "y"}]
     (table,) = list(record_tables(records))
-    assert table.column_names == ["a", "b", "c"]
+    assert table.column_names == ["a", "b", "d", "c"]
     assert table.column("a").to_pylist() == [1.0, 2.5, None]  # a stray text in numbers: null
+    assert table.column("d").to_pylist() == [1.5, None, None]  # a bool is not a number
     assert table.column("b").to_pylist() == ["x", None, "y"]
 
     import pyarrow as pa

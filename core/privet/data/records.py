@@ -92,6 +92,10 @@ def records_table(records: list[Record]) -> Any:
     columns = {}
     for key in keys:
         values = [r.get(key) for r in records]
+        kinds = set(map(type, values))
+        if bool in kinds and kinds & {int, float}:  # Arrow would make True 1.0
+            columns[key] = _forgiving_array(values)
+            continue
         try:
             columns[key] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):

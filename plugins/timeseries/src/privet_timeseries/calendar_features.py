@@ -6,15 +6,20 @@ covariates known for the forecast horizon too (the TFT feeds them to its decoder
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import zoneinfo
 from typing import Any, Literal
 
 import attrs
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from privet import Cleaner, DropRecord, Record
 from privet import OptionValueError
 
+from .columns import float_values, put_column
 from .sources import TIME
 from .stats import finite
 from .timeparse import to_datetime
@@ -25,6 +30,11 @@ Feature = Literal["minute", "hour", "day_of_week", "day_of_month", "day_of_year"
 PERIODS = {"minute": 60, "hour": 24, "day_of_week": 7, "day_of_month": 31, "day_of_year": 366,
            "week_of_year": 53, "month": 12, "quarter": 4}
 PREFIX = "cal_"
+#: Times (seconds) the table path takes: datetimes of the record path exist between the
+#: years 1 and 9999 in any timezone; times beyond go the record way (which fails there).
+TABLE_RANGE = (-62_135_596_800.0 + 2 * 86_400, 253_402_300_799.0 - 2 * 86_400)
+US_PER_MINUTE = 60_000_000
+UTC_NAMES = frozenset({"UTC", "Etc/UTC", "Etc/Universal", "Etc/Zulu", "Universal", "Zulu"})
 
 
 def _check_tz(_inst: Any, _attr: Any, value: str) -> None:
@@ -57,6 +67,10 @@ class Calendar(Cleaner):
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
         self.tz = zoneinfo.ZoneInfo(self.options.timezone)
+        #: sin and cos of each value of a cyclical feature, as :meth:`clean` computes them
+        self._waves = {f: (np.array([math.sin(2 * math.pi * float(v) / p) for v in range(p)]),
+                           np.array([math.cos(2 * math.pi * float(v) / p) for v in range(p)]))
+                       for f, p in PERIODS.items()}
 
     def clean(self, record: Record) -> Record:
         t = finite(record.get(self.options.time_field))
@@ -72,3 +86,90 @@ class Calendar(Cleaner):
             else:
                 record[f"{PREFIX}{f}"] = v
         return record
+
+    def clean_table(self, table: Any) -> Any:
+        """:meth:`clean` over whole columns (float64 ``cal_*`` columns in the order clean
+        writes them). Declines when a time is missing or not finite (the record path drops
+        those rows) or beyond the years datetimes hold (the record path fails there)."""
+        o = self.options
+        times = float_values(table.column(o.time_field)) if o.time_field in table.column_names else None
+        if times is None or not np.isfinite(times).all():
+            return None
+        if len(times) and (times.min() < TABLE_RANGE[0] or times.max() > TABLE_RANGE[1]):
+            return None
+        values = _fields(self._local_micros(_micros(times), times))
+        for f in o.features:
+            v = values[f]
+            if o.cyclical and f in PERIODS:
+                sin, cos = self._waves[f]
+                table = put_column(table, f"{PREFIX}{f}_sin", pa.array(sin[v]))
+                table = put_column(table, f"{PREFIX}{f}_cos", pa.array(cos[v]))
+            else:
+                table = put_column(table, f"{PREFIX}{f}", pa.array(v.astype(np.float64)))
+        return table
+
+    def _local_micros(self, micros: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Wall-clock microseconds in the option's timezone, as :meth:`clean` finds them.
+
+        Arrow converts; zoneinfo (what :meth:`clean` uses) must agree on the offset at the
+        first and last time of each UTC day and on both sides of each change Arrow makes.
+        Where they differ (Arrow may lack the summer times after 2037 that zoneinfo takes
+        from the rule at the end of a zone file), zoneinfo gives each distinct time's offset.
+        """
+        if self.options.timezone in UTC_NAMES:
+            return micros
+        local = self._arrow_local(micros)
+        if local is not None and self._zoneinfo_agrees(local - micros, micros, times):
+            return local
+        _distinct, first, inverse = np.unique(micros, return_index=True, return_inverse=True)
+        offsets = np.array([self._offset(times[i]) for i in first], dtype=np.int64)
+        return micros + offsets[inverse.reshape(-1)]
+
+    def _arrow_local(self, micros: np.ndarray) -> np.ndarray | None:
+        try:
+            stamps = pa.array(micros, pa.timestamp("us", tz="UTC")).cast(
+                pa.timestamp("us", tz=self.options.timezone))
+            return np.asarray(pc.local_timestamp(stamps).cast(pa.int64()).to_numpy(zero_copy_only=False))
+        except (pa.ArrowException, ValueError):
+            return None  # a timezone Arrow's database lacks
+
+    def _zoneinfo_agrees(self, offsets: np.ndarray, micros: np.ndarray, times: np.ndarray) -> bool:
+        if not len(micros):
+            return True
+        order = np.argsort(micros, kind="stable")
+        days = micros[order] // (86_400 * 1_000_000)
+        first = np.flatnonzero(np.diff(days, prepend=days[0] - 1))
+        change = np.flatnonzero(np.diff(offsets[order]))
+        probes = np.concatenate([first, first[1:] - 1, [len(order) - 1], change, change + 1])
+        return all(self._offset(times[i]) == offsets[i] for i in order[np.unique(probes)])
+
+    def _offset(self, seconds: float) -> int:
+        """The timezone's UTC offset at ``seconds``, in microseconds (as :meth:`clean` sees it)."""
+        offset = to_datetime(seconds, self.tz).utcoffset()
+        return 0 if offset is None else offset // dt.timedelta(microseconds=1)
+
+
+def _micros(times: np.ndarray) -> np.ndarray:
+    """Seconds -> whole microseconds, rounded as ``datetime.timedelta(seconds=t)`` rounds:
+    the whole seconds exactly, then the fraction to the nearest microsecond, ties to even."""
+    whole = np.trunc(times)
+    return whole.astype(np.int64) * 1_000_000 + np.rint((times - whole) * 1e6).astype(np.int64)
+
+
+def _fields(micros: np.ndarray) -> dict[str, np.ndarray]:
+    """The features of :func:`_values` (ints) from wall-clock microseconds since 1970."""
+    minutes = micros // US_PER_MINUTE
+    hours = minutes // 60
+    days = hours // 24
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
+    date = days.astype("datetime64[D]")
+    month = date.astype("datetime64[M]")
+    month0 = month.astype(np.int64) % 12
+    first_of_year = date.astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)
+    thursday = days - weekday + 3  # the ISO week belongs to the year of its Thursday
+    iso_year_start = thursday.astype("datetime64[D]").astype("datetime64[Y]").astype("datetime64[D]")
+    return {"minute": minutes % 60, "hour": hours % 24, "day_of_week": weekday,
+            "day_of_month": days - month.astype("datetime64[D]").astype(np.int64),
+            "day_of_year": days - first_of_year,
+            "week_of_year": (thursday - iso_year_start.astype(np.int64)) // 7,
+            "month": month0, "quarter": month0 // 3, "is_weekend": (weekday >= 5).astype(np.int64)}

@@ -11,10 +11,12 @@ from collections import Counter
 from typing import Any, Literal, Optional
 
 import attrs
+import numpy as np
+import pyarrow as pa
 
 from privet import Cleaner, DataError, Record
 
-from .columns import column_stats
+from .columns import SeriesKeys, column_stats, float_values, per_row, put_column
 from .sources import SERIES
 from .stats import RunningStats, finite
 
@@ -76,6 +78,36 @@ class Impute(Cleaner):
             if self.options.indicator:
                 record[f"{column}_missing"] = 1.0 if missing else 0.0
         return record
+
+    def clean_table(self, table: Any) -> Any:
+        """:meth:`clean` over whole columns: a filled column becomes float64 (an int one
+        only where a row was filled), a column the table lacks is appended filled, and
+        ``<column>_missing`` indicators come after each column as :meth:`clean` adds them."""
+        if not self.fitted:
+            raise DataError(f"cleaner {self.name} was used before it was fitted")
+        counts: Counter[str] = Counter()
+        keys: SeriesKeys | None = None
+        rows = table.num_rows
+        for column, entry in self.fill.items():
+            present = column in table.column_names
+            values = float_values(table.column(column)) if present else None
+            missing = np.ones(rows, dtype=bool) if values is None else ~np.isfinite(values)
+            n = int(missing.sum())
+            if n:
+                if entry["series"] and keys is None:
+                    keys = SeriesKeys.of_table(table)
+                fill = per_row(keys, rows, entry["series"], entry["global"])
+                filled = fill if values is None else np.where(missing, fill, values)
+                table = put_column(table, column, pa.array(filled, pa.float64()))
+                counts[column] += n
+                if column == SERIES:
+                    keys = None  # clean reads the series after this change
+            if self.options.indicator:
+                table = put_column(table, f"{column}_missing", pa.array(missing.astype(np.float64)))
+                if f"{column}_missing" == SERIES:
+                    keys = None
+        self.counts.update(counts)
+        return table
 
     def report(self) -> dict[str, int]:
         return {f"imputed.{c}": n for c, n in sorted(self.counts.items())}

@@ -6,11 +6,13 @@ from collections import Counter
 from typing import Any, Literal, Optional
 
 import attrs
+import numpy as np
+import pyarrow as pa
 
 from privet import Cleaner, DataError, DropRecord, Record
 from privet import OptionValueError
 
-from .columns import column_stats
+from .columns import SeriesKeys, column_stats, float_values, null_mask, per_row
 from .sources import SERIES
 from .stats import RunningStats, finite
 
@@ -85,6 +87,40 @@ class Outliers(Cleaner):
             record[column] = lo if v < lo else hi
             self.counts[f"clipped.{column}"] += 1
         return record
+
+    def clean_table(self, table: Any) -> Any:
+        """:meth:`clean` over whole columns. ``action: clip`` clips (a clipped int column
+        becomes float64, as the cleaned records hold floats there); ``action: drop``
+        declines (``None``) when any row is out of bounds, so the record path names the drops.
+        """
+        if not self.fitted:
+            raise DataError(f"cleaner {self.name} was used before it was fitted")
+        counts: Counter[str] = Counter()
+        keys: SeriesKeys | None = None
+        for column, entry in self.bounds.items():
+            values = float_values(table.column(column)) if column in table.column_names else None
+            if values is None:
+                continue  # absent, or no number in it: nothing to bound
+            if entry["series"] and keys is None:
+                keys = SeriesKeys.of_table(table)
+            bounds = per_row(keys, table.num_rows, entry["series"], entry["global"])
+            lo, hi = bounds[:, 0], bounds[:, 1]
+            with np.errstate(invalid="ignore"):
+                out = np.isfinite(values) & ~((lo <= values) & (values <= hi))
+                n = int(out.sum())
+                if not n:
+                    continue
+                if self.options.action == "drop":
+                    return None
+                clipped = np.where(out, np.where(values < lo, lo, hi), values)
+            nulls = null_mask(table.column(column))
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array(clipped, pa.float64(), mask=nulls))
+            counts[f"clipped.{column}"] += n
+            if column == SERIES:
+                keys = None  # clean reads the series after this change
+        self.counts.update(counts)
+        return table
 
     def report(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))

@@ -14,10 +14,12 @@ from typing import Any, Iterable, Literal, Optional
 
 import attrs
 import numpy as np
+import pyarrow as pa
 
 from privet import Cleaner, DataError, Record
 
-from .columns import fit_pass
+from .columns import (ColumnStats, SeriesKeys, column_stats, float_values, null_mask, observe_array,
+                      per_row)
 from .sources import SERIES
 from .stats import RunningStats, finite
 
@@ -46,7 +48,8 @@ def _params(stats: RunningStats, method: str) -> list[float]:
 class ColumnScaler:
     """``(x - loc) / scale`` per column, with loc/scale per series when asked.
 
-    Fit with :meth:`observe` for each training value, then :meth:`finish`. The state is
+    Fit with :meth:`observe_many` (or :meth:`observe`) on the training values, then
+    :meth:`finish`. The state is
     plain JSON: ``{"method", "per_series", "columns": {col: {"global": [loc, scale],
     "series": {id: [loc, scale]}}}}``.
     """
@@ -66,6 +69,26 @@ class ColumnScaler:
         self._get(column, None).add(value)
         if self.per_series and series is not None:
             self._get(column, series).add(value)
+
+    def observe_many(self, column: str, values: np.ndarray, series: np.ndarray | None = None) -> None:
+        """Add an array of training values of ``column`` (non-finite ones are skipped);
+        ``series``: each value's series id (str, ``None`` for none), same length.
+
+        The batch form of :meth:`observe` (:meth:`RunningStats.add_many`): a statistic is
+        kept only for a series with a finite value, as :meth:`observe` keeps them.
+        """
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+        keys = None
+        if self.per_series and series is not None:
+            if len(series) != len(x):
+                raise ValueError(f"observe_many: {len(series)} series ids for {len(x)} values")
+            keys = SeriesKeys.of_values(series)
+        observe_array(self._stats, column, x, keys)
+
+    def use_stats(self, stats: ColumnStats) -> None:
+        """Take statistics gathered by :func:`~.columns.column_stats` (keys ``(column,
+        series or None)``) as what was observed; series ones only when ``per_series``."""
+        self._stats = {k: v for k, v in stats.items() if self.per_series or k[1] is None}
 
     def _get(self, column: str, series: str | None) -> RunningStats:
         key = (column, series)
@@ -155,16 +178,11 @@ class Scale(Cleaner):
         self.counts: Counter[str] = Counter()
 
     def fit(self, records: Any) -> None:
-        scaler = ColumnScaler(self.options.method, self.options.per_series)
-
-        def observe(record: Record, column: str, value: Any) -> None:
-            v = finite(value)
-            if v is not None:
-                series = record.get(SERIES)
-                scaler.observe(column, v, None if series is None else str(series))
-
-        columns = fit_pass(records, self.options.columns, self.options.exclude, observe,
-                           who=f"cleaner {self.name}")
+        o = self.options
+        scaler = ColumnScaler(o.method, o.per_series)
+        columns, stats = column_stats(records, o.columns, o.exclude, per_series=o.per_series,
+                                      who=f"cleaner {self.name}")
+        scaler.use_stats(stats)
         scaler.finish(columns)
         self.scaler = scaler
         self.fitted = True
@@ -185,6 +203,33 @@ class Scale(Cleaner):
                 continue
             record[column] = self.scaler.transform(column, v, sid)
         return record
+
+    def clean_table(self, table: Any) -> Any:
+        """:meth:`clean` over whole columns: numbers scaled (float64), a NaN, infinity or
+        non-number becomes null and is counted; columns the table lacks stay absent."""
+        if not self.fitted:
+            raise DataError(f"cleaner {self.name} was used before it was fitted")
+        by_series = any(entry["series"] for entry in self.scaler.columns.values())
+        keys = SeriesKeys.of_table(table) if by_series else None  # clean reads it once, first
+        counts: Counter[str] = Counter()
+        for column, entry in self.scaler.columns.items():
+            if column not in table.column_names or pa.types.is_null(table.column(column).type):
+                continue  # absent, or None everywhere: clean leaves both alone
+            nulls = null_mask(table.column(column))
+            values = float_values(table.column(column))
+            if values is None:  # text, bool ...: no row holds a number
+                values = np.full(table.num_rows, np.nan)
+            good = np.isfinite(values)
+            bad = int((~good & ~nulls).sum())
+            if bad:
+                counts[f"non_finite.{column}"] += bad
+            params = per_row(keys, table.num_rows, entry["series"], entry["global"])
+            with np.errstate(invalid="ignore", over="ignore"):
+                scaled = (values - params[:, 0]) / params[:, 1]
+            table = table.set_column(table.schema.get_field_index(column), column,
+                                     pa.array(scaled, pa.float64(), mask=~good))
+        self.counts.update(counts)
+        return table
 
     def inverse(self, column: str, values: Any, series: str | None = None) -> Any:
         """Scaled values of ``column`` back in the units of the data."""

@@ -9,7 +9,6 @@ compact float arrays, not dicts, so a split of millions of rows fits in memory.
 from __future__ import annotations
 
 import math
-from array import array
 from collections import Counter
 from typing import Any, Iterable, Literal
 
@@ -46,16 +45,95 @@ class SeriesRules:
     fill: Fill = "interpolate"
 
 
+# -- columns of a record table (the columnar path of fit and examples) ------------------------
+
+def numeric_values(table: Any, key: str) -> np.ndarray | None:
+    """Column ``key`` as float64 (null -> NaN) when it holds numbers (int or float typed, the
+    record path's ``is_number``), else ``None`` (absent, text, bool: no number in it)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if key not in table.column_names:
+        return None
+    column = table.column(key)
+    kind = column.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return None
+    if not pa.types.is_float64(kind):
+        column = pc.cast(column, pa.float64(), safe=False)  # float(v), as the record path does
+    return np.asarray(column.to_numpy(), dtype=np.float64)
+
+
+def has_values(table: Any, key: str) -> bool:
+    """Whether column ``key`` exists and holds a non-null value (a number key of the record path)."""
+    return key in table.column_names and table.column(key).null_count < table.num_rows
+
+
+def distinct_values(table: Any, key: str) -> tuple[list[Any], np.ndarray]:
+    """The distinct Python values of column ``key`` and each row's index into them (-1: null
+    or absent), so per-value work (``str``, ``category_of``) runs once per value, not per row."""
+    import pyarrow as pa
+
+    n = table.num_rows
+    if key not in table.column_names:
+        return [], np.full(n, -1, np.int64)
+    column = table.column(key).combine_chunks()
+    if not pa.types.is_floating(column.type):  # floats: -0.0 and NaN need Python's equality
+        try:
+            encoded = column.dictionary_encode()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):  # lists, structs: below
+            pass
+        else:
+            codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            return encoded.dictionary.to_pylist(), np.asarray(codes, dtype=np.int64)
+    index: dict[Any, int] = {}
+    values: list[Any] = []
+    codes = np.full(n, -1, np.int64)
+    for i, value in enumerate(column.to_pylist()):
+        if value is None:
+            continue
+        k = (type(value), repr(value))  # hashable and exact for any value
+        code = index.get(k)
+        if code is None:
+            code = index[k] = len(values)
+            values.append(value)
+        codes[i] = code
+    return values, codes
+
+
+def series_names(table: Any) -> tuple[list[str], np.ndarray]:
+    """Distinct series names of a table's rows and each row's index into them: the record
+    path's ``str(record.get(SERIES, ""))``, so a null is ``"None"`` and no column is ``""``."""
+    if SERIES not in table.column_names:
+        return [""], np.zeros(table.num_rows, np.int64)
+    values, codes = distinct_values(table, SERIES)
+    texts = [*(str(v) for v in values), "None"]
+    codes = np.where(codes < 0, len(values), codes)
+    names: dict[str, int] = {}
+    remap = np.array([names.setdefault(t, len(names)) for t in texts], np.int64)  # str(1) == str("1")
+    return list(names), remap[codes]
+
+
+def first_seen(codes: np.ndarray) -> np.ndarray:
+    """The distinct codes in the order their first row comes (insertion order of the record path)."""
+    uniq, first = np.unique(codes, return_index=True)
+    return uniq[np.argsort(first, kind="stable")]
+
+
 class SeriesCollector:
-    """Streams records into per-series columns of ``columns`` (missing -> NaN)."""
+    """Streams records (or tables of them) into per-series columns of ``columns`` (missing -> NaN).
+
+    Rows are kept per series as a list of numpy chunks (one per table, or one per run of
+    :meth:`add` calls) and joined once in :meth:`series`.
+    """
 
     def __init__(self, columns: list[str], *, label: str | None = None,
                  not_before: dict[str, float] | None = None) -> None:
         self.columns = list(columns)
         self.label = label
         self.not_before = not_before
-        self._times: dict[str, array] = {}
-        self._values: dict[str, array] = {}
+        self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._rows: dict[str, tuple[list[float], list[float]]] = {}  # add()'s rows, not yet a chunk
         self._labels: dict[str, list[Any]] = {}
         self.counts: Counter[str] = Counter()
 
@@ -69,13 +147,12 @@ class SeriesCollector:
             # a row of this split that is not strictly later than the training data
             self.counts["rows_not_after_training"] += 1
             return
-        times = self._times.get(name)
-        if times is None:
-            times = self._times[name] = array("d")
-            self._values[name] = array("d")
-            self._labels[name] = []
-        times.append(float(t))
-        vals = self._values[name]
+        rows = self._rows.get(name)
+        if rows is None:
+            rows = self._rows[name] = ([], [])
+            self._start(name)
+        rows[0].append(float(t))
+        vals = rows[1]
         for col in self.columns:
             v = record.get(col)
             vals.append(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan)
@@ -87,14 +164,68 @@ class SeriesCollector:
             self.add(record)
         return self
 
+    def add_table(self, table: Any) -> "SeriesCollector":
+        """:meth:`add` for every row of a pyarrow Table of records, with numpy per column."""
+        n = table.num_rows
+        times = numeric_values(table, TIME)
+        times = np.full(n, np.nan) if times is None else times
+        keep = np.isfinite(times)
+        if n - int(keep.sum()):
+            self.counts["rows_without_time"] += n - int(keep.sum())
+        names, codes = series_names(table)
+        if self.not_before is not None:
+            limit = np.array([self.not_before.get(name, -math.inf) for name in names])
+            early = keep & (times <= limit[codes])
+            if early.any():
+                self.counts["rows_not_after_training"] += int(early.sum())
+                keep &= ~early
+        rows = np.flatnonzero(keep)
+        if not len(rows):
+            return self
+        values = np.empty((len(rows), len(self.columns)))
+        for j, col in enumerate(self.columns):
+            column = numeric_values(table, col)
+            values[:, j] = math.nan if column is None else column[rows]
+        labels = None
+        if self.label is not None:
+            labels = table.column(self.label).to_pylist() if self.label in table.column_names \
+                else [None] * n
+        codes = codes[rows]
+        order = np.argsort(codes, kind="stable")  # rows grouped by series, in table order within
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        for group in np.split(order, bounds):
+            self._append(names[codes[group[0]]], times[rows[group]], values[group],
+                         [labels[i] for i in rows[group]] if labels is not None else None)
+        return self
+
+    def _start(self, name: str) -> None:
+        if name not in self._chunks:
+            self._chunks[name] = []
+            self._labels[name] = []
+
+    def _append(self, name: str, times: np.ndarray, values: np.ndarray, labels: list[Any] | None) -> None:
+        self._start(name)
+        self._flush(name)
+        self._chunks[name].append((times, values))
+        if labels is not None:
+            self._labels[name].extend(labels)
+
+    def _flush(self, name: str) -> None:
+        """Turn the rows :meth:`add` gathered for ``name`` into a chunk (keeps row order)."""
+        rows = self._rows.pop(name, None)
+        if rows is not None:
+            values = np.array(rows[1], dtype=np.float64).reshape(len(rows[0]), len(self.columns))
+            self._chunks[name].append((np.array(rows[0], dtype=np.float64), values))
+
     def series(self) -> list[Series]:
         out = []
         c = len(self.columns)
-        for name in sorted(self._times):
-            times = np.frombuffer(self._times[name], dtype=np.float64).copy()
-            values = np.frombuffer(self._values[name], dtype=np.float64).reshape(-1, c).copy() if c else \
-                np.zeros((len(times), 0))
-            out.append(Series(name, times, values, self._labels[name] if self.label else None))
+        for name in sorted(self._chunks):
+            self._flush(name)
+            chunks = self._chunks[name]
+            times = np.concatenate([t for t, _ in chunks]) if chunks else np.zeros(0)
+            values = np.concatenate([v for _, v in chunks]) if chunks else np.zeros((0, c))
+            out.append(Series(name, times, values, list(self._labels[name]) if self.label else None))
         return out
 
 

@@ -18,7 +18,7 @@ RESERVOIR = 50_000
 class RunningStats:
     """Count, mean, variance, min, max and a reservoir for quantiles of one column."""
 
-    __slots__ = ("count", "mean", "_m2", "min", "max", "_sample", "_rng")
+    __slots__ = ("count", "mean", "_m2", "min", "max", "_sample", "_rng", "_np_rng", "_seed")
 
     def __init__(self, seed: int = 0) -> None:
         self.count = 0
@@ -26,8 +26,11 @@ class RunningStats:
         self._m2 = 0.0
         self.min = math.inf
         self.max = -math.inf
-        self._sample: list[float] = []
+        #: a list while it fills, a float64 array once full (replacements then stay in numpy)
+        self._sample: list[float] | np.ndarray = []
         self._rng = random.Random(seed)
+        self._seed = seed
+        self._np_rng: np.random.Generator | None = None
 
     def add(self, x: float) -> None:
         """Observe one finite value (callers skip missing ones)."""
@@ -40,18 +43,68 @@ class RunningStats:
         if x > self.max:
             self.max = x
         if len(self._sample) < RESERVOIR:
-            self._sample.append(x)
+            self._sample.append(x)  # a list until full
         else:
             j = self._rng.randrange(self.count)
             if j < RESERVOIR:
                 self._sample[j] = x
+
+    def add_many(self, values: np.ndarray) -> None:
+        """Observe an array of values at once (non-finite ones are skipped).
+
+        Mean and variance merge exactly (Chan et al.); the reservoir keeps its first
+        ``RESERVOIR`` values and then replaces entries with a seeded numpy generator, so
+        results are deterministic for the same values in the same batches (they differ
+        from :meth:`add`'s sample beyond ``RESERVOIR`` values, as two seeds would).
+        """
+        x = np.asarray(values, dtype=np.float64).reshape(-1)
+        x = x[np.isfinite(x)]
+        n = len(x)
+        if n == 0:
+            return
+        mean = float(x.mean())
+        m2 = float(((x - mean) ** 2).sum())
+        total = self.count + n
+        if self.count:
+            delta = mean - self.mean
+            self._m2 += m2 + delta * delta * self.count * n / total
+            self.mean += delta * n / total
+        else:  # the first batch: its own numbers, without a rounding of the merge
+            self._m2, self.mean = m2, mean
+        lo, hi = float(x.min()), float(x.max())
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        start = self.count
+        self.count = total
+        room = RESERVOIR - len(self._sample)
+        if room > 0:
+            self._sample.extend(x[:room].tolist())
+            x = x[room:]
+            start += min(room, n)
+        if len(x):
+            self._replace(x, start)
+
+    def _replace(self, x: np.ndarray, start: int) -> None:
+        """Reservoir replacement for values number ``start + 1 ...`` (Algorithm R)."""
+        if self._np_rng is None:
+            self._np_rng = np.random.default_rng(self._seed)
+        seen = start + 1 + np.arange(len(x), dtype=np.float64)
+        slot = (self._np_rng.random(len(x)) * seen).astype(np.int64)
+        keep = slot < RESERVOIR
+        slot, x = slot[keep], x[keep]
+        if not len(slot):
+            return
+        last = len(slot) - 1 - np.unique(slot[::-1], return_index=True)[1]  # a later value wins
+        if not isinstance(self._sample, np.ndarray):
+            self._sample = np.asarray(self._sample, dtype=np.float64)
+        self._sample[slot[last]] = x[last]
 
     @property
     def std(self) -> float:
         return math.sqrt(self._m2 / self.count) if self.count else 0.0
 
     def quantile(self, q: float) -> float:
-        if not self._sample:
+        if not len(self._sample):
             return math.nan
         return float(np.quantile(np.asarray(self._sample, dtype=np.float64), q))
 

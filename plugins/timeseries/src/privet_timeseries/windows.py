@@ -99,7 +99,9 @@ def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, le
     """Windows of one series; windows with a gap that filling left are skipped (counted).
 
     ``values`` columns are ``[targets | observed features | known features]``;
-    ``n_observed`` counts targets plus observed features.
+    ``n_observed`` counts targets plus observed features. Which windows to keep is decided
+    with numpy for all starts at once and the series is converted to float32 bytes once:
+    per window only slicing those bytes and building the example dict is left.
     """
     values = s.values
     n = len(values)
@@ -107,33 +109,41 @@ def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, le
     if n < span:
         counts["series_too_short"] += 1
         return
+    starts = np.arange(0, n - span + 1, stride)
+    cuts, ends = starts + length, starts + span
     past_bad = _bad_prefix(values[:, :n_observed])
     fut_bad = _bad_prefix(values[:, :n_targets])
     known_bad = _bad_prefix(values[:, n_observed:n_observed + n_known])
-    past_block = values[:, :n_observed]
-    known_block = values[:, n_observed:n_observed + n_known]
+    gap = ((past_bad[cuts] != past_bad[starts]) | (fut_bad[ends] != fut_bad[cuts])
+           | (known_bad[ends] != known_bad[starts]))
+    if gap.any():
+        counts["windows_with_gaps"] += int(gap.sum())
+        starts = starts[~gap]
+    labels: list[object] | None = None
+    if s.labels is not None:
+        labels = [s.labels[i] for i in (starts + length - 1).tolist()]
+        unlabelled = np.fromiter((lab is None for lab in labels), bool, len(labels))
+        if unlabelled.any():
+            counts["windows_without_label"] += int(unlabelled.sum())
+            starts = starts[~unlabelled]
+            labels = [lab for lab in labels if lab is not None]
+    if not len(starts):
+        return
+    counts["windows"] += len(starts)
     shape = shape_text(length, horizon, n_targets, n_observed, n_known)
-    for start in range(0, n - span + 1, stride):
+    times = s.times[starts + length if horizon else starts + length - 1].tolist()
+    # each window's bytes are three slices of the float32 bytes of its blocks (as pack() writes them)
+    past = pack(values[:, :n_observed])
+    future = pack(values[:, :n_targets])
+    known = pack(values[:, n_observed:n_observed + n_known])
+    p, t, k = (DTYPE.itemsize * w for w in (n_observed, n_targets, n_known))
+    for i, start in enumerate(starts.tolist()):
         cut, end = start + length, start + span
-        if (past_bad[cut] - past_bad[start] or fut_bad[end] - fut_bad[cut]
-                or known_bad[end] - known_bad[start]):
-            counts["windows_with_gaps"] += 1
-            continue
-        rec: Record = {
-            "series": s.name,
-            "series_index": series_index,
-            "time": float(s.times[cut] if horizon else s.times[cut - 1]),
-            "shape": shape,
-            "window": pack(past_block[start:cut]) + pack(values[cut:end, :n_targets])
-            + pack(known_block[start:end]),
-        }
-        if s.labels is not None:
-            label = s.labels[cut - 1]
-            if label is None:
-                counts["windows_without_label"] += 1
-                continue
-            rec["label"] = label
-        counts["windows"] += 1
+        rec: Record = {"series": s.name, "series_index": series_index, "time": times[i], "shape": shape,
+                       "window": b"".join((past[start * p:cut * p], future[cut * t:end * t],
+                                           known[start * k:end * k]))}
+        if labels is not None:
+            rec["label"] = labels[i]
         yield rec
 
 

@@ -13,19 +13,20 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import Any, Iterable, Iterator, Literal, Optional
+from typing import Any, Collection, Iterable, Iterator, Literal, Optional
 
 import attrs
 import numpy as np
 
-from privet import DataError, DropRecord, Model, Record, StepOutput
+from privet import DataError, DropRecord, Model, Record, StepOutput, record_tables
 from privet import OptionValueError, positive
 
 from ..categorical import category_of
-from ..columns import RESERVED, is_number
+from ..columns import RESERVED
 from ..scaling import ColumnScaler
-from ..series import Duplicates, Fill, SeriesCollector, SeriesRules, regularize
-from ..sources import SERIES, TIME
+from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_values, first_seen,
+                      has_values, numeric_values, regularize, series_names)
+from ..sources import TIME
 from ..stats import RunningStats, finite
 from ..timeparse import parse_frequency
 from ..windows import DTYPE, forecast_window, make_windows, shape_text
@@ -164,41 +165,18 @@ class WindowModel(Model):
     # -- fit ---------------------------------------------------------------------------------
 
     def fit(self, records: Iterable[Record]) -> None:
-        """Learn columns, series, the end of training per series, and the scalings."""
+        """Learn columns, series, the end of training per series, and the scalings.
+
+        One pass over the records as Arrow tables (:func:`privet.record_tables`): numpy per
+        column instead of a dict per row, with the numbers the record-by-record rules give.
+        """
         o = self.options
-        fields: dict[str, RunningStats] = {}
-        present: set[str] = set()
         scaler = ColumnScaler(o.target_scaling, o.scale_per_series)
-        train_end: dict[str, float] = {}
-        labels: Counter[str] = Counter()
-        label_stats = RunningStats()
-        n = 0
-        for rec in records:
-            n += 1
-            present.update(rec)
-            name = str(rec.get(SERIES, ""))
-            t = finite(rec.get(TIME))
-            if t is not None and t > train_end.get(name, -math.inf):
-                train_end[name] = t
-            for key, value in rec.items():
-                if key in RESERVED or key == o.label or not is_number(value):
-                    continue
-                stats = fields.get(key)
-                if stats is None:
-                    stats = fields[key] = RunningStats()
-                v = finite(value)
-                if v is not None:
-                    stats.add(v)
-            for col in o.targets:
-                v = finite(rec.get(col))
-                if v is not None:
-                    scaler.observe(col, v, name)
-            if self.task == "classification" and rec.get(o.label) is not None:
-                labels[category_of(rec[o.label])] += 1
-            elif self.task == "regression":
-                v = finite(rec.get(o.label))
-                if v is not None:
-                    label_stats.add(v)
+        scan = _Scan()
+        for table in record_tables(records):
+            self._scan_table(scan, scaler, table)
+        fields, present, train_end = scan.fields, scan.present, scan.train_end
+        labels, label_stats, n = scan.labels, scan.label_stats, scan.rows
         if n == 0:
             raise DataError(f"model {self.name}: no training records to fit on")
         if TIME not in present:
@@ -241,8 +219,38 @@ class WindowModel(Model):
         if self.task == "classification":
             self.state["labels"] = sorted(labels)
         if self.task == "regression":
-            self.state["label_scaling"] = [label_stats.mean, label_stats.std or 1.0] if label_stats.count else [0.0, 1.0]
+            # the threshold, not ``std or 1``: numpy's std of a constant column is ~1e-17
+            self.state["label_scaling"] = [label_stats.mean, label_stats.std if label_stats.std > 1e-12 else 1.0] \
+                if label_stats.count else [0.0, 1.0]
         self._derive()
+
+    def _scan_table(self, scan: "_Scan", scaler: ColumnScaler, table: Any) -> None:
+        """Add one table of training records to ``scan`` and the target ``scaler``.
+
+        Target values and the series of each go to the scaler; the label is counted or,
+        for regression, measured.
+        """
+        o = self.options
+        scan.rows += table.num_rows
+        scan.present.update(table.column_names)
+        names, codes = series_names(table)
+        times = numeric_values(table, TIME)
+        if times is not None:
+            _update_ends(scan.train_end, names, codes, times)
+        add_field_stats(scan.fields, table, RESERVED | {o.label})
+        series = np.array(names, dtype=object)
+        for col in o.targets:
+            values = numeric_values(table, col)
+            if values is not None:
+                ok = np.isfinite(values)
+                if ok.any():
+                    scaler.observe_many(col, values[ok], series[codes[ok]])
+        if self.task == "classification":
+            count_labels(scan.labels, table, o.label)
+        elif self.task == "regression":
+            values = numeric_values(table, o.label)
+            if values is not None:
+                scan.label_stats.add_many(values)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.state, windowing=self.prep_report)
@@ -281,7 +289,8 @@ class WindowModel(Model):
         guard = st["train_end"] if split in ("val", "test") else None
         collector = SeriesCollector(columns, label=o.label if self.task != "forecast" else None,
                                     not_before=guard)
-        collector.extend(records)
+        for table in record_tables(records):
+            collector.add_table(table)
         counts = collector.counts
         rules = SeriesRules(o.duplicates, o.frequency, o.fill)
         longest = ("", 0)  # the split's longest series after regularizing: (name, rows)
@@ -586,3 +595,58 @@ class WindowModel(Model):
         if not self.state:
             raise DataError(f"model {self.name}: build() before fit(); the engine fits the model "
                             f"on the training split first")
+
+
+@attrs.define
+class _Scan:
+    """What :meth:`WindowModel.fit` gathers in its pass over the training tables."""
+
+    fields: dict[str, RunningStats] = attrs.field(factory=dict)
+    present: set[str] = attrs.field(factory=set)
+    train_end: dict[str, float] = attrs.field(factory=dict)
+    labels: Counter[str] = attrs.field(factory=Counter)
+    label_stats: RunningStats = attrs.field(factory=RunningStats)
+    rows: int = 0
+
+
+def add_field_stats(fields: dict[str, RunningStats], table: Any, skip: Collection[str]) -> None:
+    """Add each numeric column of ``table`` (not in ``skip``) to its stats in ``fields``.
+
+    A field is numeric when its column is int or float typed (the record path's
+    ``is_number``) and holds a value (a null is no number); non-finite values are skipped,
+    as ``finite`` skips them. Its stats are made on first sight, as the record path makes them.
+    """
+    for key in table.column_names:
+        if key in skip or not has_values(table, key):
+            continue
+        values = numeric_values(table, key)
+        if values is not None:
+            stats = fields.get(key)
+            if stats is None:
+                stats = fields[key] = RunningStats()
+            stats.add_many(values)
+
+
+def count_labels(labels: Counter[str], table: Any, key: str) -> None:
+    """Count the categories of column ``key``'s non-null values (``category_of``, as the
+    record path counts ``record[key]``), once per distinct value."""
+    values, codes = distinct_values(table, key)
+    per_value = np.bincount(codes[codes >= 0], minlength=len(values)).tolist()
+    for value, count in zip(values, per_value):
+        if count:
+            labels[category_of(value)] += count
+
+
+def _update_ends(ends: dict[str, float], names: list[str], codes: np.ndarray, times: np.ndarray) -> None:
+    """Raise ``ends[name]`` to the latest finite time of each series in one table; new series
+    are added in the order of their first timed row, as the record path adds them."""
+    ok = np.isfinite(times)
+    if not ok.any():
+        return
+    codes, times = codes[ok], times[ok]
+    latest = np.full(len(names), -math.inf)
+    np.maximum.at(latest, codes, times)
+    for code in first_seen(codes).tolist():
+        name, t = names[code], float(latest[code])
+        if t > ends.get(name, -math.inf):
+            ends[name] = t

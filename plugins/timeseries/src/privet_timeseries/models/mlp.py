@@ -13,13 +13,14 @@ from typing import Any, Iterable, Literal, Optional
 import attrs
 import numpy as np
 
-from privet import DataError, DropRecord, Model, Record, StepOutput
+from privet import DataError, DropRecord, Model, Record, StepOutput, record_tables
 from privet import OptionValueError, positive
 
 from ..categorical import category_of
-from ..columns import RESERVED, is_number
+from ..columns import RESERVED
+from ..series import numeric_values
 from ..stats import RunningStats, finite
-from .base import _check_dropout
+from .base import _check_dropout, add_field_stats, count_labels
 
 
 def _check_hidden(_inst: Any, _attr: Any, value: list[int]) -> None:
@@ -57,34 +58,28 @@ class MLP(Model):
         return 3e-3
 
     def fit(self, records: Iterable[Record]) -> None:
+        """Learn the input fields, their scaling, embedding sizes and the labels, in one
+        pass over the records as Arrow tables (:func:`privet.record_tables`)."""
         o = self.options
         stats: dict[str, RunningStats] = {}
         present: set[str] = set()
         codes: dict[str, int] = {c: 0 for c in o.embed}
         labels: Counter[str] = Counter()
         label_stats = RunningStats()
+        skip = RESERVED | {o.label, *codes}
         n = 0
-        for rec in records:
-            n += 1
-            present.update(rec)
-            for key, value in rec.items():
-                if key == o.label or key in RESERVED or key in codes or not is_number(value):
-                    continue
-                st = stats.get(key)
-                if st is None:
-                    st = stats[key] = RunningStats()
-                v = finite(value)
-                if v is not None:
-                    st.add(v)
+        for table in record_tables(records):
+            n += table.num_rows
+            present.update(table.column_names)
+            add_field_stats(stats, table, skip)
             for key in codes:
-                v = rec.get(key)
-                if isinstance(v, int) and not isinstance(v, bool):
-                    codes[key] = max(codes[key], v)
-            label = rec.get(o.label)
-            if self.task == "classification" and label is not None:
-                labels[category_of(label)] += 1
-            elif self.task == "regression" and finite(label) is not None:
-                label_stats.add(finite(label))
+                codes[key] = max(codes[key], _largest_int(table, key))
+            if self.task == "classification":
+                count_labels(labels, table, o.label)
+            else:
+                label_values = numeric_values(table, o.label)
+                if label_values is not None:
+                    label_stats.add_many(label_values)
         if n == 0:
             raise DataError(f"model {self.name}: no training records to fit on")
         if o.label not in present:
@@ -114,7 +109,9 @@ class MLP(Model):
         if self.task == "classification":
             self.state["labels"] = sorted(labels)
         else:
-            self.state["label_scaling"] = [label_stats.mean, label_stats.std or 1.0] if label_stats.count else [0.0, 1.0]
+            # the threshold, not ``std or 1``: numpy's std of a constant column is ~1e-17
+            self.state["label_scaling"] = [label_stats.mean, label_stats.std if label_stats.std > 1e-12 else 1.0] \
+                if label_stats.count else [0.0, 1.0]
         self._derive()
 
     def _derive(self) -> None:
@@ -209,3 +206,15 @@ class MLP(Model):
 
     def output_names(self) -> list[str]:
         return ["logits"] if self.task == "classification" else ["prediction"]
+
+
+def _largest_int(table: Any, key: str) -> int:
+    """The largest value of an int-typed column (0 if none): the record path's codes are the
+    ``int`` values of ``key`` (floats and bools are no codes)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if key not in table.column_names or not pa.types.is_integer(table.column(key).type):
+        return 0
+    largest = pc.max(table.column(key)).as_py()
+    return 0 if largest is None else int(largest)

@@ -1,0 +1,308 @@
+"""The window models and the MLP fit and window from Arrow tables (``privet.record_tables``)
+exactly as they do from dicts: same state, same windows (same order, same bytes)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import privet
+from privet import DataError
+from privet_timeseries.series import Series, SeriesCollector
+from privet_timeseries.windows import make_windows, pack, shape_text
+
+H = 3600.0
+KEYS = ["time", "series", "value", "temp", "count", "cal_hour", "note", "flag", "label", "y"]
+
+
+def rows(seed: int = 0) -> list[dict[str, Any]]:
+    """Three series with gaps (skipped hours, missing values), duplicated and unsorted
+    rows, rows without a time, an int column, a text and a bool column; every record has
+    every key (``pa.Table.from_pylist`` takes its columns from the first row)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, n in (("north", 90), ("south", 70), ("west", 40)):
+        for i in range(n):
+            if i % 17 == 4:
+                continue  # a skipped hour
+            out.append({
+                "time": i * H if i % 23 != 7 else None,
+                "series": name,
+                "value": float(rng.normal(10 if name == "north" else -5, 2)) if i % 11 != 3 else None,
+                "temp": float(rng.normal()) if i % 13 != 5 else math.nan,
+                "count": int(i % 7),
+                "cal_hour": float(np.sin(2 * np.pi * i / 24)),
+                "note": f"n{i % 3}",
+                "flag": bool(i % 2),
+                "label": ["calm", "storm", "fog"][i % 3] if i % 19 != 2 else None,
+                "y": float(rng.normal(3.0, 0.5)) if i % 9 != 1 else None,
+            })
+    order = list(range(len(out)))
+    order[10:40] = order[10:40][::-1]  # unsorted rows within a series
+    out = [out[i] for i in order]
+    out.append(dict(out[5]))  # a duplicated timestamp
+    return out
+
+
+def stream(records: list[dict[str, Any]]) -> Any:
+    """The engine's view of ``records``: a RecordStream of two tables."""
+    half = len(records) // 2
+    tables = [pa.Table.from_pylist(records[:half]), pa.Table.from_pylist(records[half:])]
+    assert tables[0].column_names == KEYS
+    return privet.RecordStream(lambda: tables)
+
+
+def later(records: list[dict[str, Any]], shift: float) -> list[dict[str, Any]]:
+    """A validation split: the rows moved ``shift`` later, but every fifth row kept (so some
+    rows are not after the end of training)."""
+    out = []
+    for i, rec in enumerate(records):
+        moved = rec["time"] is not None and i % 5
+        out.append(dict(rec, time=rec["time"] + shift) if moved else dict(rec))
+    return out
+
+
+def assert_close(a: Any, b: Any, path: str = "state") -> None:
+    """Equal JSON-like values, floats to 1e-9 (numpy sums in another order), same key order."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for k in a:
+            assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b and type(a) is type(b), path
+
+
+TASKS = {
+    "forecast": {"input_length": 6, "horizon": 2, "exclude": ["y"]},
+    "forecast_grid": {"input_length": 5, "horizon": 3, "frequency": "1h", "fill": "ffill",
+                      "stride": 2, "targets": ["value", "temp"], "target_scaling": "robust",
+                      "duplicates": "last", "known_features": [], "exclude": ["y"]},
+    "classification": {"task": "classification", "input_length": 5, "horizon": 1, "exclude": ["y"]},
+    "regression": {"task": "regression", "label": "y", "input_length": 4, "horizon": 1,
+                   "fill": "bfill", "scale_per_series": False},
+}
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_window_model_fits_and_windows_tables_as_it_does_dicts(host, task):
+    records = rows()
+    val = later(records, 200 * H)
+    by_dicts = host.make("model", "timeseries.lstm", TASKS[task])
+    by_tables = host.make("model", "timeseries.lstm", TASKS[task])
+    with pytest.warns(UserWarning):
+        by_dicts.fit(records)
+        by_tables.fit(stream(records))
+        assert_close(by_dicts.state_dict(), by_tables.state_dict())
+        for split, data in (("train", records), ("val", val), ("predict", records)):
+            expected = list(by_dicts.examples(data, split))
+            got = list(by_tables.examples(stream(data), split))
+            assert [e["window"] for e in got] == [e["window"] for e in expected], split
+            assert got == expected, split
+            assert by_tables.prep_report[split] == by_dicts.prep_report[split]
+    report = by_tables.prep_report
+    assert report["train"]["rows_without_time"] == 9 and report["train"]["windows"] > 20
+    assert report["val"]["rows_not_after_training"] > 0 and report["val"]["windows"] > 10
+    state = by_tables.state
+    assert list(state["train_end"]) == ["north", "south", "west"]  # first-seen order, as dicts
+    assert state["train_end"] == {"north": 88 * H, "south": 69 * H, "west": 39 * H}  # north: hour 89 skipped
+
+
+def test_fitted_state_follows_the_record_rules(host):
+    """What the columns give, checked against numbers computed from the dicts by hand."""
+    records = rows(1)
+    model = host.make("model", "timeseries.lstm", {"input_length": 6, "horizon": 2,
+                                                   "task": "classification"})
+    model.fit(stream(records))
+    st = model.state
+
+    def finite(key: str, series: str | None = None) -> np.ndarray:
+        vals = [r[key] for r in records if series in (None, r["series"])]
+        x = np.array([v for v in vals if v is not None], float)
+        return x[np.isfinite(x)]
+
+    # numbers only (no text, no bool), the label and the bookkeeping keys left out
+    assert st["features"] == ["count", "temp", "y"] and st["known"] == ["cal_hour"]
+    for (loc, scale), key in zip(st["feature_scaling"], st["features"]):
+        assert loc == pytest.approx(finite(key).mean()) and scale == pytest.approx(finite(key).std())
+    scaler = st["target_scaler"]["columns"]["value"]
+    assert scaler["global"] == pytest.approx([finite("value").mean(), finite("value").std()])
+    for name in ("north", "south", "west"):
+        x = finite("value", name)
+        assert scaler["series"][name] == pytest.approx([x.mean(), x.std()])
+    assert st["labels"] == ["calm", "fog", "storm"]
+    assert st["series"] == ["north", "south", "west"]
+
+
+def test_series_names_and_labels_are_the_text_of_any_value(host):
+    """Int series ids become "1", "2"; float labels 1.0 and int-like text count as one class."""
+    records = [{"time": float(i), "series": i % 2 + 1, "value": float(i), "label": float(i % 3)}
+               for i in range(40)]
+    model = host.make("model", "timeseries.lstm", {"input_length": 3, "horizon": 1,
+                                                   "task": "classification"})
+    table = pa.Table.from_pylist(records)
+    assert table.schema.field("series").type == pa.int64()
+    model.fit(privet.RecordStream(lambda: [table]))
+    assert model.state["series"] == ["1", "2"]
+    assert model.state["train_end"] == {"1": 38.0, "2": 39.0}
+    assert model.state["labels"] == ["0", "1", "2"]
+    windows = list(model.examples(privet.RecordStream(lambda: [table]), "train"))
+    assert windows == list(model.examples(records, "train"))
+    assert {w["series"] for w in windows} == {"1", "2"} and {w["label"] for w in windows} == {0.0, 1.0, 2.0}
+
+
+def test_fit_errors_are_those_of_the_record_path(host):
+    model = host.make("model", "timeseries.lstm", {"input_length": 3, "horizon": 1})
+    with pytest.raises(DataError, match="no training records"):
+        model.fit(privet.RecordStream(lambda: []))
+    no_time = pa.Table.from_pylist([{"series": "a", "value": 1.0}])
+    with pytest.raises(DataError, match="have no 'time' field"):
+        model.fit(privet.RecordStream(lambda: [no_time]))
+    no_target = pa.Table.from_pylist([{"time": 1.0, "level": 1.0}])
+    with pytest.raises(DataError, match=r"target\(s\) 'value' not in the records \(fields: level, time\)"):
+        model.fit(privet.RecordStream(lambda: [no_target]))
+    one_class = pa.Table.from_pylist([{"time": 1.0, "value": 1.0, "label": "x"}])
+    clf = host.make("model", "timeseries.lstm", {"input_length": 3, "horizon": 1, "task": "classification"})
+    with pytest.raises(DataError, match="at least 2 classes .* found 1"):
+        clf.fit(privet.RecordStream(lambda: [one_class]))
+
+
+# -- the collector ------------------------------------------------------------------------------
+
+def collected(collector: SeriesCollector) -> list[tuple[str, list[float], list[list[float]], Any]]:
+    return [(s.name, s.times.tolist(), np.nan_to_num(s.values, nan=-999.0).tolist(), s.labels)
+            for s in collector.series()]
+
+
+def test_add_table_collects_what_add_collects():
+    records = [
+        {"time": 5, "series": "a", "x": 1, "y": "text", "label": "p"},
+        {"time": 1.5, "series": "b", "x": 2.5, "y": None, "label": None},
+        {"time": None, "series": "a", "x": 3.0, "y": 1.0, "label": "q"},
+        {"time": math.nan, "series": "a", "x": 3.0, "y": 1.0, "label": "q"},
+        {"time": 2.0, "series": None, "x": None, "y": 2.0, "label": "r"},
+        {"time": 0.5, "series": "a", "x": math.inf, "y": 3.0, "label": "s"},  # not after training
+        {"time": 7.0, "series": "a", "x": 4.0, "y": 4.0, "label": "t"},
+        {"time": 6.0, "series": "b", "x": 5.0, "y": 5.0, "label": "u"},
+    ]
+    guard = {"a": 1.0, "c": 100.0}
+    by_dicts = SeriesCollector(["x", "y", "absent"], label="label", not_before=guard).extend(records)
+    by_table = SeriesCollector(["x", "y", "absent"], label="label", not_before=guard)
+    by_table.add_table(privet.record_tables(records).__next__())
+    assert collected(by_table) == collected(by_dicts)
+    assert collected(by_table) == [
+        ("None", [2.0], [[-999.0, 2.0, -999.0]], ["r"]),
+        ("a", [5.0, 7.0], [[1.0, -999.0, -999.0], [4.0, 4.0, -999.0]], ["p", "t"]),
+        ("b", [1.5, 6.0], [[2.5, -999.0, -999.0], [5.0, 5.0, -999.0]], [None, "u"]),
+    ]
+    assert by_table.counts == by_dicts.counts == Counter(rows_without_time=2, rows_not_after_training=1)
+
+
+def test_rows_from_add_and_add_table_keep_their_order():
+    collector = SeriesCollector(["v"])
+    collector.add({"time": 3.0, "series": "s", "v": 1.0})
+    collector.add_table(pa.table({"time": [1.0, 9.0], "series": ["s", "t"], "v": [2, 3]}))
+    collector.add({"time": 2.0, "series": "s", "v": 4.0})
+    collector.add_table(pa.table({"time": [0.0], "v": [5.0]}))  # no series column: series ""
+    assert [(s.name, s.times.tolist(), s.values[:, 0].tolist()) for s in collector.series()] == [
+        ("", [0.0], [5.0]), ("s", [3.0, 1.0, 2.0], [1.0, 2.0, 4.0]), ("t", [9.0], [3.0])]
+
+
+# -- windows ------------------------------------------------------------------------------------
+
+def reference_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
+                      horizon: int, stride: int, counts: Counter[str]) -> list[dict[str, Any]]:
+    """One window at a time, the way make_windows worked before it was vectorised."""
+    out = []
+    v = s.values
+    for start in range(0, len(v) - length - horizon + 1, stride):
+        cut, end = start + length, start + length + horizon
+        past, fut, known = v[start:cut, :n_observed], v[cut:end, :n_targets], v[start:end, n_observed:]
+        if not (np.isfinite(past).all() and np.isfinite(fut).all() and np.isfinite(known).all()):
+            counts["windows_with_gaps"] += 1
+            continue
+        rec = {"series": s.name, "series_index": 3, "time": float(s.times[cut] if horizon else s.times[cut - 1]),
+               "shape": shape_text(length, horizon, n_targets, n_observed, n_known),
+               "window": pack(past) + pack(fut) + pack(known)}
+        if s.labels is not None:
+            if s.labels[cut - 1] is None:
+                counts["windows_without_label"] += 1
+                continue
+            rec["label"] = s.labels[cut - 1]
+        counts["windows"] += 1
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("horizon, stride, n_known, labelled", [
+    (3, 1, 1, False), (2, 3, 0, False), (0, 1, 1, True), (0, 2, 0, True)])
+def test_make_windows_gives_the_windows_of_the_per_window_loop(horizon, stride, n_known, labelled):
+    rng = np.random.default_rng(4)
+    n = 60
+    values = rng.normal(size=(n, 3 + n_known)) * 1e3
+    values[[7, 30], 0] = np.nan     # target gaps
+    values[44, 2] = np.inf          # an observed feature gap
+    if n_known:
+        values[52, 3] = np.nan      # a known-feature gap
+    labels = [None if i % 9 == 0 else f"c{i % 4}" for i in range(n)] if labelled else None
+    s = Series("s", np.arange(n) * H, values, labels)
+    shapes = dict(n_targets=1, n_observed=3, n_known=n_known, length=5, horizon=horizon, stride=stride)
+    want, got = Counter(), Counter()
+    expected = reference_windows(s, counts=want, **shapes)
+    windows = list(make_windows(s, series_index=3, counts=got, **shapes))
+    assert windows == expected and len(windows) > 10
+    assert got == want and got["windows_with_gaps"] > 0
+    assert (got["windows_without_label"] > 0) == labelled
+
+
+def test_make_windows_counts_a_short_series_once():
+    counts: Counter[str] = Counter()
+    s = Series("s", np.arange(4.0), np.zeros((4, 1)))
+    assert list(make_windows(s, n_targets=1, n_observed=1, n_known=0, length=3, horizon=2, stride=1,
+                             series_index=0, counts=counts)) == []
+    assert counts == Counter(series_too_short=1)
+
+
+# -- the MLP ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task, label", [("classification", "label"), ("regression", "y")])
+def test_mlp_fits_tables_as_it_fits_dicts(host, task, label):
+    records = [dict(r, code=(i % 5) * 2) for i, r in enumerate(rows(2))]
+    options = {"task": task, "label": label, "embed": ["code"], "exclude": ["cal_hour"]}
+    by_dicts = host.make("model", "timeseries.mlp", options)
+    by_tables = host.make("model", "timeseries.mlp", options)
+    by_dicts.fit(records)
+    half = len(records) // 2
+    tables = [pa.Table.from_pylist(records[:half]), pa.Table.from_pylist(records[half:])]
+    by_tables.fit(privet.RecordStream(lambda: tables))
+    assert_close(by_dicts.state_dict(), by_tables.state_dict())
+    st = by_tables.state
+    assert st["cardinalities"] == [9]  # the largest code, 8, plus one
+    # numbers only: not the label, the embedded code, the excluded field, text or bools
+    assert st["features"] == (["count", "temp", "value", "y"] if task == "classification"
+                              else ["count", "temp", "value"])
+    temp = np.array([r["temp"] for r in records], float)
+    temp = temp[np.isfinite(temp)]
+    assert st["scaling"][st["features"].index("temp")] == pytest.approx([temp.mean(), temp.std()])
+    if task == "classification":
+        assert st["labels"] == ["calm", "fog", "storm"]
+    else:
+        y = np.array([r["y"] for r in records if r["y"] is not None])
+        assert st["label_scaling"] == pytest.approx([y.mean(), y.std()])
+
+
+def test_a_constant_label_gets_scale_one_from_tables_too(host):
+    records = [{"x": float(i), "y": 0.1} for i in range(50)]
+    model = host.make("model", "timeseries.mlp", {"task": "regression", "label": "y"})
+    model.fit(privet.RecordStream(lambda: [pa.Table.from_pylist(records)]))
+    assert model.state["label_scaling"] == pytest.approx([0.1, 1.0])
