@@ -270,6 +270,16 @@ class Model(Component):
         :func:`privet.record_tables` gives ``records`` as pyarrow Tables."""
         yield from records
 
+    def example_tables(self, records: Iterable[Record], split: str) -> Iterator[Any]:
+        """Optional: the examples of :meth:`examples` as pyarrow Tables (runs of examples,
+        in order), which preparation writes to the cache without a dict per example.
+
+        Override it alongside :meth:`examples` when examples are many and small (series
+        windows); the rows must equal what :meth:`examples` yields. Not used for
+        ``split="predict"`` nor with ``per_record_examples``.
+        """
+        raise NotImplementedError
+
     def report(self) -> dict[str, Any]:
         """Counters worth showing in report.json under ``model`` (e.g. windows built)."""
         return {}

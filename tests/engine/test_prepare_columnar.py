@@ -248,3 +248,33 @@ def test_a_writer_keeps_the_order_of_records_and_tables_it_is_given(tmp_path):
     files = writer.close()
     assert [r["i"] for r in ArrowTable(files).iter_rows()] == list(range(8))
     assert [ArrowTable([f]).num_rows for f in files] == [4, 4]
+
+
+class _Pairs(_Longest):
+    """Examples span records (pairs of neighbours), written as tables."""
+
+    def examples(self, records, split):
+        for table in self.example_tables(records, split):
+            yield from table.to_pylist()
+
+    def example_tables(self, records, split):
+        import pyarrow as pa
+
+        for table in record_tables(records):
+            ns = table.column("n").to_pylist()
+            yield pa.table({"first": ns[:-1], "second": ns[1:], "split": [split] * (len(ns) - 1)})
+
+
+def test_a_model_with_example_tables_has_them_written_as_they_are(tmp_path):
+    data = _corpus(tmp_path / "data")
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=1, max_bad_fraction=0.5,
+                        shard_rows=40, split=SplitConfig(method="field", field="split"))
+    prepared = Preparer(config, source, [_Centre(), _Screen()], _Pairs(), seed=1,
+                        fingerprint_extra={}).prepare(tmp_path / "cache")
+    train = list(prepared.tables["train"].iter_rows())
+    files = [str(prepared.cache.root / f) for f in prepared.meta["record_files"]["train"]]
+    kept = [r["n"] for r in ArrowTable(files).iter_rows()]
+    assert len(train) == prepared.meta["examples"]["train"] >= 100
+    assert all(e["split"] == "train" and e["second"] > e["first"] for e in train)
+    assert {e["first"] for e in train} < set(kept)

@@ -238,11 +238,12 @@ def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> 
     column = table.column(split_field)
     if column.null_count or not (column.type == "string" or column.type == "large_string"):
         return False
-    names, codes = np.unique(np.asarray(pc.utf8_lower(column).to_numpy(zero_copy_only=False), dtype=object),
-                             return_inverse=True)
+    coded = pc.dictionary_encode(pc.utf8_lower(column)).combine_chunks()
+    names = coded.dictionary.to_pylist()
     if any(n not in parts for n in names):
         return False
-    return np.array([parts[n] for n in names], dtype=object)[codes.reshape(-1)]
+    codes = coded.indices.to_numpy(zero_copy_only=False)
+    return np.array([parts[n] for n in names] or [""], dtype=object)[codes]
 
 
 def has_non_finite(table: Any) -> bool:

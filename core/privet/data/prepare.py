@@ -480,8 +480,14 @@ class Preparer:
         time, for a model whose examples are per record; else one streaming pass per split here."""
         writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
         if not self.model.per_record_examples:
+            tables = type(self.model).example_tables is not Model.example_tables
             for s in SPLITS:
-                for ex in self.model.examples(RecordStream(records[s]._open), s):
+                stream = RecordStream(records[s]._open)
+                if tables:
+                    for table in self.model.example_tables(stream, s):
+                        writers[s].add_table(table)
+                    continue
+                for ex in self.model.examples(stream, s):
                     writers[s].add(ex)
             return {s: w.close() for s, w in writers.items()}
         import pyarrow as pa

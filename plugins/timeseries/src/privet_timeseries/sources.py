@@ -21,7 +21,7 @@ from privet import BadRecord, DataError, PrivetError, Record, Shard, Source
 from privet import OptionValueError, existing_paths, positive
 from privet.io import ListedFiles, byte_ranges, open_binary, open_seekable
 
-from .timeparse import parse_time
+from .timeparse import all_true, is_text_type, number_cells, parse_time, py_strip, time_cells
 
 TIME = "time"
 SERIES = "series"
@@ -222,6 +222,175 @@ def _series_text(value: Any) -> str:
     return str(value).strip() if isinstance(value, str) else str(value)
 
 
+# --- The columnar path: the same records as whole Arrow columns ------------------------
+#
+# ``read_table`` gives a shard's records as one table when every row is one ``convert``
+# turns into records without a BadRecord and with rules the columns can follow exactly.
+# Each helper returns ``None`` to decline: the engine then reads the shard row by row,
+# which names the bad rows. Arrow's errors (a cast that fails, say) decline as well.
+
+_MARKERS = sorted(MISSING_MARKERS)
+
+
+def _flat(column: Any) -> Any:
+    """One Arrow array of a (chunked) column, dictionaries decoded."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _stripped(column: Any) -> Any:
+    """A string-like column as ``str.strip()``-ed strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return py_strip(pc.cast(column, pa.string()))
+
+
+def _missing(texts: Any) -> Any:
+    """``_is_missing`` of stripped strings (the markers are ASCII, so ASCII lowering will do)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    marked = pc.is_in(pc.ascii_lower(texts), value_set=pa.array(_MARKERS, pa.string()))
+    return pc.or_(pc.is_null(texts), marked)
+
+
+def _any(mask: Any) -> bool:
+    """Whether some cell of a boolean Arrow array is true."""
+    import pyarrow.compute as pc
+
+    return bool(pc.any(pc.fill_null(mask, False)).as_py())
+
+
+def _text_cells(column: Any) -> Any:
+    """``_put`` of a text column: stripped text, None for a missing marker."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(column), pa.string())
+    if is_text_type(t):
+        texts = _stripped(column)
+        return pc.if_else(_missing(texts), pa.scalar(None, pa.string()), texts)
+    if pa.types.is_integer(t):  # a Parquet integer column listed as categorical: str(int)
+        return pc.cast(column, pa.string())
+    return None
+
+
+def _number_cells(column: Any, non_finite: str) -> Any:
+    """``_put`` of a numeric column: float64, None for missing (and non-finite unless the
+    option drops those rows, which declines)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(column), pa.float64())
+    if is_text_type(t):
+        texts = _stripped(column)
+        missing = _missing(texts)
+        values = number_cells(pc.if_else(missing, pa.scalar(None, pa.string()), texts))
+        if _any(pc.and_(pc.invert(missing), pc.is_null(values))):
+            return None  # a cell float() may read otherwise (or not at all)
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t) or (
+            pa.types.is_floating(t) and t.bit_width >= 32):
+        values = pc.cast(column, pa.float64())  # safe: ints beyond 2**53 raise
+    else:
+        return None
+    finite = pc.is_finite(values)
+    if _any(pc.invert(finite)):
+        if non_finite == "drop":
+            return None
+        values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
+    return values
+
+
+def _series_cells(column: Any) -> Any:
+    """``_series_text`` of a series id column; None if an id is missing or not text/int."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        return None
+    if is_text_type(column.type):
+        texts = _stripped(column)
+        return None if _any(pc.equal(pc.utf8_length(texts), 0)) else texts
+    if pa.types.is_integer(column.type):
+        return pc.cast(column, pa.string())
+    return None
+
+
+def _split_cells(times: Any, split_at: float, test_at: float | None) -> Any:
+    """The ``split`` labels ``convert`` gives each time."""
+    import pyarrow.compute as pc
+
+    out = pc.if_else(pc.greater_equal(times, split_at), "val", "train")
+    if test_at is not None:
+        out = pc.if_else(pc.greater_equal(times, test_at), "test", out)
+    return out
+
+
+def _cells(conv: _RowConverter, column: Any, name: str) -> Any:
+    """``_put`` of a whole column, by its role (text or number)."""
+    return _text_cells(column) if name in conv.text else _number_cells(column, conv.o.non_finite)
+
+
+def _records_table(conv: _RowConverter, raw: dict[str, Any], rows: int) -> Any:
+    """The records ``conv.convert`` makes of every row of ``raw`` (column -> array), as
+    one table with the records' keys in order; None to decline."""
+    import pyarrow as pa
+
+    o = conv.o
+    cols: dict[str, Any] = {}  # assigned in convert's order: a key keeps its first place
+    if o.time_column is not None:
+        times = time_cells(raw[o.time_column], conv.time_format)
+        if times is None:
+            return None
+        cols[TIME] = times
+        if conv.split_at is not None:
+            cols[SPLIT] = _split_cells(times, conv.split_at, conv.test_at)
+    if o.layout == "long":
+        if o.series_column is not None:
+            cols[SERIES] = _series_cells(raw[o.series_column])
+            if cols[SERIES] is None:
+                return None
+        elif o.time_column is not None:
+            cols[SERIES] = pa.repeat(pa.scalar(conv.default_series, pa.string()), rows)
+    for col in [*conv.features, *(conv.targets if o.layout == "long" else ())]:
+        cols[col] = _cells(conv, raw[col], col)
+        if cols[col] is None:
+            return None
+    if o.layout == "long":
+        return pa.table(cols)
+    return _wide_table(conv, cols, raw, rows)
+
+
+def _wide_table(conv: _RowConverter, base: dict[str, Any], raw: dict[str, Any],
+                rows: int) -> Any:
+    """Wide layout: one record per (row, target column), row by row as ``convert`` yields."""
+    import numpy as np
+    import pyarrow as pa
+
+    parts = []
+    for col in conv.targets:
+        value = _cells(conv, raw[col], col)
+        if value is None:
+            return None
+        rec = dict(base)
+        rec[SERIES] = pa.repeat(pa.scalar(col, pa.string()), rows)
+        rec[conv.o.value_name] = value
+        parts.append(pa.table(rec))
+    if not parts or len({p.schema for p in parts}) != 1:
+        return None  # text and numeric targets mixed: the records' types disagree
+    k = len(parts)
+    i = np.arange(rows * k)
+    return pa.concat_tables(parts).take(pa.array((i % k) * rows + i // k))
+
+
 class _ListedSource(ListedFiles, Source):
     """Files named in ``paths`` plus the matching files of named folders; a file that
     resolves outside its folder is an ``outside_root`` bad record, never opened."""
@@ -279,6 +448,48 @@ class TimeSeriesCsv(_ListedSource):
             pos = shard.start - 1 + len(fh.readline())
             yield from self._rows(fh, pos, shard, header, name)
 
+    def read_table(self, shard: Shard) -> Any:
+        """The shard's records as one table, parsed by ``pyarrow.csv`` and converted by
+        columns; ``None`` (the record path) for anything ``read`` reports or might split
+        or convert otherwise: a bad line, quotes that are not plain, an unusual cell."""
+        import pyarrow as pa
+
+        delimiter = self.options.delimiter
+        if (len(delimiter) != 1 or not delimiter.isascii() or delimiter in '"\r\n'
+                or self.listing().refusal(shard.path) is not None):
+            return None
+        try:
+            got = self._shard_bytes(shard)
+            if got is None:
+                return None
+            header, data = got
+            if not header or len(set(header)) != len(header):
+                return None  # duplicate names: a row's dict keeps the last cell of each
+            columns = _csv_columns(data, header, delimiter)
+            if columns is None:
+                return None
+            conv = _RowConverter(self.options, header, Path(shard.path).name)
+            return _records_table(conv, columns, len(columns[header[0]]))
+        except (PrivetError, pa.ArrowException, OSError, EOFError, ValueError):
+            return None
+
+    def _shard_bytes(self, shard: Shard) -> tuple[list[str], bytes] | None:
+        """The header and the bytes of the lines ``read`` reads for ``shard``, through
+        the same :mod:`privet.io` calls; ``None`` for an empty or unreadable header."""
+        with open_binary(shard.path) as fh:
+            header_raw = fh.readline()
+            try:
+                header = next(csv.reader([header_raw.decode("utf-8-sig")],
+                                         delimiter=self.options.delimiter))
+            except (StopIteration, UnicodeDecodeError, csv.Error):
+                return None
+            header = [h.strip() for h in header]
+            if shard.start <= len(header_raw):
+                return header, _lines_before(fh, len(header_raw), shard.end)
+        with open_binary(shard.path, shard.start - 1) as fh:
+            pos = shard.start - 1 + len(fh.readline())
+            return header, _lines_before(fh, pos, shard.end)
+
     def _rows(self, fh: Any, pos: int, shard: Shard, header: list[str], name: str
               ) -> Iterator[Record | BadRecord]:
         """Records of the lines from byte ``pos`` (where ``fh`` stands) to the shard's end."""
@@ -323,6 +534,78 @@ class TimeSeriesCsv(_ListedSource):
                                     lambda line=line: f"{name}:{line_base() + line}")
         while undecodable:
             yield BadRecord("invalid_utf8", f"{name}:{line_base() + undecodable.pop(0)}")
+
+
+def _lines_before(fh: Any, pos: int, end: int | None) -> bytes:
+    """The bytes of the lines from ``pos`` (where ``fh`` stands) that start before
+    ``end``: the last one runs on to its newline, as in ``_rows``."""
+    if end is None:
+        return fh.read()
+    chunks = []
+    left = end - pos
+    while left > 0:
+        block = fh.read(left)
+        if not block:
+            break
+        chunks.append(block)
+        left -= len(block)
+    data = b"".join(chunks)
+    if data and not data.endswith(b"\n"):
+        data += fh.readline()
+    return data
+
+
+def _csv_columns(data: bytes, header: list[str], delimiter: str) -> dict[str, Any] | None:
+    """The cells of ``data`` as string columns by header name, split as ``_rows`` splits
+    them; ``None`` where its csv reader might split or report a line otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    if b"\x00" in data or data.count(b"\r") != data.count(b"\r\n"):
+        return None  # NUL or a lone CR: csv.Error there (unreadable_row)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None  # invalid_utf8
+    if '"' in text and not _plain_quotes(text, delimiter):
+        return None
+    names = [f"c{i}" for i in range(len(header))]
+
+    def blank(row: Any) -> str:  # csv gives one empty-looking cell: a line _rows skips
+        return "skip" if delimiter not in row.text and not row.text.strip() else "error"
+
+    if data.strip(b"\r\n"):
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char='"', double_quote=True, escape_char=False,
+                newlines_in_values=False, ignore_empty_lines=True, invalid_row_handler=blank),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=False,
+                quoted_strings_can_be_null=False))
+        columns = [table.column(n).combine_chunks() for n in names]
+    else:
+        columns = [pa.array([], pa.string()) for _ in names]
+    limit = csv.field_size_limit()
+    if len(columns[0]) and any(pc.max(pc.binary_length(c)).as_py() >= limit for c in columns):
+        return None  # csv.Error: field larger than field limit
+    if len(columns) == 1:  # a cell that strips to nothing is a blank line to _rows
+        columns = [columns[0].filter(pc.not_equal(pc.utf8_length(py_strip(columns[0])), 0))]
+    return dict(zip(header, columns))
+
+
+def _plain_quotes(text: str, delimiter: str) -> bool:
+    """Whether every line is cells either unquoted (no quote at all) or wholly quoted
+    (with ``""`` inside): the lines Python's csv and Arrow's reader split alike."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    d = f"\\x{{{ord(delimiter):x}}}"
+    cell = f'"(?:[^"]|"")*"|[^"{d}]*'
+    lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n"))
+    return all_true(pc.match_substring_regex(lines, f"^(?:{cell})(?:{d}(?:{cell}))*\\r?$"))
 
 
 class _LineBase:
@@ -391,6 +674,30 @@ class TimeSeriesParquet(_ListedSource):
         name = Path(shard.path).name
         with open_seekable(shard.path) as fh:  # an s3:// object: footer and row group by ranged GETs
             yield from self._group(pq.ParquetFile(fh), shard.start, name)
+
+    def read_table(self, shard: Shard) -> Any:
+        """The row group's records as one table, converted by columns; ``None`` (the
+        record path) where a row would be a BadRecord or a type needs Python's rules."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.listing().refusal(shard.path) is not None:
+            return None
+        try:
+            with open_seekable(shard.path) as fh:
+                pf = pq.ParquetFile(fh)
+                names = pf.schema_arrow.names
+                if len(set(names)) != len(names):
+                    return None
+                text = [f.name for f in pf.schema_arrow
+                        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                        or pa.types.is_dictionary(f.type)]
+                conv = _RowConverter(self.options, names, Path(shard.path).name, text_columns=text)
+                table = pf.read_row_group(shard.start)
+            raw = {n: _flat(table.column(n)) for n in names}
+            return _records_table(conv, raw, table.num_rows)
+        except (PrivetError, pa.ArrowException, OSError, EOFError, ValueError):
+            return None
 
     def _group(self, pf: Any, group: int, name: str) -> Iterator[Record | BadRecord]:
         """Records of one row group, converted ``batch_rows`` rows at a time."""

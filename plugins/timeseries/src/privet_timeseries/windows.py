@@ -18,7 +18,7 @@ whole batch, with no Python object per number.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator
+from typing import Any, Iterator
 
 import attrs
 import numpy as np
@@ -93,22 +93,21 @@ def _bad_prefix(block: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(bad)])
 
 
-def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
-                 horizon: int, stride: int, series_index: int,
-                 counts: Counter[str]) -> Iterator[Record]:
-    """Windows of one series; windows with a gap that filling left are skipped (counted).
+#: Windows per table of :func:`window_tables` (about 18 MB of float32 at 48 x 10 columns).
+TABLE_WINDOWS = 8192
 
-    ``values`` columns are ``[targets | observed features | known features]``;
-    ``n_observed`` counts targets plus observed features. Which windows to keep is decided
-    with numpy for all starts at once and the series is converted to float32 bytes once:
-    per window only slicing those bytes and building the example dict is left.
-    """
+
+def _window_starts(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
+                   horizon: int, stride: int, counts: Counter[str]
+                   ) -> tuple[np.ndarray, list[object] | None] | None:
+    """The first rows of the windows to keep and their labels; windows with a gap that
+    filling left, or without a label, are skipped (counted). None: no window."""
     values = s.values
     n = len(values)
     span = length + horizon
     if n < span:
         counts["series_too_short"] += 1
-        return
+        return None
     starts = np.arange(0, n - span + 1, stride)
     cuts, ends = starts + length, starts + span
     past_bad = _bad_prefix(values[:, :n_observed])
@@ -128,23 +127,59 @@ def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, le
             starts = starts[~unlabelled]
             labels = [lab for lab in labels if lab is not None]
     if not len(starts):
-        return
+        return None
     counts["windows"] += len(starts)
+    return starts, labels
+
+
+def window_tables(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
+                  horizon: int, stride: int, series_index: int, counts: Counter[str]) -> Iterator[Any]:
+    """Windows of one series as pyarrow Tables of up to ``TABLE_WINDOWS`` rows.
+
+    ``values`` columns are ``[targets | observed features | known features]``;
+    ``n_observed`` counts targets plus observed features. Each window's bytes are gathered
+    for a whole run of windows with numpy (past, future and known blocks side by side in
+    one float32 matrix) and handed to Arrow as one buffer: no Python object per window.
+    """
+    import pyarrow as pa
+
+    kept = _window_starts(s, n_targets=n_targets, n_observed=n_observed, n_known=n_known,
+                          length=length, horizon=horizon, stride=stride, counts=counts)
+    if kept is None:
+        return
+    starts, labels = kept
+    values = np.ascontiguousarray(s.values, dtype=DTYPE)
     shape = shape_text(length, horizon, n_targets, n_observed, n_known)
-    times = s.times[starts + length if horizon else starts + length - 1].tolist()
-    # each window's bytes are three slices of the float32 bytes of its blocks (as pack() writes them)
-    past = pack(values[:, :n_observed])
-    future = pack(values[:, :n_targets])
-    known = pack(values[:, n_observed:n_observed + n_known])
-    p, t, k = (DTYPE.itemsize * w for w in (n_observed, n_targets, n_known))
-    for i, start in enumerate(starts.tolist()):
-        cut, end = start + length, start + span
-        rec: Record = {"series": s.name, "series_index": series_index, "time": times[i], "shape": shape,
-                       "window": b"".join((past[start * p:cut * p], future[cut * t:end * t],
-                                           known[start * k:end * k]))}
+    at = starts + length if horizon else starts + length - 1
+    span = np.arange(length + horizon)
+    for lo in range(0, len(starts), TABLE_WINDOWS):
+        first = starts[lo:lo + TABLE_WINDOWS]
+        rows = first[:, None] + span  # (windows, length + horizon) row numbers
+        m = len(first)
+        block = np.concatenate([values[rows[:, :length], :n_observed].reshape(m, -1),
+                                values[rows[:, length:], :n_targets].reshape(m, -1),
+                                values[rows, n_observed:n_observed + n_known].reshape(m, -1)], axis=1)
+        width = block.shape[1] * DTYPE.itemsize
+        offsets = np.arange(m + 1, dtype=np.int32) * width
+        columns = {"series": pa.array([s.name] * m, pa.string()),
+                   "series_index": pa.array(np.full(m, series_index, np.int64)),
+                   "time": pa.array(s.times[at[lo:lo + m]].astype(np.float64)),
+                   "shape": pa.array([shape] * m, pa.string()),
+                   "window": pa.Array.from_buffers(pa.binary(), m, [None, pa.py_buffer(offsets),
+                                                                    pa.py_buffer(block)])}
         if labels is not None:
-            rec["label"] = labels[i]
-        yield rec
+            columns["label"] = pa.array(labels[lo:lo + m])
+        yield pa.table(columns)
+
+
+def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
+                 horizon: int, stride: int, series_index: int,
+                 counts: Counter[str]) -> Iterator[Record]:
+    """Windows of one series as example dicts (the rows of :func:`window_tables`)."""
+    for table in window_tables(s, n_targets=n_targets, n_observed=n_observed, n_known=n_known,
+                               length=length, horizon=horizon, stride=stride,
+                               series_index=series_index, counts=counts):
+        yield from table.to_pylist()
 
 
 def forecast_window(s: Series, *, last_time: float, n_targets: int, n_observed: int, n_known: int,

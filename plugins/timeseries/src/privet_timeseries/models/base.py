@@ -29,7 +29,7 @@ from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_v
 from ..sources import TIME
 from ..stats import RunningStats, finite
 from ..timeparse import parse_frequency
-from ..windows import DTYPE, forecast_window, make_windows, shape_text
+from ..windows import DTYPE, forecast_window, shape_text, window_tables
 
 #: Above this input length an LSTM's gradient through time tends to vanish.
 LONG_SEQUENCE = 1024
@@ -283,6 +283,19 @@ class WindowModel(Model):
         ``split="predict"`` (inference on new rows) gives one window per series that
         forecasts past its last observed target instead.
         """
+        for item in self._windows(records, split):
+            if isinstance(item, dict):
+                yield item
+            else:
+                yield from item.to_pylist()
+
+    def example_tables(self, records: Iterable[Record], split: str) -> Iterator[Any]:
+        """The windows of :meth:`examples` as Arrow tables of up to 8,192 windows (what
+        preparation writes: no dict per window)."""
+        yield from self._windows(records, split)
+
+    def _windows(self, records: Iterable[Record], split: str) -> Iterator[Any]:
+        """Window tables of one split (forecast window dicts for ``predict``)."""
         o = self.options
         st = self.state
         columns = st["targets"] + st["features"] + st["known"]
@@ -313,7 +326,7 @@ class WindowModel(Model):
             clean = regularize(s, rules, counts)
             if len(clean.times) > longest[1]:
                 longest = (clean.name, len(clean.times))
-            yield from make_windows(clean, stride=o.stride, series_index=sid, **shapes)
+            yield from window_tables(clean, stride=o.stride, series_index=sid, **shapes)
         self.prep_report[split] = dict(sorted(counts.items()))
         self._announce(split, counts)
         if split != "predict" and not counts.get("windows"):
