@@ -17,7 +17,7 @@ import yaml
 
 import privet
 from privet.builtins.sources import JsonLines
-from privet.config import ComponentSpec, DataConfig
+from privet.config import ComponentSpec, DataConfig, SplitConfig
 from privet.data.parallel import parallel_prefix
 from privet.data.prepare import Preparer
 from privet.data.ranks import serve
@@ -39,19 +39,17 @@ _helpers = _torchrun_helpers()
 TESTS, env_for, standalone = _helpers.TESTS, _helpers.env_for, _helpers.standalone
 
 
-def _parallel_tests():
-    """The worker-process tests' corpus and cleaners (imported by path, like the helpers)."""
-    name = "privet_prepare_parallel_tests"
+def _module(name: str, path: Path):
+    """Another test module's corpus and components (imported by path, like the helpers)."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, TESTS / "engine" / "test_prepare_parallel.py")
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
 
 
-_par = _parallel_tests()
+_par = _module("privet_prepare_parallel_tests", TESTS / "engine" / "test_prepare_parallel.py")
 
 
 class _Wire:
@@ -62,6 +60,7 @@ class _Wire:
         self.commands = {r: queue.Queue() for r in range(1, world)}
         self.data = {r: queue.Queue(maxsize=2) for r in range(1, world)}
         self.abandoned: set[int] = set()
+        self.sent: set[str] = set()
 
 
 class _Link:
@@ -92,6 +91,8 @@ class _Link:
         return pass_id in self.wire.abandoned
 
     def send(self, message):
+        if message[2] == "chunk":  # the kinds of items this rank sent (for the tests)
+            self.wire.sent.update(item[0] for item in message[3])
         self.wire.data[self.rank].put(pickle.dumps(message), timeout=60)
 
     def recv(self, src):
@@ -117,13 +118,14 @@ class _Head(privet.Cleaner):
         return record
 
 
-def _with_ranks(data: Path, cache: Path, world: int, cleaners):
+def _with_ranks(data: Path, cache: Path, world: int, cleaners, source_cls=JsonLines, model=None,
+                **options):
     """Rank 0 prepares in this thread, ranks 1.. serve in threads; returns (prepared, served)."""
     wire = _Wire(world)
-    served: dict[int, object] = {}
+    served: dict[int, object] = {"wire": wire}
 
     def rank(r: int) -> None:
-        source = JsonLines(JsonLines.Options(paths=[data]))
+        source = source_cls(source_cls.Options(paths=[data]))
         mine = cleaners()
         try:
             served[r] = serve(_Link(wire, r, world), source, mine, parallel_prefix(mine), 1)
@@ -134,11 +136,11 @@ def _with_ranks(data: Path, cache: Path, world: int, cleaners):
     for t in threads:
         t.start()
     link = _Link(wire, 0, world)
-    source = JsonLines(JsonLines.Options(paths=[data]))
+    source = source_cls(source_cls.Options(paths=[data]))
     config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=1, max_bad_fraction=0.5,
-                        shard_rows=30)
-    preparer = Preparer(config, source, cleaners(), _par._Plain(), seed=3, fingerprint_extra={},
-                        ranks=link)
+                        shard_rows=30, **options)
+    preparer = Preparer(config, source, cleaners(), model or _par._Plain(), seed=3,
+                        fingerprint_extra={}, ranks=link)
     try:
         return preparer.prepare(cache), served
     finally:
@@ -160,6 +162,27 @@ def test_ranks_clean_their_shards_and_rank_0_writes_the_cache_of_one_process(tmp
     strip = lambda m: {k: v for k, v in m.items() if k not in (*_par._VARYING, "ranks")}  # noqa: E731
     assert strip(one.meta) == strip(three.meta)
     assert one.meta["dropped"]["too_odd"] > 0 and one.meta["cleaner_states"][1] != {"mean": 0.0}
+
+
+def test_ranks_send_the_tables_of_the_columnar_path_and_rank_0_writes_the_same_cache(tmp_path):
+    col = _module("privet_prepare_columnar_tests", TESTS / "engine" / "test_prepare_columnar.py")
+    data = col._corpus(tmp_path / "data")  # a clean file, a screened one, two the source declines
+    clean, screened = data / "part-0.jsonl", data / "part-1.jsonl"
+    text = clean.read_text()
+    clean.write_text(screened.read_text())
+    screened.write_text(text)  # rank 1 gets the clean file (shard 1): a whole table to send
+    split = SplitConfig(method="field", field="split")
+    cleaners = lambda: [col._Centre(), col._Screen()]  # noqa: E731
+    one, _, _ = col._prepare(data, tmp_path / "c1", col._TableJsonl, split=split)
+    two, served = _with_ranks(data, tmp_path / "c2", 2, cleaners, col._TableJsonl, col._Longest(),
+                              split=split)
+
+    assert two.meta["ranks"] == [2, 2] and served[1] > 0
+    assert served["wire"].sent >= {"tab", "rec"}  # rank 1 sent a table and records
+    assert {s: list(t.iter_rows()) for s, t in one.tables.items()} == \
+        {s: list(t.iter_rows()) for s, t in two.tables.items()}
+    for key in ("dropped", "counts", "cleaners", "cleaner_states", "model_state"):
+        assert one.meta[key] == two.meta[key], key
 
 
 def test_a_cleaner_error_on_another_rank_is_raised_by_rank_0_and_every_rank_stops(tmp_path):

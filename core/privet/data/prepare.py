@@ -430,11 +430,8 @@ class Preparer:
         writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
         snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
         self.progress.phase("prepare")
-        for part, record in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
-            if isinstance(record, dict):
-                writers[part].add(record)
-            else:
-                writers[part].add_table(record)
+        for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
+            (writers[part].add if isinstance(item, dict) else writers[part].add_table)(item)
         record_files = {s: w.close() for s, w in writers.items()}
         lap("clean_and_write_s")
         self._check_bad_fraction(drops, total[0])
