@@ -9,6 +9,7 @@ with every text cell quoted), ``read`` 1.2 s, before any cleaner touches a dict 
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import gzip
 import math
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from privet import BadRecord, DataError
+from privet_timeseries.sources import _NULL_CELLS, _read_cells, _typed_columns
 from privet_timeseries.timeparse import (PY_WHITESPACE, iso_cells, number_cells, parse_time,
                                          strftime_cells, time_cells)
 
@@ -235,6 +237,121 @@ def test_random_files_give_the_records_of_read_or_decline(host, tmp_path, seed):
                 _same(table, list(src.read(shard)))
                 accepted += 1
     assert accepted >= 20
+
+
+# --- the typed read: numbers straight from Arrow's parser, or the string path -----------
+
+def _typed_taken(path: Path, header: list[str], numeric: list[str]) -> bool:
+    data = path.read_bytes().split(b"\n", 1)[1]
+    return _typed_columns(data, header, ",", numeric) is not None
+
+
+@pytest.mark.parametrize("cell, typed, table", [
+    ("1e5", True, True), ("+1.5", True, True), (".5", True, True), ("5.", True, True),
+    ("-0", True, True), (" 1.5", True, True), ("\t2 ", True, True), ('" 3 "', True, True),
+    ("nan", True, True), (" nan ", True, True), ("NaN", True, True), ("-Infinity", True, True),
+    ("inf", True, True), ("1e400", True, True), ("NA", True, True), ("nUlL", True, True),
+    ('"NA"', True, True), ('""', True, True), ("-", True, True),
+    (" NA", False, True), ("\u00a01", False, True), (" ", False, True), ("1\x0b", False, True),
+    ("1_000", False, False), ("0x10", False, False), ("nan(1)", False, False),
+    ("\u0663", False, False), ("1,2", False, False),
+])
+def test_typed_read_or_string_fallback_gives_what_read_gives(host, tmp_path, cell, typed, table):
+    """Cells Arrow reads as ``float`` does take the typed path; the rest fall back to the
+    string path, which reads them as ``read`` does or declines."""
+    path = _csv(tmp_path, "n.csv", f"timestamp,v,note\n2024-01-01,{cell},a\n2024-01-02,2,b\n")
+    assert _typed_taken(path, ["timestamp", "v", "note"], ["v"]) is typed
+    src = host.make("source", "timeseries.csv", {"paths": [str(path)], "target_columns": ["v"],
+                                                  "categorical_columns": ["note"]})
+    [shard] = src.shards()
+    got = src.read_table(shard)
+    assert (got is not None) is table
+    if got is not None:
+        _same(got, list(src.read(shard)))
+
+
+@pytest.mark.parametrize("non_finite", ["missing", "drop"])
+def test_non_finite_cells_of_the_typed_read_follow_the_option(host, tmp_path, non_finite):
+    path = _csv(tmp_path, "nf.csv", "timestamp,v\n2024-01-01,1\n2024-01-02,-INF\n2024-01-03,nan\n")
+    assert _typed_taken(path, ["timestamp", "v"], ["v"])
+    src = host.make("source", "timeseries.csv", {"paths": [str(path)], "target_columns": ["v"],
+                                                  "non_finite": non_finite})
+    [shard] = src.shards()
+    if non_finite == "drop":
+        assert src.read_table(shard) is None
+        assert [r.reason for r in src.read(shard) if isinstance(r, BadRecord)] == \
+               ["non_finite_value"] * 2
+    else:
+        assert src.read_table(shard).column("v").to_pylist() == [1.0, None, None]
+
+
+def test_a_paren_falls_back_only_with_a_nan_in_a_number_column(host, tmp_path):
+    """Arrow reads ``nan(chars)``, ``float`` does not: a NaN next to a ``(`` is read as text."""
+    header = ["timestamp", "v", "note"]
+    clean = _csv(tmp_path, "p1.csv", "timestamp,v,note\n2024-01-01,1.5,(a)\n")
+    assert _typed_taken(clean, header, ["v"])
+    mixed = _csv(tmp_path, "p2.csv", "timestamp,v,note\n2024-01-01,nan,(a)\n")
+    assert not _typed_taken(mixed, header, ["v"])
+    src = host.make("source", "timeseries.csv", {"paths": [str(mixed)], "target_columns": ["v"],
+                                                  "categorical_columns": ["note"]})
+    assert [r["v"] for r in _check_all(src)] == [None]
+
+
+def test_a_line_as_long_as_the_field_limit_falls_back_and_declines(host, tmp_path):
+    path = _csv(tmp_path, "long.csv", "timestamp,v\n2024-01-01,1\n2024-01-02," + "0" * 300 + "1\n")
+    src = host.make("source", "timeseries.csv", {"paths": [str(path)], "target_columns": ["v"]})
+    [shard] = src.shards()
+    assert _typed_taken(path, ["timestamp", "v"], ["v"])
+    old = csv.field_size_limit(200)
+    try:
+        assert not _typed_taken(path, ["timestamp", "v"], ["v"])
+        assert [getattr(r, "reason", None) for r in src.read(shard)] == [None, "unreadable_row"]
+        assert src.read_table(shard) is None
+    finally:
+        csv.field_size_limit(old)
+
+
+def test_arrow_typed_numbers_agree_with_float_where_it_reads_them():
+    """Every cell Arrow reads as float64 is a missing marker or what ``float`` reads; of
+    the spellings only ``float`` refuses, each has a ``(`` (the fallback's sign)."""
+    rng = random.Random(7)
+    parts = [" ", "\t", "\x0b", "+", "-", ".", "e", "E", "0", "7", "12", "1_0", "0x", "nan", "NaN",
+             "inf", "INF", "inity", "(", ")", "(a_1)", "na", "N/A", "null", "None", "nat", "\u00a0"]
+    cells = ["".join(rng.choice(parts) for _ in range(rng.randint(1, 5))) for _ in range(3000)]
+    cells += ["nan", "-nan", "+inf", "Infinity", "-INFINITY", "1e-400", "9" * 400, "N/A", "NaT"]
+    read = paren = 0
+    for cell in cells:
+        if '"' in cell or "," in cell:
+            continue
+        try:
+            got = _read_cells(f"{cell},1\n".encode(), ["v", "w"], ",", {"v": pa.float64()},
+                              null_values=_NULL_CELLS, strings_can_be_null=False,
+                              quoted_strings_can_be_null=True).column("v")[0].as_py()
+        except pa.ArrowInvalid:
+            continue
+        read += 1
+        if got is None:
+            assert cell.strip().lower() in {"", "na", "n/a", "null", "none", "nat", "-"}, cell
+            continue
+        want = _scalar(float, cell)
+        if want is None:
+            assert "(" in cell and math.isnan(got), cell
+            paren += 1
+        else:
+            assert _bits(got) == _bits(want) or (math.isnan(got) and math.isnan(want)), cell
+    assert read >= 300 and paren >= 1
+
+
+def test_time_cells_parse_each_distinct_text_once_with_the_same_values():
+    cells = ["2024-01-01T10:00", " 2024-01-01T10:00 ", "1704067200", "2024-01-01T10:00"] * 3
+    want = [parse_time(c) for c in cells]
+    assert [_bits(v) for v in time_cells(pa.array(cells), "auto").to_pylist()] == \
+           [_bits(v) for v in want]
+    chunked = pa.chunked_array([cells[:5], cells[5:]])
+    assert time_cells(chunked, "auto").to_pylist() == want
+    assert time_cells(pa.array(["2024-01-01", "soon", "2024-01-01"]), "auto") is None
+    assert time_cells(pa.array(["01/02/2024"] * 3), "%d/%m/%Y").to_pylist() == \
+           [parse_time("01/02/2024", "%d/%m/%Y")] * 3
 
 
 # --- what declines ---------------------------------------------------------------------

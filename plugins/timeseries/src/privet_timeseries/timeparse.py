@@ -159,7 +159,23 @@ def time_cells(column: Any, fmt: str) -> Any:
         return _checked_numbers(values, fmt)
     if not is_text_type(t):
         return None
-    texts = py_strip(pc.cast(column, pa.string()))
+    texts = pc.cast(column, pa.string())
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if len(texts) > 1:  # a time repeats once per series: parse each distinct text once
+        encoded = pc.dictionary_encode(texts)
+        if len(encoded.dictionary) < len(texts):
+            values = _text_time_cells(encoded.dictionary, fmt)
+            return None if values is None else values.take(encoded.indices)
+    return _text_time_cells(texts, fmt)
+
+
+def _text_time_cells(column: Any, fmt: str) -> Any:
+    """``time_cells`` of a string array without nulls (cell by cell, so the distinct
+    texts of a column give the same values as the whole column)."""
+    import pyarrow.compute as pc
+
+    texts = py_strip(column)
     if "%" in fmt:
         return strftime_cells(texts, fmt)
     numbers = number_cells(texts)
