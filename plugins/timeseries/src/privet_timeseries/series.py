@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import attrs
 import numpy as np
@@ -217,16 +217,19 @@ class SeriesCollector:
             values = np.array(rows[1], dtype=np.float64).reshape(len(rows[0]), len(self.columns))
             self._chunks[name].append((np.array(rows[0], dtype=np.float64), values))
 
-    def series(self) -> list[Series]:
-        out = []
+    def series(self) -> Iterator[Series]:
+        """Each series, by name. The collector hands over its rows as it goes (a series'
+        chunks are freed when it is joined), so a split is held once, not twice; it is
+        empty afterwards."""
         c = len(self.columns)
         for name in sorted(self._chunks):
             self._flush(name)
-            chunks = self._chunks[name]
+            chunks = self._chunks.pop(name)
+            labels = self._labels.pop(name)
             times = np.concatenate([t for t, _ in chunks]) if chunks else np.zeros(0)
             values = np.concatenate([v for _, v in chunks]) if chunks else np.zeros((0, c))
-            out.append(Series(name, times, values, list(self._labels[name]) if self.label else None))
-        return out
+            del chunks
+            yield Series(name, times, values, list(labels) if self.label else None)
 
 
 def regularize(s: Series, rules: SeriesRules, counts: Counter[str]) -> Series:
