@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from privet import BadRecord, DataError
-from privet_timeseries.sources import _NULL_CELLS, _read_cells, _typed_columns
+from privet_timeseries.csv_cells import _NULL_CELLS, _read_cells, _typed_columns
 from privet_timeseries.timeparse import (PY_WHITESPACE, iso_cells, number_cells, parse_time,
                                          strftime_cells, time_cells)
 
