@@ -276,9 +276,10 @@ class Model(Component):
 
         Override it alongside :meth:`examples` when examples are many and small (series
         windows); the rows must equal what :meth:`examples` yields. Not used for
-        ``split="predict"`` nor with ``per_record_examples``.
+        ``split="predict"`` nor with ``per_record_examples``. Preparation calls it only
+        on a model that overrides it, so this default is never reached from the engine.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} makes its examples with examples()")
 
     def report(self) -> dict[str, Any]:
         """Counters worth showing in report.json under ``model`` (e.g. windows built)."""
