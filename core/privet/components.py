@@ -141,6 +141,26 @@ class Cleaner(Component):
         the same records as pyarrow Tables (numpy statistics instead of a dict per row).
         """
 
+    def fit_table(self, table: Any) -> Any:
+        """Optional map step of a parallel :meth:`fit`: what one pyarrow Table of training
+        records contributes (counts, sums, a vocabulary, running statistics), as a
+        picklable value.
+
+        A cleaner that overrides this and :meth:`fit_merge` is fitted without its
+        training records ever reaching the preparing process: worker processes call
+        this on their shards' tables (after the cleaners before this one) and the
+        preparing process merges the parts. It runs before the cleaner is fitted, so it
+        may use the options only. Which tables a part covers is fixed by the data (one
+        per shard, or per run of records), never by the worker count, so the fitted
+        state is the same for any number of workers.
+        """
+        return None
+
+    def fit_merge(self, parts: Iterable[Any]) -> None:
+        """Reduce step of a parallel :meth:`fit`: fit from the :meth:`fit_table` parts of
+        the whole training split, given in source order (a stream: merge as they come)."""
+        raise NotImplementedError(f"{type(self).__name__} overrides fit_table but not fit_merge")
+
     def start_pass(self) -> None:
         """Called before each streaming pass over the data that uses this cleaner.
 

@@ -278,3 +278,63 @@ def test_a_model_with_example_tables_has_them_written_as_they_are(tmp_path):
     assert len(train) == prepared.meta["examples"]["train"] >= 100
     assert all(e["split"] == "train" and e["second"] > e["first"] for e in train)
     assert {e["first"] for e in train} < set(kept)
+
+
+class _CentreByParts(_Centre):
+    """:class:`_Centre` fitted by map and merge: each part is (sum, count, pid of its maker)."""
+
+    def __init__(self, options=None) -> None:
+        super().__init__(options)
+        self.part_pids: list[int] = []
+
+    def fit_table(self, table):
+        xs = [x for x in table.column("x").to_pylist() if x is not None]
+        return (sum(xs), len(xs), os.getpid())
+
+    def fit_merge(self, parts):
+        total = count = 0
+        for s, n, pid in parts:
+            total, count = total + s, count + n
+            self.part_pids.append(pid)
+        self.mean = total / count
+
+
+def _prepare_by_parts(data: Path, cache: Path, workers: int, split: SplitConfig):
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    cleaners = [_Screen(), _CentreByParts()]
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=workers, max_bad_fraction=0.5,
+                        shard_rows=50, split=split)
+    prepared = Preparer(config, source, cleaners, _Longest(), seed=1, fingerprint_extra={}).prepare(cache)
+    return prepared, cleaners[1]
+
+
+def test_a_cleaner_fitted_by_parts_gets_them_from_the_workers_for_a_field_split(tmp_path):
+    data = _corpus(tmp_path / "data")
+    split = SplitConfig(method="field", field="split")
+    one, one_fitted = _prepare_by_parts(data, tmp_path / "one", 1, split)
+    two, two_fitted = _prepare_by_parts(data, tmp_path / "two", 2, split)
+
+    # the training mean of x after the screen, as fitting on the records gives it
+    train = [r for r in _rows(one)["train"]]
+    expected = sum(r["x"] + one_fitted.mean for r in train) / len(train)
+    assert one_fitted.mean == pytest.approx(expected)
+    assert one.meta["cleaner_states"] == two.meta["cleaner_states"]
+    files = lambda p: {str(f.relative_to(p.cache.root)): f.read_bytes()  # noqa: E731
+                       for f in sorted(p.cache.root.rglob("*.arrow"))}
+    assert files(one) == files(two)
+    # the clean file's part comes from a worker (its rows never came back); the records of
+    # the other files (the screen or the source declined their tables) make one part here
+    here = os.getpid()
+    assert one_fitted.part_pids == [here, here]
+    assert two_fitted.part_pids[0] != here and two_fitted.part_pids[1:] == [here]
+
+
+def test_a_cleaner_fitted_by_parts_makes_them_here_when_the_split_needs_the_whole_stream(tmp_path):
+    data = _corpus(tmp_path / "data")
+    split = SplitConfig(method="random", val=0.2, test=0.1)
+    one, _ = _prepare_by_parts(data, tmp_path / "one", 1, split)
+    two, fitted = _prepare_by_parts(data, tmp_path / "two", 2, split)
+
+    assert fitted.part_pids and set(fitted.part_pids) == {os.getpid()}
+    assert one.meta["cleaner_states"] == two.meta["cleaner_states"]
+    assert _rows(one) == _rows(two)

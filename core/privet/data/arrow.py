@@ -188,8 +188,6 @@ class ArrowTable:
 
     def _open(self) -> list[Any]:
         if self._tables is None:
-            import pyarrow as pa
-
             tables = []
             offsets = []
             total = 0

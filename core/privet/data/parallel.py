@@ -79,6 +79,11 @@ def digests_of(cleaner: Cleaner) -> bool:
     return type(cleaner).digest_batch is not Cleaner.digest_batch
 
 
+def fits_by_parts(cleaner: Cleaner) -> bool:
+    """Whether ``cleaner`` fits by map and merge (``Cleaner.fit_table`` and ``fit_merge``)."""
+    return type(cleaner).fit_table is not Cleaner.fit_table
+
+
 def clean_chain(cleaners: Sequence[Cleaner], records: list[Record],
                 digests: list[Any] | None = None) -> list[Any]:
     """Each record through ``cleaners``, cleaner by cleaner over the whole list.
@@ -150,15 +155,17 @@ def _item(location: str | None, item: Any, name: str, split_field: str | None,
 
 def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
                  split_field: str | None, parts: dict[str, str], size: int,
-                 digester: Cleaner | None = None, columnar: bool = False) -> Iterator[list[Item]]:
+                 digester: Cleaner | None = None, columnar: bool = False,
+                 fitter: Cleaner | None = None) -> Iterator[list[Item]]:
     """The outcome stream of one shard, ``size`` records at a time, in source order.
 
     ``digester``: the next cleaner, whose digests of the cleaned records go with them.
-    ``columnar``: try the table path first (:func:`shard_table`).
+    ``columnar``: try the table path first (:func:`shard_table`); ``fitter``: the next
+    cleaner, whose ``fit_table`` part of the shard's training rows goes instead of them.
     A source error is raised after the chunk holding the records read before it.
     """
     if columnar and digester is None:
-        done = yield from shard_table(source, shard, cleaners, split_field, parts, size)
+        done = yield from shard_table(source, shard, cleaners, split_field, parts, size, fitter)
         if done:
             return
     name = Path(shard.path).name
@@ -195,10 +202,12 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
 
 
 def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
-                split_field: str | None, parts: dict[str, str], size: int
-                ) -> Generator[list[Item], None, bool]:
+                split_field: str | None, parts: dict[str, str], size: int,
+                fitter: Cleaner | None = None) -> Generator[list[Item], None, bool]:
     """The columnar path of one shard: ``[("tab", table, splits)]`` when the source reads it
     as a table (``Source.read_table``) and every cleaner takes it (``Cleaner.clean_table``).
+    With a ``fitter`` and a split known per row: ``[("part", fit_table part or None, rows)]``
+    (only the part of the training rows travels).
 
     Returns False (nothing yielded) when the source declines or the table holds values the
     record checks would report (non-finite numbers, a bad split value): the shard then
@@ -220,9 +229,25 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
             raise PluginError(f"cleaner {cleaner.name}: clean_table returned {cleaned.num_rows} "
                               f"rows for {table.num_rows}; decline (return None) to drop rows")
         table = cleaned
-    if table.num_rows:
+    if fitter is not None and splits is not None:
+        yield [("part", fit_part(fitter, table.filter(splits == "train")), table.num_rows)]
+    elif table.num_rows:
         yield [("tab", table, splits)]
     return True
+
+
+class FitPart:
+    """A cleaner's ``fit_table`` part of some training rows, in the stream of a fitting pass."""
+
+    __slots__ = ("part",)
+
+    def __init__(self, part: Any) -> None:
+        self.part = part
+
+
+def fit_part(fitter: Cleaner, table: Any) -> Any:
+    """``fitter.fit_table`` of a table of training rows; None for no rows (no part)."""
+    return fitter.fit_table(table) if table.num_rows else None
 
 
 def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> Any:
@@ -331,10 +356,12 @@ def report_sum(total: Any, delta: Any) -> Any:
 
 def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], split_field: str | None,
                parts: dict[str, str], size: int,
-               digester: Cleaner | None = None, columnar: bool = False) -> Iterator[tuple[str, Any]]:
+               digester: Cleaner | None = None, columnar: bool = False,
+               fitter: Cleaner | None = None) -> Iterator[tuple[str, Any]]:
     """``("chunk", items)`` messages, then ``("end", report deltas of the cleaners)``."""
     before = [copy.deepcopy(c.report()) for c in cleaners]
-    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester, columnar):
+    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester, columnar,
+                              fitter):
         yield "chunk", chunk
     yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
 
@@ -383,7 +410,7 @@ class PassSpec:
 
     def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
                  parts: dict[str, str], size: int, digest: bool = False,
-                 columnar: bool = False) -> None:
+                 columnar: bool = False, fit: bool = False) -> None:
         self.upto = upto
         self.states = states
         self.split_field = split_field
@@ -393,6 +420,11 @@ class PassSpec:
         self.digest = digest
         #: try each shard as one Arrow table first (Source.read_table, Cleaner.clean_table)
         self.columnar = columnar
+        #: send cleaner ``upto``'s fit_table part of a columnar shard instead of its rows
+        self.fit = fit
+
+    def fitter(self, cleaners: Sequence[Cleaner]) -> Cleaner | None:
+        return cleaners[self.upto] if self.fit and self.upto < len(cleaners) else None
 
 
 class InlineRunner:
@@ -412,7 +444,8 @@ class InlineRunner:
         digester = self.cleaners[spec.upto] if spec.digest else None
         for index, shard in enumerate(shards):
             for kind, payload in _run_shard(self.source, shard, cleaners, spec.split_field,
-                                            spec.parts, spec.size, digester, spec.columnar):
+                                            spec.parts, spec.size, digester, spec.columnar,
+                                            spec.fitter(self.cleaners)):
                 yield index, kind, payload
 
     def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
@@ -651,7 +684,8 @@ def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_i
     for index, shard in mine:
         try:
             for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec.split_field,
-                                            spec.parts, spec.size, digester, spec.columnar):
+                                            spec.parts, spec.size, digester, spec.columnar,
+                                            spec.fitter(cleaners)):
                 if current() != pass_id:
                     return  # the preparing process moved on (an error, or a fit that stopped early)
                 results.put((pass_id, index, kind, payload))

@@ -25,10 +25,11 @@ from ..config import DataConfig
 from ..errors import DataError, DropRecord
 from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
-from .records import RecordStream
+from .records import RecordStream, table_runs
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .parallel import (InlineRunner, PassSpec, ProcessRunner, clean_chain, digests_of,
-                       example_jobs, parallel_prefix, report_sum, shard_bytes)
+from .parallel import (FitPart, InlineRunner, PassSpec, ProcessRunner, clean_chain, digests_of,
+                       example_jobs, fit_part, fits_by_parts, parallel_prefix, report_sum,
+                       shard_bytes)
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
@@ -174,7 +175,7 @@ class Preparer:
         self._runner = RankRunner(link, local) if link is not None else local
         self.workers = self._runner.workers
 
-    def _spec(self, upto: int, digest: bool, columnar: bool = False) -> PassSpec:
+    def _spec(self, upto: int, digest: bool, columnar: bool = False, fit: bool = False) -> PassSpec:
         """A pass through the first ``upto`` cleaners (and the digests of the next when
         ``digest``), with the fitted state workers need."""
         split = self.data.split
@@ -184,7 +185,7 @@ class Preparer:
                       if c.needs_fit}
         size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
         return PassSpec(upto, states, split.field if split.method == "field" else None,
-                        _FIELD_SPLITS, size, digest, columnar)
+                        _FIELD_SPLITS, size, digest, columnar, fit)
 
     def _part(self, ordinal: int, ordered_count: int) -> str:
         split = self.data.split
@@ -275,6 +276,9 @@ class Preparer:
             if event[0] == "table":  # a shard cleaned the columnar way
                 yield event[1], event[2]
                 continue
+            if event[0] == "part":  # a worker's fit part of a shard's training rows
+                yield "train", FitPart(event[1])
+                continue
             _tag, part, where, value, _digest = event
             out = next(outcomes) if isinstance(value, dict) else value
             if isinstance(out, tuple) and out[0] == "D":  # a worker's DropRecord
@@ -289,10 +293,12 @@ class Preparer:
                 yield part, out
 
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
-                 total: list[int], on_start: Callable[[], None] = lambda: None
-                 ) -> Iterator[tuple[str, Any]]:
+                 total: list[int], on_start: Callable[[], None] = lambda: None,
+                 fit: bool = False) -> Iterator[tuple[str, Any]]:
         """Cleaned ``(split, record)`` of one pass through ``cleaners[:upto]``, in source order;
-        a shard that went the columnar way comes as ``(split, pyarrow Table)`` of its rows.
+        a shard that went the columnar way comes as ``(split, pyarrow Table)`` of its rows,
+        or, with ``fit`` (a pass that fits ``cleaners[upto]`` by parts), as
+        ``("train", FitPart)`` when its split is known per row.
 
         The source's shards are read and cleaned by the leading per-record cleaners in the
         runner (worker processes, or here); the rest run here over batches of about
@@ -305,7 +311,8 @@ class Preparer:
             cleaner.start_pass()
         on_start()
         spec = self._spec(k, k < upto and digests_of(self.cleaners[k])
-                          and not isinstance(self._runner, InlineRunner), columnar=k == upto)
+                          and not isinstance(self._runner, InlineRunner), columnar=k == upto,
+                          fit=fit and k == upto)
         shards = self.source.shards()
         self.pass_reports = [{} for _ in range(k)]
         events: list[tuple[Any, ...]] = []
@@ -321,6 +328,13 @@ class Preparer:
                 name = Path(shards[index].path).name
                 rows = 0
                 for item in payload:
+                    if item[0] == "part":  # ("part", fit part or None, rows)
+                        pos[0] += item[2]
+                        rows += item[2]
+                        if item[1] is not None:
+                            events.append(("part", item[1]))
+                            pending += 1
+                        continue
                     if item[0] == "tab":
                         tables = self._place_table(item, only, pos)
                         events.extend(tables)
@@ -410,7 +424,21 @@ class Preparer:
             if cleaner.needs_fit:
                 self.log(f"data: fitting cleaner {cleaner.name}")
                 self.progress.phase(f"fit {cleaner.name}")
+                if fits_by_parts(cleaner):
+                    cleaner.fit_merge(self._fit_parts(i))
+                    continue
                 cleaner.fit(RecordStream(lambda i=i: (r for _p, r in self._cleaned(i, "train", None, [0]))))
+
+    def _fit_parts(self, i: int) -> Iterator[Any]:
+        """``cleaners[i]``'s ``fit_table`` parts of the training split, in source order: made
+        where the shard was cleaned when its split is known per row, else here (one per
+        table of the stream, as :func:`privet.record_tables` cuts it)."""
+        cleaner = self.cleaners[i]
+        items = (item for _p, item in self._cleaned(i, "train", None, [0], fit=True))
+        for item in table_runs(items):
+            part = item.part if isinstance(item, FitPart) else fit_part(cleaner, item)
+            if part is not None:
+                yield part
 
     def _build(self, cache: Storage, fp: str, files: Any) -> dict[str, Any]:
         """Every pass of the preparation, written into ``cache``; returns its meta."""

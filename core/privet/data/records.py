@@ -40,21 +40,27 @@ class RecordStream:
 
     def tables(self) -> Iterator[Any]:
         """The records as pyarrow Tables (runs of dicts converted by :func:`records_table`)."""
-        run: list[Record] = []
-        for item in self._items():
-            if isinstance(item, dict):
-                run.append(item)
-                if len(run) >= TABLE_ROWS:
-                    yield records_table(run)
-                    run = []
-                continue
-            if run:
+        return table_runs(self._items())
+
+
+def table_runs(items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` with each run of record dicts turned into tables of up to ``TABLE_ROWS``
+    rows; tables pass as they are (empty ones are left out), and so does anything else."""
+    run: list[Record] = []
+    for item in items:
+        if isinstance(item, dict):
+            run.append(item)
+            if len(run) >= TABLE_ROWS:
                 yield records_table(run)
                 run = []
-            if item.num_rows:
-                yield item
+            continue
         if run:
             yield records_table(run)
+            run = []
+        if getattr(item, "num_rows", 1):
+            yield item
+    if run:
+        yield records_table(run)
 
 
 def record_tables(records: Iterable[Record]) -> Iterator[Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import pickle
 import zoneinfo
 from typing import Any
 
@@ -15,6 +16,10 @@ import pytest
 
 from privet import DataError, RecordStream
 from privet_timeseries import ColumnScaler
+from privet_timeseries.impute import Impute
+from privet_timeseries.outliers import Outliers
+from privet_timeseries.scaling import Scale
+from privet_timeseries.stats import RESERVOIR, RunningStats
 
 START = 1711843200.0  # 2024-03-31 00:00 UTC: Europe's summer time starts an hour later
 
@@ -353,3 +358,84 @@ def test_calendar_after_2037_follows_zoneinfo_summer_times(host):
     cal = assert_table_path_matches(host, "timeseries.calendar", options, None, rows)
     july = dt.datetime(2040, 7, 1, 12, tzinfo=dt.timezone.utc).timestamp()
     assert cal.clean_table(pa.table({"time": [july]})).column("cal_hour").to_pylist() == [14.0]
+
+
+# -- fitting by parts (fit_table / fit_merge) -------------------------------------------------
+
+def _batches(seed: int, sizes: list[int]) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(3.0, 2.0, n) for n in sizes]
+
+
+def test_merging_the_stats_of_batches_equals_adding_the_batches_in_turn():
+    batches = _batches(0, [700, 1, 3000, 250])
+    sequential = RunningStats()
+    merged = RunningStats()
+    for b in batches:
+        sequential.add_many(b)
+        part = RunningStats()
+        part.add_many(b)
+        merged.merge(pickle.loads(pickle.dumps(part)))  # a part crosses processes pickled
+    assert (merged.count, merged.mean, merged.std, merged.min, merged.max) == \
+        (sequential.count, sequential.mean, sequential.std, sequential.min, sequential.max)
+    for q in (0.1, 0.5, 0.75):  # every value is in both samples: exact quantiles
+        assert merged.quantile(q) == sequential.quantile(q) == np.quantile(np.concatenate(batches), q)
+    merged.merge(RunningStats())  # an empty part changes nothing
+    assert merged.count == sequential.count
+
+
+def test_merged_reservoirs_beyond_their_size_are_deterministic_and_close():
+    batches = _batches(1, [RESERVOIR // 2, RESERVOIR, RESERVOIR // 3, 2 * RESERVOIR])
+
+    def merged() -> RunningStats:
+        total = RunningStats()
+        for b in batches:
+            part = RunningStats()
+            part.add_many(b)
+            total.merge(part)
+        return total
+
+    a, b = merged(), merged()
+    assert a.quantile(0.5) == b.quantile(0.5) and a.quantile(0.9) == b.quantile(0.9)
+    values = np.concatenate(batches)
+    assert a.count == len(values) and a.mean == pytest.approx(values.mean(), rel=1e-12)
+    for q in (0.25, 0.5, 0.75):
+        assert a.quantile(q) == pytest.approx(np.quantile(values, q), abs=0.05)
+    assert len(a._sample) == RESERVOIR
+
+
+def test_stats_without_quantiles_keep_no_sample():
+    stats = RunningStats(quantiles=False)
+    stats.add_many(np.arange(10.0))
+    stats.add(20.0)
+    other = RunningStats(quantiles=False)
+    other.add_many(np.array([-1.0]))
+    stats.merge(other)
+    assert (stats.count, stats.min, stats.max) == (12, -1.0, 20.0)
+    assert len(stats._sample) == 0 and len(pickle.dumps(stats)) < 400
+
+
+@pytest.mark.parametrize("cleaner", [
+    lambda: Outliers(Outliers.Options(method="iqr", per_series=True)),
+    lambda: Outliers(Outliers.Options(method="sigma", action="drop")),
+    lambda: Impute(Impute.Options(method="median", per_series=True)),
+    lambda: Impute(Impute.Options(method="mean")),
+    lambda: Scale(Scale.Options(method="robust", per_series=True)),
+    lambda: Scale(Scale.Options(method="minmax")),
+], ids=["outliers-iqr", "outliers-sigma", "impute-median", "impute-mean", "scale-robust", "scale-minmax"])
+def test_fitting_by_pickled_parts_gives_the_state_of_fit(cleaner):
+    rows = make_rows(600)
+    direct = cleaner()
+    direct.fit(stream(rows))
+    by_parts = cleaner()
+    tables = [pa.Table.from_pylist(rows[i:i + 150]) for i in range(0, len(rows), 150)]
+    by_parts.fit_merge(pickle.loads(pickle.dumps(by_parts.fit_table(t))) for t in tables)
+    assert_close_state(direct.state_dict(), by_parts.state_dict())
+    assert by_parts.state_dict() != {}
+
+
+def test_a_named_column_missing_from_every_part_is_still_an_error():
+    cleaner = Impute(Impute.Options(columns=["nope"]))
+    table = pa.Table.from_pylist(make_rows(20))
+    with pytest.raises(DataError, match="'nope' not found"):
+        cleaner.fit_merge([cleaner.fit_table(table)])

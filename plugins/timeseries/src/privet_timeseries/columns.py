@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
+import attrs
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privet import DataError, Record, record_tables
+from privet import Cleaner, DataError, Record, record_tables
 
 from .sources import SERIES, SPLIT, TIME
 from .stats import RunningStats
@@ -171,30 +172,58 @@ def _chosen(columns: list[str] | None, seen: dict[str, None], fields: set[str], 
 ColumnStats = dict[tuple[str, "str | None"], RunningStats]
 
 
-def column_stats(records: Iterable[Record], columns: list[str] | None, exclude: Iterable[str], *,
-                 per_series: bool, who: str) -> tuple[list[str], ColumnStats]:
-    """Each selected column's finite values in :class:`RunningStats`: overall, and per
-    series (``per_series``), read table by table.
+@attrs.define
+class StatsPart:
+    """Column statistics of some training tables: a ``fit_table`` part of the fitting
+    cleaners, merged in source order by :meth:`merge`."""
+
+    rows: int = 0
+    fields: set[str] = attrs.field(factory=set)
+    #: the columns that held a number, in first-seen order
+    seen: dict[str, None] = attrs.field(factory=dict)
+    stats: ColumnStats = attrs.field(factory=dict)
+
+    def merge(self, other: "StatsPart") -> "StatsPart":
+        """Add ``other`` (the statistics of the tables after these); takes its stats over."""
+        self.rows += other.rows
+        self.fields |= other.fields
+        for column in other.seen:
+            self.seen.setdefault(column, None)
+        for key, st in other.stats.items():
+            mine = self.stats.get(key)
+            if mine is None:
+                self.stats[key] = st
+            else:
+                mine.merge(st)
+        return self
+
+
+def table_stats(table: Any, columns: list[str] | None, exclude: Iterable[str], *,
+                per_series: bool, quantiles: bool = True) -> StatsPart:
+    """Each selected column's finite values of one table in :class:`RunningStats`:
+    overall, and per series (``per_series``); ``quantiles``: keep reservoirs.
 
     ``columns=None`` selects every column that holds a number somewhere (a float or int
     column with a value; not bool), except the reserved ones and ``exclude``.
     """
-    skip = set(exclude) | RESERVED
-    stats: ColumnStats = {}
-    seen: dict[str, None] = {}
-    fields: set[str] = set()
-    rows = 0
-    for table in record_tables(records):
-        rows += table.num_rows
-        fields.update(table.column_names)
-        keys = SeriesKeys.of_table(table) if per_series else None
-        for column in _table_columns(table, columns, skip):
-            values = float_values(table.column(column))
-            if values is None:
-                continue
-            seen.setdefault(column, None)
-            observe_array(stats, column, values, keys)
-    return _chosen(columns, seen, fields, rows, who), stats
+    part = StatsPart(rows=table.num_rows, fields=set(table.column_names))
+    keys = SeriesKeys.of_table(table) if per_series else None
+    for column in _table_columns(table, columns, set(exclude) | RESERVED):
+        values = float_values(table.column(column))
+        if values is None:
+            continue
+        part.seen.setdefault(column, None)
+        observe_array(part.stats, column, values, keys, quantiles)
+    return part
+
+
+def merged_stats(parts: Iterable[StatsPart], columns: list[str] | None, *,
+                 who: str) -> tuple[list[str], ColumnStats]:
+    """The fitted columns and their statistics from the parts of the whole training split."""
+    total = StatsPart()
+    for part in parts:
+        total.merge(part)
+    return _chosen(columns, total.seen, total.fields, total.rows, who), total.stats
 
 
 def _table_columns(table: Any, columns: list[str] | None, skip: set[str]) -> list[str]:
@@ -204,25 +233,56 @@ def _table_columns(table: Any, columns: list[str] | None, skip: set[str]) -> lis
             and is_numeric_type(table.column(c).type) and table.column(c).null_count < table.num_rows]
 
 
-def observe_array(stats: ColumnStats, column: str, values: np.ndarray, keys: SeriesKeys | None) -> None:
+def observe_array(stats: ColumnStats, column: str, values: np.ndarray, keys: SeriesKeys | None,
+                  quantiles: bool = True) -> None:
     """Add the finite ``values`` of ``column`` overall and, given ``keys``, per series."""
-    _add(stats, (column, None), values)
+    _add(stats, (column, None), values, quantiles)
     if keys is not None:
         for name, part in keys.split(values):
-            _add(stats, (column, name), part)
+            _add(stats, (column, name), part, quantiles)
 
 
-def _add(stats: ColumnStats, key: tuple[str, str | None], values: np.ndarray) -> None:
+def _add(stats: ColumnStats, key: tuple[str, str | None], values: np.ndarray, quantiles: bool) -> None:
     """Stats are made only for a key with a finite value, as the record path makes them."""
     finite = values[np.isfinite(values)]
     if len(finite):
-        _stats_of(stats, key).add_many(finite)
+        _stats_of(stats, key, quantiles).add_many(finite)
 
 
-def _stats_of(stats: ColumnStats, key: tuple[str, str | None]) -> RunningStats:
+def _stats_of(stats: ColumnStats, key: tuple[str, str | None], quantiles: bool) -> RunningStats:
     """The stats of ``key``, made on first use (``setdefault`` would build, and seed, a
     RunningStats for every value: a fifth of a fitting pass' time)."""
     found = stats.get(key)
     if found is None:
-        found = stats[key] = RunningStats()
+        found = stats[key] = RunningStats(quantiles=quantiles)
     return found
+
+
+class StatsCleaner(Cleaner):
+    """A cleaner fitted on column statistics (its options name ``columns``, ``exclude``
+    and ``per_series``), fitted in parallel by map and merge.
+
+    ``fit_table`` gathers one table's :class:`StatsPart` (in the workers, during
+    preparation), ``fit_merge`` merges the parts in source order and hands the result to
+    :meth:`fit_stats`; ``fit`` does both over the records' tables.
+    """
+
+    needs_fit = True
+    #: the fit reads quantiles (medians, quartiles): keep reservoir samples
+    needs_quantiles: bool = False
+
+    def fit(self, records: Any) -> None:
+        self.fit_merge(self.fit_table(t) for t in record_tables(records))
+
+    def fit_table(self, table: Any) -> StatsPart:
+        o = self.options
+        return table_stats(table, o.columns, o.exclude, per_series=o.per_series,
+                           quantiles=self.needs_quantiles)
+
+    def fit_merge(self, parts: Iterable[StatsPart]) -> None:
+        columns, stats = merged_stats(parts, self.options.columns, who=f"cleaner {self.name}")
+        self.fit_stats(columns, stats)
+
+    def fit_stats(self, columns: list[str], stats: ColumnStats) -> None:
+        """Set the fitted state from the statistics of the whole training split."""
+        raise NotImplementedError

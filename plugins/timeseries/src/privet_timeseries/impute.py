@@ -14,17 +14,16 @@ import attrs
 import numpy as np
 import pyarrow as pa
 
-from privet import Cleaner, DataError, Record
+from privet import DataError, Record
 
-from .columns import SeriesKeys, column_stats, float_values, per_row, put_column
+from .columns import ColumnStats, SeriesKeys, StatsCleaner, float_values, per_row, put_column
 from .sources import SERIES
 from .stats import RunningStats, finite
 
 
-class Impute(Cleaner):
+class Impute(StatsCleaner):
     """Fill missing, NaN and inf values (mean, median or a constant, fitted on train)."""
 
-    needs_fit = True
 
     @attrs.define(frozen=True)
     class Options:
@@ -46,10 +45,12 @@ class Impute(Cleaner):
         self.fitted = False
         self.counts: Counter[str] = Counter()
 
-    def fit(self, records: Any) -> None:
+    @property
+    def needs_quantiles(self) -> bool:  # type: ignore[override]
+        return self.options.method == "median"
+
+    def fit_stats(self, columns: list[str], stats: ColumnStats) -> None:
         o = self.options
-        columns, stats = column_stats(records, o.columns, o.exclude, per_series=o.per_series,
-                                      who=f"cleaner {self.name}")
         fill: dict[str, dict[str, Any]] = {}
         for column in columns:
             glob = stats.get((column, None))

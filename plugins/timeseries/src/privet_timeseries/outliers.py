@@ -9,10 +9,10 @@ import attrs
 import numpy as np
 import pyarrow as pa
 
-from privet import Cleaner, DataError, DropRecord, Record
+from privet import DataError, DropRecord, Record
 from privet import OptionValueError
 
-from .columns import SeriesKeys, column_stats, float_values, null_mask, per_row
+from .columns import ColumnStats, SeriesKeys, StatsCleaner, float_values, null_mask, per_row
 from .sources import SERIES
 from .stats import RunningStats, finite
 
@@ -22,14 +22,13 @@ def _check_k(_inst: Any, _attr: Any, value: float | None) -> None:
         raise OptionValueError(f"k must be positive, got {value}", "k")
 
 
-class Outliers(Cleaner):
+class Outliers(StatsCleaner):
     """Bound numeric values by 3-sigma (mean ± k·std) or IQR (quartiles ± k·IQR) rules.
 
     ``action: clip`` moves an outlier to the nearest bound; ``action: drop`` drops the
     record with reason ``outlier`` (counted, not a bad record). Missing values pass.
     """
 
-    needs_fit = True
 
     @attrs.define(frozen=True)
     class Options:
@@ -47,10 +46,11 @@ class Outliers(Cleaner):
         self.fitted = False
         self.counts: Counter[str] = Counter()
 
-    def fit(self, records: Any) -> None:
-        o = self.options
-        columns, stats = column_stats(records, o.columns, o.exclude, per_series=o.per_series,
-                                      who=f"cleaner {self.name}")
+    @property
+    def needs_quantiles(self) -> bool:  # type: ignore[override]
+        return self.options.method == "iqr"
+
+    def fit_stats(self, columns: list[str], stats: ColumnStats) -> None:
         self.bounds = {}
         for column in columns:
             glob = stats.get((column, None))

@@ -16,9 +16,9 @@ import attrs
 import numpy as np
 import pyarrow as pa
 
-from privet import Cleaner, DataError, Record
+from privet import DataError, Record
 
-from .columns import (ColumnStats, SeriesKeys, column_stats, float_values, null_mask, observe_array,
+from .columns import (ColumnStats, SeriesKeys, StatsCleaner, float_values, null_mask, observe_array,
                       per_row)
 from .sources import SERIES
 from .stats import RunningStats, finite
@@ -86,7 +86,7 @@ class ColumnScaler:
         observe_array(self._stats, column, x, keys)
 
     def use_stats(self, stats: ColumnStats) -> None:
-        """Take statistics gathered by :func:`~.columns.column_stats` (keys ``(column,
+        """Take statistics gathered by :func:`~.columns.merged_stats` (keys ``(column,
         series or None)``) as what was observed; series ones only when ``per_series``."""
         self._stats = {k: v for k, v in stats.items() if self.per_series or k[1] is None}
 
@@ -155,14 +155,13 @@ def inverse_transform(state: dict[str, Any], column: str, values: Any, series: s
     return ColumnScaler.from_state(state).inverse(column, values, series)
 
 
-class Scale(Cleaner):
+class Scale(StatsCleaner):
     """Scale numeric columns: ``standard`` (mean/std), ``minmax`` or ``robust`` (median/IQR).
 
     Missing values stay missing (NaN/inf become ``None``, counted). The fitted state maps
     predictions back with :meth:`inverse` or :func:`privet_timeseries.inverse_transform`.
     """
 
-    needs_fit = True
 
     @attrs.define(frozen=True)
     class Options:
@@ -177,11 +176,13 @@ class Scale(Cleaner):
         self.fitted = False
         self.counts: Counter[str] = Counter()
 
-    def fit(self, records: Any) -> None:
+    @property
+    def needs_quantiles(self) -> bool:  # type: ignore[override]
+        return self.options.method == "robust"
+
+    def fit_stats(self, columns: list[str], stats: ColumnStats) -> None:
         o = self.options
         scaler = ColumnScaler(o.method, o.per_series)
-        columns, stats = column_stats(records, o.columns, o.exclude, per_series=o.per_series,
-                                      who=f"cleaner {self.name}")
         scaler.use_stats(stats)
         scaler.finish(columns)
         self.scaler = scaler

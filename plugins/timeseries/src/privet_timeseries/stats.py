@@ -16,11 +16,17 @@ RESERVOIR = 50_000
 
 
 class RunningStats:
-    """Count, mean, variance, min, max and a reservoir for quantiles of one column."""
+    """Count, mean, variance, min, max and a reservoir for quantiles of one column.
 
-    __slots__ = ("count", "mean", "_m2", "min", "max", "_sample", "_rng", "_np_rng", "_seed")
+    ``quantiles=False`` keeps no reservoir: for a fit that needs moments only, which is
+    then cheaper, and its :meth:`fit_table <privet.Cleaner.fit_table>` parts are small.
+    """
 
-    def __init__(self, seed: int = 0) -> None:
+    __slots__ = ("count", "mean", "_m2", "min", "max", "_sample", "_rng", "_np_rng", "_seed",
+                 "quantiles")
+
+    def __init__(self, seed: int = 0, quantiles: bool = True) -> None:
+        self.quantiles = quantiles
         self.count = 0
         self.mean = 0.0
         self._m2 = 0.0
@@ -28,7 +34,7 @@ class RunningStats:
         self.max = -math.inf
         #: a list while it fills, a float64 array once full (replacements then stay in numpy)
         self._sample: list[float] | np.ndarray = []
-        self._rng = random.Random(seed)
+        self._rng: random.Random | None = None  # made when add() first needs it
         self._seed = seed
         self._np_rng: np.random.Generator | None = None
 
@@ -42,9 +48,13 @@ class RunningStats:
             self.min = x
         if x > self.max:
             self.max = x
+        if not self.quantiles:
+            return
         if len(self._sample) < RESERVOIR:
             self._sample.append(x)  # a list until full
         else:
+            if self._rng is None:
+                self._rng = random.Random(self._seed)
             j = self._rng.randrange(self.count)
             if j < RESERVOIR:
                 self._sample[j] = x
@@ -76,6 +86,8 @@ class RunningStats:
         self.max = max(self.max, hi)
         start = self.count
         self.count = total
+        if not self.quantiles:
+            return
         room = RESERVOIR - len(self._sample)
         if room > 0:
             self._sample.extend(x[:room].tolist())
@@ -98,6 +110,47 @@ class RunningStats:
         if not isinstance(self._sample, np.ndarray):
             self._sample = np.asarray(self._sample, dtype=np.float64)
         self._sample[slot[last]] = x[last]
+
+    def merge(self, other: "RunningStats") -> None:
+        """Add the values ``other`` observed, as if they came next (the map-and-merge fit).
+
+        Mean and variance merge as :meth:`add_many` merges a batch, so merging the stats
+        of single batches gives exactly the numbers of adding those batches in turn. The
+        samples join while every value fits in the reservoir (then quantiles are exact,
+        as sequentially); beyond, each side keeps a share of the reservoir in proportion
+        to its count, drawn with this stats' seeded generator: deterministic for the same
+        parts in the same order.
+        """
+        n = other.count
+        if not n:
+            return
+        total = self.count + n
+        if self.count:
+            delta = other.mean - self.mean
+            self._m2 += other._m2 + delta * delta * self.count * n / total
+            self.mean += delta * n / total
+        else:
+            self._m2, self.mean = other._m2, other.mean
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        if self.quantiles:
+            self._sample = self._joined_sample(other, total)
+        self.count = total
+
+    def _joined_sample(self, other: "RunningStats", total: int) -> list[float] | np.ndarray:
+        mine, theirs = self._sample, other._sample
+        if len(mine) + len(theirs) <= RESERVOIR and len(mine) == self.count and len(theirs) == other.count:
+            return [*mine, *theirs]  # every value, in order: what add_many would hold
+        if self._np_rng is None:
+            self._np_rng = np.random.default_rng(self._seed)
+        a = np.asarray(mine, dtype=np.float64)
+        b = np.asarray(theirs, dtype=np.float64)
+        take_a = min(len(a), round(RESERVOIR * self.count / total))
+        take_b = min(len(b), RESERVOIR - take_a)
+        take_a = min(len(a), RESERVOIR - take_b)
+        pick = lambda x, k: x if k >= len(x) else x[np.sort(self._np_rng.permutation(len(x))[:k])]  # noqa: E731
+        joined = np.concatenate([pick(a, take_a), pick(b, take_b)])
+        return joined if len(joined) >= RESERVOIR else joined.tolist()
 
     @property
     def std(self) -> float:
