@@ -301,6 +301,31 @@ class Model(Component):
         """
         raise NotImplementedError(f"{type(self).__name__} makes its examples with examples()")
 
+    def example_groups(self, records: Iterable[Record], split: str) -> list[Any] | None:
+        """Optional: cut a split's examples into groups that can be made apart (ranges of
+        series, say), as picklable keys in the order their examples are written; ``None``
+        (the default): one pass over the split here, with :meth:`example_tables`.
+
+        Preparation then makes each group in a worker process with
+        :meth:`group_example_tables` and writes the groups' tables in this order, so the
+        groups must not depend on the number of workers, and the examples of all groups
+        together must equal those of :meth:`example_tables`. Called on the fitted model.
+        """
+        return None
+
+    def group_example_tables(self, records: Iterable[Record], split: str,
+                             group: Any) -> Iterator[Any]:
+        """The examples of one group of :meth:`example_groups`, as pyarrow Tables, from the
+        split's whole ``records`` (the group picks its own). Runs in a worker process on a
+        copy of the fitted model; the value the generator returns (``return report``) is
+        its picklable report, handed to :meth:`merge_group_reports`."""
+        raise NotImplementedError(f"{type(self).__name__} defines example_groups without "
+                                  f"group_example_tables")
+
+    def merge_group_reports(self, split: str, reports: list[Any]) -> None:
+        """After the last group of a split, here: take in the groups' reports, in order
+        (counters for :meth:`report`), and raise what only the whole split shows."""
+
     def report(self) -> dict[str, Any]:
         """Counters worth showing in report.json under ``model`` (e.g. windows built)."""
         return {}

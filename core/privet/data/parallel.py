@@ -24,7 +24,7 @@ import queue
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, NamedTuple, Sequence
 
 from ..components import BadRecord, Cleaner, Model, Record, Shard, Source
 from ..errors import DropRecord, PluginError, PrivetError
@@ -403,6 +403,52 @@ def example_shard(model: Model, job: tuple[str, str, Any, int, int]) -> bytes | 
     return ipc_file_bytes(out, split) if out else None
 
 
+class GroupJob(NamedTuple):
+    """One group of a split's examples (``Model.example_groups``), made from the split's
+    cached record files."""
+
+    split: str
+    files: list[str]
+    cipher: Any
+    group: Any
+
+
+#: Bytes of example tables per message of a group job: the queues hold a few such
+#: messages per worker, so memory stays bounded however large a group is.
+GROUP_MESSAGE_BYTES = 16 << 20
+
+
+def makes_groups(model: Model | None) -> bool:
+    """Whether ``model`` cuts its examples into groups (``Model.example_groups``)."""
+    return model is not None and type(model).example_groups is not Model.example_groups
+
+
+def group_messages(model: Model, job: GroupJob) -> Iterator[tuple[str, Any]]:
+    """``("tables", [pyarrow Table, ...])`` messages of one group's examples, in order,
+    then ``("end", the group's report)``."""
+    from .arrow import ArrowTable
+    from .records import RecordStream
+
+    records = ArrowTable(job.files, cipher=job.cipher)
+    made = model.group_example_tables(RecordStream(records._open), job.split, job.group)
+    batch: list[Any] = []
+    size = 0
+    while True:
+        try:
+            table = next(made)
+        except StopIteration as stop:
+            report = stop.value
+            break
+        batch.append(table)
+        size += table.nbytes
+        if size >= GROUP_MESSAGE_BYTES:
+            yield "tables", batch
+            batch, size = [], 0
+    if batch:
+        yield "tables", batch
+    yield "end", report
+
+
 # -- running the shards of one pass ------------------------------------------------------------
 
 class PassSpec:
@@ -458,6 +504,14 @@ class InlineRunner:
         finally:
             _last_table.clear()  # the records' table is not kept past the pass
 
+    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[int, str, Any]]:
+        """``(job index, kind, payload)`` of :func:`group_messages` for each job, in order."""
+        if self.model is None:
+            raise PluginError("this runner was made without the model; its examples are not grouped")
+        for index, job in enumerate(jobs):
+            for kind, payload in group_messages(self.model, job):
+                yield index, kind, payload
+
     def close(self) -> None:
         """Nothing to stop."""
 
@@ -489,30 +543,40 @@ class ProcessRunner:
         self._pass = 0
 
     def run(self, shards: list[Shard], spec: PassSpec) -> Iterator[tuple[int, str, Any]]:
+        pass_id = self._deal(shards, lambda p, mine: (p, spec, mine))
+        yield from self._until_end(pass_id, len(shards))
+
+    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
+        """The example shard of each job (see :func:`example_shard`), made in the workers from the
+        fitted model's ``state`` (job ``i`` on worker ``i % workers``), yielded in order."""
+        pass_id = self._deal(jobs, lambda p, mine: ("examples", p, state, mine))
+        for index in range(len(jobs)):
+            yield self._next(pass_id, index)[1]
+
+    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[int, str, Any]]:
+        """:func:`group_messages` of each job, made in the workers from the fitted model's
+        ``state`` (job ``i`` on worker ``i % workers``), yielded in job order."""
+        pass_id = self._deal(jobs, lambda p, mine: ("examples", p, state, mine))
+        yield from self._until_end(pass_id, len(jobs))
+
+    def _deal(self, items: Sequence[Any], command: Callable[[int, list[tuple[int, Any]]], Any]) -> int:
+        """Start a pass: item ``i`` goes to worker ``i % workers``, in ``command(pass id,
+        [(i, item), ...])``; workers leave what is left of an abandoned pass."""
         self._pass += 1
         pass_id = self._pass
-        self._current.value = pass_id  # workers leave what is left of an abandoned pass
+        self._current.value = pass_id
         for w, commands in enumerate(self._commands):
-            mine = [(i, s) for i, s in enumerate(shards) if i % self.workers == w]
-            commands.put((pass_id, spec, mine))
-        for index in range(len(shards)):
+            commands.put(command(pass_id, [(i, it) for i, it in enumerate(items) if i % self.workers == w]))
+        return pass_id
+
+    def _until_end(self, pass_id: int, count: int) -> Iterator[tuple[int, str, Any]]:
+        """Each job's messages up to its ``"end"``, job by job."""
+        for index in range(count):
             while True:
                 kind, payload = self._next(pass_id, index)
                 yield index, kind, payload
                 if kind == "end":
                     break
-
-    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
-        """The example shard of each job (see :func:`example_shard`), made in the workers from the
-        fitted model's ``state`` (job ``i`` on worker ``i % workers``), yielded in order."""
-        self._pass += 1
-        pass_id = self._pass
-        self._current.value = pass_id
-        for w, commands in enumerate(self._commands):
-            mine = [(i, job) for i, job in enumerate(jobs) if i % self.workers == w]
-            commands.put(("examples", pass_id, state, mine))
-        for index in range(len(jobs)):
-            yield self._next(pass_id, index)[1]
 
     def _next(self, pass_id: int, index: int) -> tuple[str, Any]:
         """The next message of job ``index`` of pass ``pass_id`` from its worker (messages
@@ -639,7 +703,7 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
         if command is None:
             return
         if command[0] == "examples":
-            _worker_examples(model, command, results, broken)
+            _worker_examples(model, command, results, broken, lambda: current.value)
             continue
         pass_id, spec, mine = command
         if broken is not None:
@@ -659,8 +723,9 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
 
 
 def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any,
-                     broken: BaseException | None) -> None:
-    """Example shards of this worker's ``(split, record shard)`` jobs, from the fitted state."""
+                     broken: BaseException | None, current: Callable[[], int]) -> None:
+    """Example shards of this worker's ``(split, record shard)`` jobs, or the messages of
+    its group jobs, from the fitted state."""
     _kind, pass_id, state, mine = command
     for index, job in mine:
         try:
@@ -671,7 +736,13 @@ def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any
             if state is not None:
                 model.load_state_dict(state)
                 state = None
-            results.put((pass_id, index, "examples", example_shard(model, job)))
+            if not isinstance(job, GroupJob):
+                results.put((pass_id, index, "examples", example_shard(model, job)))
+                continue
+            for kind, payload in group_messages(model, job):
+                if current() != pass_id:
+                    return  # the preparing process stopped (an error in an earlier group)
+                results.put((pass_id, index, kind, payload))
         except BaseException as err:  # noqa: BLE001 - reported in order, raised there
             results.put((pass_id, index, "error", _export_error(err)))
             break

@@ -27,9 +27,9 @@ from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .records import RecordStream, table_runs
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .parallel import (FitPart, InlineRunner, PassSpec, ProcessRunner, clean_chain, digests_of,
-                       example_jobs, fit_part, fits_by_parts, parallel_prefix, report_sum,
-                       shard_bytes)
+from .parallel import (FitPart, GroupJob, InlineRunner, PassSpec, ProcessRunner, clean_chain,
+                       digests_of, example_jobs, fit_part, fits_by_parts, makes_groups,
+                       parallel_prefix, report_sum, shard_bytes)
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
@@ -502,18 +502,26 @@ class Preparer:
 
     def _write_examples(self, cache: Storage, records: dict[str, ArrowTable]) -> dict[str, list[str]]:
         """The examples of every split: made in the workers, a few thousand records at a
-        time, for a model whose examples are per record; else one streaming pass per split here."""
+        time, for a model whose examples are per record, or a group at a time for a model
+        that cuts them into groups; else one streaming pass per split here."""
         writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
         if not self.model.per_record_examples:
-            tables = type(self.model).example_tables is not Model.example_tables
+            jobs: list[GroupJob] = []
+            grouped: list[str] = []
             for s in SPLITS:
                 stream = RecordStream(records[s]._open)
-                if tables:
+                groups = self.model.example_groups(stream, s) if makes_groups(self.model) else None
+                if groups is not None:
+                    jobs += [GroupJob(s, records[s].files, records[s].cipher, g) for g in groups]
+                    grouped.append(s)
+                    continue
+                if type(self.model).example_tables is not Model.example_tables:
                     for table in self.model.example_tables(stream, s):
                         writers[s].add_table(table)
                     continue
                 for ex in self.model.examples(stream, s):
                     writers[s].add(ex)
+            self._write_groups(jobs, grouped, writers)
             return {s: w.close() for s, w in writers.items()}
         import pyarrow as pa
 
@@ -523,6 +531,32 @@ class Preparer:
             if data is not None:
                 writers[job[0]].add_table(pa.ipc.open_file(pa.BufferReader(data)).read_all())
         return {s: w.close() for s, w in writers.items()}
+
+    def _write_groups(self, jobs: list[GroupJob], splits: list[str],
+                      writers: dict[str, ArrowShardWriter]) -> None:
+        """Write the groups' examples in job order (made in the workers), and hand each of
+        ``splits`` its group reports, in split order, once its last group is in."""
+        left = {s: sum(job.split == s for job in jobs) for s in splits}
+        reports: dict[str, list[Any]] = {s: [] for s in splits}
+
+        def finish_done() -> None:
+            while splits and not left[splits[0]]:
+                split = splits.pop(0)
+                self.model.merge_group_reports(split, reports[split])
+
+        finish_done()
+        if not jobs:
+            return
+        state = None if isinstance(self._runner, InlineRunner) else self.model.state_dict()
+        for index, kind, payload in self._runner.group_examples(jobs, state):
+            split = jobs[index].split
+            if kind == "tables":
+                for table in payload:
+                    writers[split].add_table(table)
+                continue
+            reports[split].append(payload)
+            left[split] -= 1
+            finish_done()
 
     def _check_bad_fraction(self, drops: DropCounter, total: int) -> None:
         if total and drops.bad / total > self.data.max_bad_fraction:

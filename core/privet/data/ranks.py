@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 from ..components import Cleaner, Model, Shard, Source
 from ..errors import PrivetError
-from .parallel import (PARALLEL_MIN_BYTES, InlineRunner, PassSpec, ProcessRunner, _export_error,
-                       _rebuild, digests_of, shard_bytes, usable_cores)
+from .parallel import (PARALLEL_MIN_BYTES, GroupJob, InlineRunner, PassSpec, ProcessRunner,
+                       _export_error, _rebuild, digests_of, makes_groups, shard_bytes, usable_cores)
 
 _PREFIX = "privet/prep"
 
@@ -114,12 +114,12 @@ def local_runner(source: Source, cleaners: list[Cleaner], prefix: int, wanted: i
                  model: Model | None = None) -> InlineRunner | ProcessRunner:
     """This process' runner for ``shards``: worker processes (``data.prepare_workers``) or
     inline. The workers get the per-record cleaners, the next one when it computes digests
-    (``Cleaner.digest_batch``), and ``model`` when its examples are made per record."""
+    (``Cleaner.digest_batch``), and ``model`` when its examples are made per record or by groups."""
     if wanted is None:
         small = sum(shard_bytes(s) for s in shards) < PARALLEL_MIN_BYTES
         wanted = 1 if small else usable_cores()
     workers = max(1, min(wanted, len(shards)))
-    if model is not None and not model.per_record_examples:
+    if model is not None and not (model.per_record_examples or makes_groups(model)):
         model = None
     if workers > 1:
         upto = prefix + 1 if prefix < len(cleaners) and digests_of(cleaners[prefix]) else prefix
@@ -171,6 +171,10 @@ class RankRunner:
     def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
         """Example shards are made by this rank's own workers (the cache is written here)."""
         return self.local.examples(jobs, state)
+
+    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[int, str, Any]]:
+        """Groups of examples too (see :meth:`examples`)."""
+        return self.local.group_examples(jobs, state)
 
     def _from_local(self, stream: Iterator[tuple[int, str, Any]], mine: list[int],
                     index: int) -> Iterator[tuple[str, Any]]:

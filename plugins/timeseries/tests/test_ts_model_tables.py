@@ -308,3 +308,75 @@ def test_a_constant_label_gets_scale_one_from_tables_too(host):
     model = host.make("model", "timeseries.mlp", {"task": "regression", "label": "y"})
     model.fit(privet.RecordStream(lambda: [pa.Table.from_pylist(records)]))
     assert model.state["label_scaling"] == pytest.approx([0.1, 1.0])
+
+
+# -- groups of series (Model.example_groups), made apart as preparation's workers make them ----
+
+def grouped(model: Any, data: list[dict[str, Any]], split: str,
+            view: Any = stream) -> tuple[list[Any], list[Any], list[Any]]:
+    """The groups of ``split``, the window tables of every group and the groups' reports,
+    made on pickled copies of the model (as in worker processes)."""
+    import pickle
+
+    groups = model.example_groups(view(data), split)
+    tables, reports = [], []
+    for group in groups:
+        worker = pickle.loads(pickle.dumps(model))
+        made = worker.group_example_tables(view(data), split, group)
+        while True:
+            try:
+                tables.append(next(made))
+            except StopIteration as stop:
+                reports.append(stop.value)
+                break
+    return groups, tables, reports
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_windows_made_by_groups_of_series_equal_one_pass(host, monkeypatch, task):
+    monkeypatch.setattr("privet_timeseries.series.MIN_GROUP_ROWS", 1)  # one series per group
+    records = rows()
+    records += [dict(r, series=None) for r in rows(2)[:60]]  # a null series: named "None"
+    val = later(records, 200 * H)
+    model = host.make("model", "timeseries.lstm", TASKS[task])
+    with pytest.warns(UserWarning):
+        model.fit(stream(records))
+        for split, data in (("train", records), ("val", val)):
+            one_pass = pa.concat_tables(model.example_tables(stream(data), split))
+            expected_report = model.prep_report.pop(split)
+            groups, tables, reports = grouped(model, data, split)
+            assert groups == [("None",), ("north",), ("south",), ("west",)]
+            assert pa.concat_tables(tables).equals(one_pass), split
+            model.merge_group_reports(split, reports)
+            assert model.prep_report[split] == expected_report, split
+    assert model.example_groups(stream(records), "predict") is None
+
+
+def test_groups_cut_series_by_rows_and_take_int_series_ids(host, monkeypatch):
+    from privet_timeseries import series
+
+    monkeypatch.setattr(series, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(series, "MAX_GROUPS", 2)
+    records = [{"time": float(i), "series": i % 3 + 1, "value": float(i)} for i in range(90)]
+    table = pa.Table.from_pylist(records)
+    assert series.series_groups([table]) == [("1", "2"), ("3",)]  # 45 rows a group at most 2
+    model = host.make("model", "timeseries.lstm", {"input_length": 3, "horizon": 1})
+    model.fit(privet.RecordStream(lambda: [table]))
+    one_pass = pa.concat_tables(model.example_tables(privet.RecordStream(lambda: [table]), "train"))
+    _groups, tables, _reports = grouped(model, records, "train", lambda _data: privet.RecordStream(lambda: [table]))
+    assert pa.concat_tables(tables).equals(one_pass) and one_pass.num_rows == 3 * 27
+
+
+def test_a_split_without_a_full_window_fails_after_its_groups_as_in_one_pass(host):
+    records = rows()
+    model = host.make("model", "timeseries.lstm", {"input_length": 6, "horizon": 2, "exclude": ["y"]})
+    model.fit(stream(records))
+    short = [r for r in records if r["time"] is not None and r["time"] < 5 * H]
+    with pytest.raises(DataError) as one_pass, pytest.warns(UserWarning, match="not strictly after"):
+        list(model.example_tables(stream(short), "val"))
+    _groups, tables, reports = grouped(model, short, "val")
+    assert tables == []
+    with pytest.raises(DataError) as by_groups, pytest.warns(UserWarning, match="not strictly after"):
+        model.merge_group_reports("val", reports)
+    assert str(by_groups.value) == str(one_pass.value)
+    assert "validation split has no full window" in str(one_pass.value)

@@ -114,6 +114,55 @@ def series_names(table: Any) -> tuple[list[str], np.ndarray]:
     return list(names), remap[codes]
 
 
+#: Groups of series per split that preparation makes side by side (fixed: the cache must
+#: not depend on the number of workers), and the fewest rows worth a group of its own.
+MAX_GROUPS = 8
+MIN_GROUP_ROWS = 50_000
+
+
+def series_groups(tables: Iterable[Any]) -> list[tuple[str, ...]]:
+    """The series names of ``tables`` (as :func:`series_names` gives them), sorted and cut
+    into at most ``MAX_GROUPS`` consecutive runs of about equal row counts."""
+    rows: Counter[str] = Counter()
+    for table in tables:
+        names, codes = series_names(table)
+        for name, n in zip(names, np.bincount(codes, minlength=len(names)).tolist()):
+            if n:
+                rows[name] += n
+    total = sum(rows.values())
+    target = max(MIN_GROUP_ROWS, math.ceil(total / MAX_GROUPS))
+    groups: list[tuple[str, ...]] = []
+    run: list[str] = []
+    size = 0
+    for name in sorted(rows):
+        run.append(name)
+        size += rows[name]
+        if size >= target:
+            groups.append(tuple(run))
+            run, size = [], 0
+    if run:
+        groups.append(tuple(run))
+    return groups
+
+
+def rows_of_series(table: Any, names: set[str]) -> Any:
+    """The rows of ``table`` whose series (named as :func:`series_names` names it) is in ``names``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if SERIES not in table.column_names:
+        return table if "" in names else table.slice(0, 0)
+    column = table.column(SERIES)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        mask = pc.is_in(column, value_set=pa.array(sorted(names), column.type))
+        if "None" in names:  # a null series is named "None", like the text
+            mask = pc.or_(mask, pc.is_null(column))
+        return table.filter(mask)
+    found, codes = series_names(table)
+    member = np.array([name in names for name in found], dtype=bool)
+    return table.filter(pa.array(member[codes]))
+
+
 def first_seen(codes: np.ndarray) -> np.ndarray:
     """The distinct codes in the order their first row comes (insertion order of the record path)."""
     uniq, first = np.unique(codes, return_index=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import Any, Collection, Iterable, Iterator, Literal, Optional
+from typing import Any, Collection, Generator, Iterable, Iterator, Literal, Optional
 
 import attrs
 import numpy as np
@@ -25,7 +25,8 @@ from ..categorical import category_of
 from ..columns import RESERVED
 from ..scaling import ColumnScaler
 from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_values, first_seen,
-                      has_values, numeric_values, regularize, series_names)
+                      has_values, numeric_values, regularize, rows_of_series, series_groups,
+                      series_names)
 from ..sources import TIME
 from ..stats import RunningStats, finite
 from ..timeparse import parse_frequency
@@ -294,8 +295,45 @@ class WindowModel(Model):
         preparation writes: no dict per window)."""
         yield from self._windows(records, split)
 
+    def example_groups(self, records: Iterable[Record], split: str) -> list[Any] | None:
+        """The split's series names, sorted, cut into up to ``MAX_GROUPS`` runs of about
+        equal rows (:func:`~..series.series_groups`): windows never cross series, so
+        workers make the groups' windows side by side, each holding only its own series."""
+        if split == "predict":
+            return None
+        return series_groups(record_tables(records))
+
+    def group_example_tables(self, records: Iterable[Record], split: str,
+                             group: Any) -> Generator[Any, None, dict[str, Any]]:
+        """The window tables of the series named in ``group``; returns their counters and
+        longest series for :meth:`merge_group_reports`."""
+        counts, longest = yield from self._split_windows(records, split, set(group))
+        return {"counts": dict(counts), "longest": list(longest)}
+
+    def merge_group_reports(self, split: str, reports: list[Any]) -> None:
+        counts: Counter[str] = Counter()
+        longest = ("", 0)
+        for report in reports:
+            counts.update(report["counts"])
+            if report["longest"][1] > longest[1]:  # ties: the first in name order, as in one pass
+                longest = (report["longest"][0], report["longest"][1])
+        self._finish_split(split, counts, longest)
+
     def _windows(self, records: Iterable[Record], split: str) -> Iterator[Any]:
         """Window tables of one split (forecast window dicts for ``predict``)."""
+        counts, longest = yield from self._split_windows(records, split)
+        self._finish_split(split, counts, longest)
+
+    def _finish_split(self, split: str, counts: Counter[str], longest: tuple[str, int]) -> None:
+        self.prep_report[split] = dict(sorted(counts.items()))
+        self._announce(split, counts)
+        if split != "predict" and not counts.get("windows"):
+            self._check_not_empty(split, counts, longest)
+
+    def _split_windows(self, records: Iterable[Record], split: str, names: set[str] | None = None
+                       ) -> Generator[Any, None, tuple[Counter[str], tuple[str, int]]]:
+        """The windows of the split's series (of those in ``names``); returns the counters
+        and the longest series after regularizing (name, rows)."""
         o = self.options
         st = self.state
         columns = st["targets"] + st["features"] + st["known"]
@@ -303,7 +341,7 @@ class WindowModel(Model):
         collector = SeriesCollector(columns, label=o.label if self.task != "forecast" else None,
                                     not_before=guard)
         for table in record_tables(records):
-            collector.add_table(table)
+            collector.add_table(table if names is None else rows_of_series(table, names))
         counts = collector.counts
         rules = SeriesRules(o.duplicates, o.frequency, o.fill)
         longest = ("", 0)  # the split's longest series after regularizing: (name, rows)
@@ -327,10 +365,7 @@ class WindowModel(Model):
             if len(clean.times) > longest[1]:
                 longest = (clean.name, len(clean.times))
             yield from window_tables(clean, stride=o.stride, series_index=sid, **shapes)
-        self.prep_report[split] = dict(sorted(counts.items()))
-        self._announce(split, counts)
-        if split != "predict" and not counts.get("windows"):
-            self._check_not_empty(split, counts, longest)
+        return counts, longest
 
     def _announce(self, split: str, counts: Counter[str]) -> None:
         notes = {
