@@ -338,3 +338,45 @@ def test_a_cleaner_fitted_by_parts_makes_them_here_when_the_split_needs_the_whol
     assert fitted.part_pids and set(fitted.part_pids) == {os.getpid()}
     assert one.meta["cleaner_states"] == two.meta["cleaner_states"]
     assert _rows(one) == _rows(two)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_source_is_parsed_once_for_all_passes_and_the_spill_is_removed(tmp_path, monkeypatch, workers):
+    data = _corpus(tmp_path / "data")
+    log = tmp_path / "log"
+    monkeypatch.setenv("PRIVET_TEST_PIDS", str(log))
+    spilled, _, _ = _prepare(data, tmp_path / "cache", _TableJsonl, workers=workers)
+    # two passes (fit the centre, then write) over four files, each parsed once: three
+    # give a table (the NaN's the engine then declines), the bad line's a mark
+    assert log.read_text().count("read_table") == 3
+    assert not list((tmp_path / "cache").rglob("spill"))
+    log.unlink()
+    again, _, _ = _prepare(data, tmp_path / "again", _TableJsonl, workers=workers)
+    files = lambda p: {str(f.relative_to(p.cache.root)): f.read_bytes()  # noqa: E731
+                       for f in sorted(p.cache.root.rglob("*.arrow"))}
+    assert files(spilled) == files(again)
+
+
+def test_an_encrypted_cache_keeps_no_parsed_copy_of_the_source(tmp_path, monkeypatch):
+    from privet.crypto import Cipher
+    from privet.storage import protect
+
+    data = _corpus(tmp_path / "data")
+    log = tmp_path / "log"
+    monkeypatch.setenv("PRIVET_TEST_PIDS", str(log))
+    protect(tmp_path / "sealed", Cipher(bytes(range(32))))
+    made: list[str] = []
+    real_makedirs = privet.storage.Storage.makedirs
+
+    def watch(self, rel=""):
+        made.append(rel)
+        return real_makedirs(self, rel)
+
+    monkeypatch.setattr(privet.storage.Storage, "makedirs", watch)
+    try:
+        sealed, _, _ = _prepare(data, tmp_path / "sealed", _TableJsonl)
+    finally:
+        protect(tmp_path / "sealed", None)
+    assert "spill" not in made
+    assert log.read_text().count("read_table") == 6  # parsed again in each of the two passes
+    assert sum(sealed.meta["counts"].values()) > 150

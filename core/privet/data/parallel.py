@@ -156,16 +156,17 @@ def _item(location: str | None, item: Any, name: str, split_field: str | None,
 def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
                  split_field: str | None, parts: dict[str, str], size: int,
                  digester: Cleaner | None = None, columnar: bool = False,
-                 fitter: Cleaner | None = None) -> Iterator[list[Item]]:
+                 fitter: Cleaner | None = None, spill: str | None = None) -> Iterator[list[Item]]:
     """The outcome stream of one shard, ``size`` records at a time, in source order.
 
     ``digester``: the next cleaner, whose digests of the cleaned records go with them.
     ``columnar``: try the table path first (:func:`shard_table`); ``fitter``: the next
-    cleaner, whose ``fit_table`` part of the shard's training rows goes instead of them.
+    cleaner, whose ``fit_table`` part of the shard's training rows goes instead of them;
+    ``spill``: the folder of parsed shard tables (:func:`read_shard_table`).
     A source error is raised after the chunk holding the records read before it.
     """
     if columnar and digester is None:
-        done = yield from shard_table(source, shard, cleaners, split_field, parts, size, fitter)
+        done = yield from shard_table(source, shard, cleaners, split_field, parts, size, fitter, spill)
         if done:
             return
     name = Path(shard.path).name
@@ -203,7 +204,8 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
 
 def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
                 split_field: str | None, parts: dict[str, str], size: int,
-                fitter: Cleaner | None = None) -> Generator[list[Item], None, bool]:
+                fitter: Cleaner | None = None, spill: str | None = None
+                ) -> Generator[list[Item], None, bool]:
     """The columnar path of one shard: ``[("tab", table, splits)]`` when the source reads it
     as a table (``Source.read_table``) and every cleaner takes it (``Cleaner.clean_table``).
     With a ``fitter`` and a split known per row: ``[("part", fit_table part or None, rows)]``
@@ -214,7 +216,7 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
     goes the record way from the start, so each drop keeps its line. When a cleaner
     declines, the table's rows continue as records from that cleaner on.
     """
-    table = source.read_table(shard)
+    table = read_shard_table(source, shard, spill)
     if table is None:
         return False
     splits = table_splits(table, split_field, parts)
@@ -248,6 +250,37 @@ class FitPart:
 def fit_part(fitter: Cleaner, table: Any) -> Any:
     """``fitter.fit_table`` of a table of training rows; None for no rows (no part)."""
     return fitter.fit_table(table) if table.num_rows else None
+
+
+def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
+    """``source.read_table(shard)``, parsed once per preparation: with a ``spill`` folder,
+    the first pass writes the table there as an Arrow file (or a mark for a declined
+    shard) and later passes memory-map it instead of parsing the shard again."""
+    if spill is None:
+        return source.read_table(shard)
+    import hashlib
+
+    import pyarrow as pa
+
+    from ..storage import Storage
+
+    store = Storage(spill, cipher=None)  # made only for a cache that is not encrypted
+    name = hashlib.sha256(f"{shard.path}\0{shard.start}\0{shard.end}".encode()).hexdigest()[:32]
+    if store.exists(name):
+        with pa.memory_map(str(store.path(name))) as mapped:
+            return pa.ipc.open_file(mapped).read_all()
+    if store.exists(name + ".none"):
+        return None
+    table = source.read_table(shard)
+    if table is None:
+        store.write_bytes(name + ".none", b"")
+        return None
+    store.makedirs()
+    with pa.OSFile(str(store.path(name + ".tmp")), "wb") as sink, \
+            pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    store.rename(name + ".tmp", name, send=False)
+    return table
 
 
 def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> Any:
@@ -357,11 +390,11 @@ def report_sum(total: Any, delta: Any) -> Any:
 def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], split_field: str | None,
                parts: dict[str, str], size: int,
                digester: Cleaner | None = None, columnar: bool = False,
-               fitter: Cleaner | None = None) -> Iterator[tuple[str, Any]]:
+               fitter: Cleaner | None = None, spill: str | None = None) -> Iterator[tuple[str, Any]]:
     """``("chunk", items)`` messages, then ``("end", report deltas of the cleaners)``."""
     before = [copy.deepcopy(c.report()) for c in cleaners]
     for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester, columnar,
-                              fitter):
+                              fitter, spill):
         yield "chunk", chunk
     yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
 
@@ -456,7 +489,7 @@ class PassSpec:
 
     def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
                  parts: dict[str, str], size: int, digest: bool = False,
-                 columnar: bool = False, fit: bool = False) -> None:
+                 columnar: bool = False, fit: bool = False, spill: str | None = None) -> None:
         self.upto = upto
         self.states = states
         self.split_field = split_field
@@ -468,6 +501,8 @@ class PassSpec:
         self.columnar = columnar
         #: send cleaner ``upto``'s fit_table part of a columnar shard instead of its rows
         self.fit = fit
+        #: the folder where shards' parsed tables are kept between passes (read_shard_table)
+        self.spill = spill
 
     def fitter(self, cleaners: Sequence[Cleaner]) -> Cleaner | None:
         return cleaners[self.upto] if self.fit and self.upto < len(cleaners) else None
@@ -491,7 +526,7 @@ class InlineRunner:
         for index, shard in enumerate(shards):
             for kind, payload in _run_shard(self.source, shard, cleaners, spec.split_field,
                                             spec.parts, spec.size, digester, spec.columnar,
-                                            spec.fitter(self.cleaners)):
+                                            spec.fitter(self.cleaners), spec.spill):
                 yield index, kind, payload
 
     def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
@@ -756,7 +791,7 @@ def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_i
         try:
             for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec.split_field,
                                             spec.parts, spec.size, digester, spec.columnar,
-                                            spec.fitter(cleaners)):
+                                            spec.fitter(cleaners), spec.spill):
                 if current() != pass_id:
                     return  # the preparing process moved on (an error, or a fit that stopped early)
                 results.put((pass_id, index, kind, payload))

@@ -29,7 +29,7 @@ from .records import RecordStream, table_runs
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
 from .parallel import (FitPart, GroupJob, InlineRunner, PassSpec, ProcessRunner, clean_chain,
                        digests_of, example_jobs, fit_part, fits_by_parts, makes_groups,
-                       parallel_prefix, report_sum, shard_bytes)
+                       parallel_prefix, read_shard_table, report_sum, shard_bytes)
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
@@ -127,6 +127,8 @@ class Preparer:
         self._code: list[dict[str, Any]] | None = None
         #: under torchrun, the other ranks clean their share of the shards (see ranks.py)
         self.ranks = ranks
+        #: the folder of parsed shard tables while the passes read the source (see _spill_in)
+        self._spill: str | None = None
 
     # -- fingerprint --------------------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class Preparer:
                       if c.needs_fit}
         size = max(1, min(CLEAN_BATCH, self.data.shard_rows))  # at most one shard in memory
         return PassSpec(upto, states, split.field if split.method == "field" else None,
-                        _FIELD_SPLITS, size, digest, columnar, fit)
+                        _FIELD_SPLITS, size, digest, columnar, fit, self._spill)
 
     def _part(self, ordinal: int, ordered_count: int) -> str:
         split = self.data.split
@@ -198,7 +200,7 @@ class Preparer:
     def _count(self) -> int:
         total = 0
         for shard in self.source.shards():
-            table = self.source.read_table(shard)
+            table = read_shard_table(self.source, shard, self._spill)
             total += table.num_rows if table is not None else sum(
                 1 for item in self.source.read(shard) if not isinstance(item, (BadRecord, DropRecord)))
         return total
@@ -418,6 +420,17 @@ class Preparer:
             meta["ranks"] = runner.shards_by_rank
         return meta
 
+    def _spill_in(self, cache: Storage) -> str | None:
+        """Where the passes keep the source's parsed shard tables, so that the source is
+        parsed once, not once per pass: ``spill/`` in the cache being made, removed after
+        the last pass. Only with more than one pass, a source that reads tables, and
+        this machine's processes (ranks elsewhere have their own disks); never for an
+        encrypted cache, which keeps no plaintext copy of the data."""
+        if (not any(c.needs_fit for c in self.cleaners) or isinstance(self._runner, RankRunner)
+                or type(self.source).read_table is Source.read_table or cache.encrypts("spill/x")):
+            return None
+        return str(cache.makedirs("spill"))
+
     def _fit_cleaners(self) -> None:
         """Fit cleaners in order, each on train records passed through the earlier ones."""
         for i, cleaner in enumerate(self.cleaners):
@@ -450,6 +463,7 @@ class Preparer:
             timings[name] = round(now - clock[0], 3)
             clock[0] = now
 
+        self._spill = self._spill_in(cache)
         self._fit_cleaners()
         lap("fit_cleaners_s")
         drops = DropCounter()
@@ -461,6 +475,9 @@ class Preparer:
         for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
             (writers[part].add if isinstance(item, dict) else writers[part].add_table)(item)
         record_files = {s: w.close() for s, w in writers.items()}
+        if self._spill is not None:
+            cache.remove("spill")
+            self._spill = None
         lap("clean_and_write_s")
         self._check_bad_fraction(drops, total[0])
         if writers["train"].rows == 0:
