@@ -57,14 +57,39 @@ def ipc_file_bytes(rows: list[dict[str, Any]], split: str) -> bytes:
     return buffer.getvalue().to_pybytes()
 
 
+def write_arrow_file(storage: Storage, name: str, table: Any) -> Path:
+    """Write ``table`` as the Arrow IPC file ``name`` of ``storage``: sealed in memory for
+    an encrypted folder, else written by pyarrow and renamed into place whole."""
+    import pyarrow as pa
+
+    storage.makedirs()
+    if storage.encrypts(name):  # serialised in memory, sealed, written atomically
+        buffer = pa.BufferOutputStream()
+        with pa.ipc.new_file(buffer, table.schema) as writer:
+            writer.write_table(table)
+        storage.write_bytes(name, memoryview(buffer.getvalue()))
+    else:
+        # pyarrow writes the file itself (the storage module hands it the path), then
+        # the rename makes the shard appear whole
+        with pa.OSFile(str(storage.path(name + ".tmp")), "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        storage.rename(name + ".tmp", name)
+    return storage.path(name)
+
+
 class ArrowShardWriter:
     """Buffers records and writes them as Arrow IPC files of at most ``shard_rows`` rows."""
 
-    def __init__(self, folder: Path | Storage, split: str, shard_rows: int) -> None:
+    def __init__(self, folder: Path | Storage, split: str, shard_rows: int, name: str | None = None) -> None:
         #: a Storage keeps its cipher; a plain path gets its folder's (see privet.storage)
         self.storage = folder if isinstance(folder, Storage) else Storage(folder)
         self.folder = self.storage.root
         self.split = split
+        #: files are named NAME-00000.arrow, ... (NAME: the split by default)
+        self.name = name or split
+        #: rows of each file, in order
+        self.file_rows: list[int] = []
         self.shard_rows = max(1, shard_rows)
         self.rows = 0
         self._buffer: list[dict[str, Any]] = []
@@ -102,26 +127,20 @@ class ArrowShardWriter:
         self._bytes = 0
 
     def _write(self, table: Any) -> None:
-        """One shard file holding ``table``: sealed in memory, or written by pyarrow."""
-        import pyarrow as pa
+        """One shard file holding ``table``."""
+        self._files.append(str(write_arrow_file(self.storage, f"{self.name}-{len(self._files):05d}.arrow",
+                                                table)))
+        self.file_rows.append(table.num_rows)
 
-        storage = self.storage
-        storage.makedirs()
-        name = f"{self.split}-{len(self._files):05d}.arrow"
-        path = storage.path(name)
-        if storage.encrypts(name):  # serialised in memory, sealed, written atomically
-            buffer = pa.BufferOutputStream()
-            with pa.ipc.new_file(buffer, table.schema) as writer:
-                writer.write_table(table)
-            storage.write_bytes(name, memoryview(buffer.getvalue()))
-        else:
-            # pyarrow writes the file itself (the storage module hands it the path), then
-            # the rename makes the shard appear whole
-            with pa.OSFile(str(storage.path(name + ".tmp")), "wb") as sink, \
-                    pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-            storage.rename(name + ".tmp", name)
+    def add_file(self, path: str, rows: int) -> None:
+        """A shard file written elsewhere (by a worker, with :func:`write_arrow_file`), next
+        in order: what was added before it is written first, as a shorter shard."""
+        if self._tables or self._buffer:
+            self._buffer_to_tables()
+            self._write_tables(self._pending)
         self._files.append(str(path))
+        self.file_rows.append(rows)
+        self.rows += rows
 
     def add_table(self, table: Any) -> None:
         """Rows made elsewhere (a worker's Arrow table): written in shards of ``shard_rows``

@@ -153,20 +153,18 @@ def _item(location: str | None, item: Any, name: str, split_field: str | None,
     return item
 
 
-def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
-                 split_field: str | None, parts: dict[str, str], size: int,
-                 digester: Cleaner | None = None, columnar: bool = False,
-                 fitter: Cleaner | None = None, spill: str | None = None) -> Iterator[list[Item]]:
-    """The outcome stream of one shard, ``size`` records at a time, in source order.
+def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec: "PassSpec",
+                 digester: Cleaner | None = None, fitter: Cleaner | None = None) -> Iterator[list[Item]]:
+    """The outcome stream of one shard, ``spec.size`` records at a time, in source order.
 
     ``digester``: the next cleaner, whose digests of the cleaned records go with them.
-    ``columnar``: try the table path first (:func:`shard_table`); ``fitter``: the next
-    cleaner, whose ``fit_table`` part of the shard's training rows goes instead of them;
-    ``spill``: the folder of parsed shard tables (:func:`read_shard_table`).
-    A source error is raised after the chunk holding the records read before it.
+    With ``spec.columnar`` the table path is tried first (:func:`shard_table`); ``fitter``:
+    the next cleaner, whose ``fit_table`` part of the shard's training rows goes instead
+    of them. A source error is raised after the chunk holding the records read before it.
     """
-    if columnar and digester is None:
-        done = yield from shard_table(source, shard, cleaners, split_field, parts, size, fitter, spill)
+    split_field, parts, size = spec.split_field, spec.parts, spec.size
+    if spec.columnar and digester is None:
+        done = yield from shard_table(source, shard, cleaners, spec, fitter)
         if done:
             return
     name = Path(shard.path).name
@@ -202,30 +200,29 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
         yield flush()
 
 
-def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
-                split_field: str | None, parts: dict[str, str], size: int,
-                fitter: Cleaner | None = None, spill: str | None = None
-                ) -> Generator[list[Item], None, bool]:
+def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec: "PassSpec",
+                fitter: Cleaner | None = None) -> Generator[list[Item], None, bool]:
     """The columnar path of one shard: ``[("tab", table, splits)]`` when the source reads it
     as a table (``Source.read_table``) and every cleaner takes it (``Cleaner.clean_table``).
-    With a ``fitter`` and a split known per row: ``[("part", fit_table part or None, rows)]``
-    (only the part of the training rows travels).
+    When the split is known per row, less travels: with a ``fitter``,
+    ``[("part", fit_table part or None, rows)]`` (the part of the training rows); with
+    ``spec.write``, ``[("file", split, file name, rows), ...]`` (the rows, written here).
 
     Returns False (nothing yielded) when the source declines or the table holds values the
     record checks would report (non-finite numbers, a bad split value): the shard then
     goes the record way from the start, so each drop keeps its line. When a cleaner
     declines, the table's rows continue as records from that cleaner on.
     """
-    table = read_shard_table(source, shard, spill)
+    table = read_shard_table(source, shard, spec.spill)
     if table is None:
         return False
-    splits = table_splits(table, split_field, parts)
+    splits = table_splits(table, spec.split_field, spec.parts)
     if splits is False or has_non_finite(table):
         return False
     for n, cleaner in enumerate(cleaners):
         cleaned = cleaner.clean_table(table)
         if cleaned is None:
-            yield from _rows_from(table, cleaners[n:], splits, size)
+            yield from _rows_from(table, cleaners[n:], splits, spec.size)
             return True
         if cleaned.num_rows != table.num_rows:
             raise PluginError(f"cleaner {cleaner.name}: clean_table returned {cleaned.num_rows} "
@@ -233,9 +230,44 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner],
         table = cleaned
     if fitter is not None and splits is not None:
         yield [("part", fit_part(fitter, table.filter(splits == "train")), table.num_rows)]
+    elif spec.write is not None and splits is not None:
+        yield write_split_files(table, splits, shard, *spec.write)
     elif table.num_rows:
         yield [("tab", table, splits)]
     return True
+
+
+def write_split_files(table: Any, splits: Any, shard: Shard, folder: str, cipher: Any) -> list[Item]:
+    """Write each split's rows of a cleaned shard table as one Arrow file of the cache's
+    records folder: ``[("file", split, name, rows), ...]`` in split order. The names come
+    from the shard, so the files are the same whichever process writes them."""
+    from ..storage import Storage
+    from .arrow import write_arrow_file
+
+    storage = Storage(folder, cipher=cipher)
+    out: list[Item] = []
+    for split in ("train", "val", "test"):
+        mask = splits == split
+        if mask.any():
+            rows = table if mask.all() else table.filter(mask)
+            name = f"{split}-{shard_key(shard)}.arrow"
+            write_arrow_file(storage, name, rows.combine_chunks())
+            out.append(("file", split, name, rows.num_rows))
+    return out
+
+
+def shard_key(shard: Shard) -> str:
+    """A file name for what is made of ``shard`` (its path and byte range, hashed)."""
+    import hashlib
+
+    return hashlib.sha256(f"{shard.path}\0{shard.start}\0{shard.end}".encode()).hexdigest()[:32]
+
+
+class RecordFile(NamedTuple):
+    """Records a worker wrote as one Arrow file of the cache (see :func:`write_split_files`)."""
+
+    path: str
+    rows: int
 
 
 class FitPart:
@@ -258,14 +290,12 @@ def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
     shard) and later passes memory-map it instead of parsing the shard again."""
     if spill is None:
         return source.read_table(shard)
-    import hashlib
-
     import pyarrow as pa
 
     from ..storage import Storage
 
     store = Storage(spill, cipher=None)  # made only for a cache that is not encrypted
-    name = hashlib.sha256(f"{shard.path}\0{shard.start}\0{shard.end}".encode()).hexdigest()[:32]
+    name = shard_key(shard)
     if store.exists(name):
         with pa.memory_map(str(store.path(name))) as mapped:
             return pa.ipc.open_file(mapped).read_all()
@@ -387,14 +417,12 @@ def report_sum(total: Any, delta: Any) -> Any:
     return delta
 
 
-def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], split_field: str | None,
-               parts: dict[str, str], size: int,
-               digester: Cleaner | None = None, columnar: bool = False,
-               fitter: Cleaner | None = None, spill: str | None = None) -> Iterator[tuple[str, Any]]:
+def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec: "PassSpec",
+               digester: Cleaner | None = None, fitter: Cleaner | None = None
+               ) -> Iterator[tuple[str, Any]]:
     """``("chunk", items)`` messages, then ``("end", report deltas of the cleaners)``."""
     before = [copy.deepcopy(c.report()) for c in cleaners]
-    for chunk in shard_chunks(source, shard, cleaners, split_field, parts, size, digester, columnar,
-                              fitter, spill):
+    for chunk in shard_chunks(source, shard, cleaners, spec, digester, fitter):
         yield "chunk", chunk
     yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
 
@@ -437,18 +465,16 @@ def example_shard(model: Model, job: tuple[str, str, Any, int, int]) -> bytes | 
 
 
 class GroupJob(NamedTuple):
-    """One group of a split's examples (``Model.example_groups``), made from the split's
-    cached record files."""
+    """One group of a split's examples (``Model.example_groups``): made from the split's
+    cached record files, written as files ``NAME-00000.arrow``, ... of ``folder``."""
 
     split: str
     files: list[str]
     cipher: Any
     group: Any
-
-
-#: Bytes of example tables per message of a group job: the queues hold a few such
-#: messages per worker, so memory stays bounded however large a group is.
-GROUP_MESSAGE_BYTES = 16 << 20
+    folder: str
+    name: str
+    shard_rows: int
 
 
 def makes_groups(model: Model | None) -> bool:
@@ -456,30 +482,23 @@ def makes_groups(model: Model | None) -> bool:
     return model is not None and type(model).example_groups is not Model.example_groups
 
 
-def group_messages(model: Model, job: GroupJob) -> Iterator[tuple[str, Any]]:
-    """``("tables", [pyarrow Table, ...])`` messages of one group's examples, in order,
-    then ``("end", the group's report)``."""
-    from .arrow import ArrowTable
+def make_group(model: Model, job: GroupJob) -> tuple[list[tuple[str, int]], Any]:
+    """Write one group's examples into the cache: ``([(file, rows), ...], the group's report)``.
+    The files are named after the group, so any process makes the same ones."""
+    from ..storage import Storage
+    from .arrow import ArrowShardWriter, ArrowTable
     from .records import RecordStream
 
     records = ArrowTable(job.files, cipher=job.cipher)
+    writer = ArrowShardWriter(Storage(job.folder, cipher=job.cipher), job.split, job.shard_rows, job.name)
     made = model.group_example_tables(RecordStream(records._open), job.split, job.group)
-    batch: list[Any] = []
-    size = 0
     while True:
         try:
-            table = next(made)
+            writer.add_table(next(made))
         except StopIteration as stop:
             report = stop.value
             break
-        batch.append(table)
-        size += table.nbytes
-        if size >= GROUP_MESSAGE_BYTES:
-            yield "tables", batch
-            batch, size = [], 0
-    if batch:
-        yield "tables", batch
-    yield "end", report
+    return list(zip(writer.close(), writer.file_rows)), report
 
 
 # -- running the shards of one pass ------------------------------------------------------------
@@ -489,7 +508,8 @@ class PassSpec:
 
     def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
                  parts: dict[str, str], size: int, digest: bool = False,
-                 columnar: bool = False, fit: bool = False, spill: str | None = None) -> None:
+                 columnar: bool = False, fit: bool = False, spill: str | None = None,
+                 write: tuple[str, Any] | None = None) -> None:
         self.upto = upto
         self.states = states
         self.split_field = split_field
@@ -503,6 +523,8 @@ class PassSpec:
         self.fit = fit
         #: the folder where shards' parsed tables are kept between passes (read_shard_table)
         self.spill = spill
+        #: (records folder, cipher): write a columnar shard's rows there (write_split_files)
+        self.write = write
 
     def fitter(self, cleaners: Sequence[Cleaner]) -> Cleaner | None:
         return cleaners[self.upto] if self.fit and self.upto < len(cleaners) else None
@@ -524,9 +546,8 @@ class InlineRunner:
             c.start_pass()
         digester = self.cleaners[spec.upto] if spec.digest else None
         for index, shard in enumerate(shards):
-            for kind, payload in _run_shard(self.source, shard, cleaners, spec.split_field,
-                                            spec.parts, spec.size, digester, spec.columnar,
-                                            spec.fitter(self.cleaners), spec.spill):
+            for kind, payload in _run_shard(self.source, shard, cleaners, spec, digester,
+                                            spec.fitter(self.cleaners)):
                 yield index, kind, payload
 
     def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
@@ -539,13 +560,12 @@ class InlineRunner:
         finally:
             _last_table.clear()  # the records' table is not kept past the pass
 
-    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[int, str, Any]]:
-        """``(job index, kind, payload)`` of :func:`group_messages` for each job, in order."""
+    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
+        """:func:`make_group` of each job, in order."""
         if self.model is None:
             raise PluginError("this runner was made without the model; its examples are not grouped")
-        for index, job in enumerate(jobs):
-            for kind, payload in group_messages(self.model, job):
-                yield index, kind, payload
+        for job in jobs:
+            yield make_group(self.model, job)
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -588,11 +608,12 @@ class ProcessRunner:
         for index in range(len(jobs)):
             yield self._next(pass_id, index)[1]
 
-    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[int, str, Any]]:
-        """:func:`group_messages` of each job, made in the workers from the fitted model's
+    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
+        """:func:`make_group` of each job, made in the workers from the fitted model's
         ``state`` (job ``i`` on worker ``i % workers``), yielded in job order."""
         pass_id = self._deal(jobs, lambda p, mine: ("examples", p, state, mine))
-        yield from self._until_end(pass_id, len(jobs))
+        for index in range(len(jobs)):
+            yield self._next(pass_id, index)[1]
 
     def _deal(self, items: Sequence[Any], command: Callable[[int, list[tuple[int, Any]]], Any]) -> int:
         """Start a pass: item ``i`` goes to worker ``i % workers``, in ``command(pass id,
@@ -771,13 +792,10 @@ def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any
             if state is not None:
                 model.load_state_dict(state)
                 state = None
-            if not isinstance(job, GroupJob):
-                results.put((pass_id, index, "examples", example_shard(model, job)))
-                continue
-            for kind, payload in group_messages(model, job):
-                if current() != pass_id:
-                    return  # the preparing process stopped (an error in an earlier group)
-                results.put((pass_id, index, kind, payload))
+            if current() != pass_id:
+                return  # the preparing process stopped (an error in an earlier job)
+            made = make_group(model, job) if isinstance(job, GroupJob) else example_shard(model, job)
+            results.put((pass_id, index, "examples", made))
         except BaseException as err:  # noqa: BLE001 - reported in order, raised there
             results.put((pass_id, index, "error", _export_error(err)))
             break
@@ -789,9 +807,8 @@ def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_i
     digester = cleaners[spec.upto] if spec.digest and spec.upto < len(cleaners) else None
     for index, shard in mine:
         try:
-            for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec.split_field,
-                                            spec.parts, spec.size, digester, spec.columnar,
-                                            spec.fitter(cleaners), spec.spill):
+            for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec, digester,
+                                            spec.fitter(cleaners)):
                 if current() != pass_id:
                     return  # the preparing process moved on (an error, or a fit that stopped early)
                 results.put((pass_id, index, kind, payload))

@@ -27,8 +27,8 @@ from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .records import RecordStream, table_runs
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .parallel import (FitPart, GroupJob, InlineRunner, PassSpec, ProcessRunner, clean_chain,
-                       digests_of, example_jobs, fit_part, fits_by_parts, makes_groups,
+from .parallel import (FitPart, GroupJob, InlineRunner, PassSpec, ProcessRunner, RecordFile,
+                       clean_chain, digests_of, example_jobs, fit_part, fits_by_parts, makes_groups,
                        parallel_prefix, read_shard_table, report_sum, shard_bytes)
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
@@ -281,6 +281,9 @@ class Preparer:
             if event[0] == "part":  # a worker's fit part of a shard's training rows
                 yield "train", FitPart(event[1])
                 continue
+            if event[0] == "file":  # rows a worker wrote into the cache
+                yield event[1], event[2]
+                continue
             _tag, part, where, value, _digest = event
             out = next(outcomes) if isinstance(value, dict) else value
             if isinstance(out, tuple) and out[0] == "D":  # a worker's DropRecord
@@ -296,11 +299,12 @@ class Preparer:
 
     def _cleaned(self, upto: int, only: str | None, drops: DropCounter | None,
                  total: list[int], on_start: Callable[[], None] = lambda: None,
-                 fit: bool = False) -> Iterator[tuple[str, Any]]:
+                 fit: bool = False, write: Storage | None = None) -> Iterator[tuple[str, Any]]:
         """Cleaned ``(split, record)`` of one pass through ``cleaners[:upto]``, in source order;
         a shard that went the columnar way comes as ``(split, pyarrow Table)`` of its rows,
         or, with ``fit`` (a pass that fits ``cleaners[upto]`` by parts), as
-        ``("train", FitPart)`` when its split is known per row.
+        ``("train", FitPart)`` when its split is known per row; with ``write`` (the records
+        folder), as ``(split, RecordFile)`` of the rows written there where it was cleaned.
 
         The source's shards are read and cleaned by the leading per-record cleaners in the
         runner (worker processes, or here); the rest run here over batches of about
@@ -315,6 +319,8 @@ class Preparer:
         spec = self._spec(k, k < upto and digests_of(self.cleaners[k])
                           and not isinstance(self._runner, InlineRunner), columnar=k == upto,
                           fit=fit and k == upto)
+        if write is not None and k == upto and not isinstance(self._runner, RankRunner):
+            spec.write = (str(write.makedirs()), write.cipher)  # other ranks have other disks
         shards = self.source.shards()
         self.pass_reports = [{} for _ in range(k)]
         events: list[tuple[Any, ...]] = []
@@ -335,6 +341,13 @@ class Preparer:
                         rows += item[2]
                         if item[1] is not None:
                             events.append(("part", item[1]))
+                            pending += 1
+                        continue
+                    if item[0] == "file":  # ("file", split, name, rows): written by the worker
+                        pos[0] += item[3]
+                        rows += item[3]
+                        if only in (None, item[1]):
+                            events.append(("file", item[1], RecordFile(str(write.path(item[2])), item[3])))
                             pending += 1
                         continue
                     if item[0] == "tab":
@@ -472,8 +485,14 @@ class Preparer:
         writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
         snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
         self.progress.phase("prepare")
-        for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot):
-            (writers[part].add if isinstance(item, dict) else writers[part].add_table)(item)
+        for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot,
+                                        write=cache.sub("records")):
+            if isinstance(item, dict):
+                writers[part].add(item)
+            elif isinstance(item, RecordFile):
+                writers[part].add_file(item.path, item.rows)
+            else:
+                writers[part].add_table(item)
         record_files = {s: w.close() for s, w in writers.items()}
         if self._spill is not None:
             cache.remove("spill")
@@ -521,7 +540,8 @@ class Preparer:
         """The examples of every split: made in the workers, a few thousand records at a
         time, for a model whose examples are per record, or a group at a time for a model
         that cuts them into groups; else one streaming pass per split here."""
-        writers = {s: ArrowShardWriter(cache.sub("examples"), s, self.data.shard_rows) for s in SPLITS}
+        examples = cache.sub("examples")
+        writers = {s: ArrowShardWriter(examples, s, self.data.shard_rows) for s in SPLITS}
         if not self.model.per_record_examples:
             jobs: list[GroupJob] = []
             grouped: list[str] = []
@@ -529,7 +549,9 @@ class Preparer:
                 stream = RecordStream(records[s]._open)
                 groups = self.model.example_groups(stream, s) if makes_groups(self.model) else None
                 if groups is not None:
-                    jobs += [GroupJob(s, records[s].files, records[s].cipher, g) for g in groups]
+                    jobs += [GroupJob(s, records[s].files, records[s].cipher, g, str(examples.makedirs()),
+                                      f"{s}-g{i:04d}", self.data.shard_rows)
+                             for i, g in enumerate(groups)]
                     grouped.append(s)
                     continue
                 if type(self.model).example_tables is not Model.example_tables:
@@ -551,8 +573,8 @@ class Preparer:
 
     def _write_groups(self, jobs: list[GroupJob], splits: list[str],
                       writers: dict[str, ArrowShardWriter]) -> None:
-        """Write the groups' examples in job order (made in the workers), and hand each of
-        ``splits`` its group reports, in split order, once its last group is in."""
+        """Take the groups' example files in job order (written by the workers), and hand
+        each of ``splits`` its group reports, in split order, once its last group is in."""
         left = {s: sum(job.split == s for job in jobs) for s in splits}
         reports: dict[str, list[Any]] = {s: [] for s in splits}
 
@@ -565,14 +587,11 @@ class Preparer:
         if not jobs:
             return
         state = None if isinstance(self._runner, InlineRunner) else self.model.state_dict()
-        for index, kind, payload in self._runner.group_examples(jobs, state):
-            split = jobs[index].split
-            if kind == "tables":
-                for table in payload:
-                    writers[split].add_table(table)
-                continue
-            reports[split].append(payload)
-            left[split] -= 1
+        for job, (files, report) in zip(jobs, self._runner.group_examples(jobs, state)):
+            for path, rows in files:
+                writers[job.split].add_file(path, rows)
+            reports[job.split].append(report)
+            left[job.split] -= 1
             finish_done()
 
     def _check_bad_fraction(self, drops: DropCounter, total: int) -> None:

@@ -172,7 +172,7 @@ class RankRunner:
         """Example shards are made by this rank's own workers (the cache is written here)."""
         return self.local.examples(jobs, state)
 
-    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[int, str, Any]]:
+    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
         """Groups of examples too (see :meth:`examples`)."""
         return self.local.group_examples(jobs, state)
 
