@@ -24,11 +24,13 @@ import queue
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..components import BadRecord, Cleaner, Model, Record, Shard, Source
 from ..errors import DropRecord, PluginError, PrivetError
-from .checks import FLOAT32_MAX, non_finite
+from .checks import non_finite
+from .example_jobs import GroupJob, example_shard, forget_last_table, make_group
+from .shard_tables import Item, clean_chain, portable, shard_table
 
 #: Chunks a worker may have waiting before it blocks: bounds memory (about 16k records a
 #: worker), and lets a worker finish a whole shard of up to ~8 MB of text while the
@@ -39,14 +41,6 @@ QUEUE_CHUNKS = 32
 #: starting worker processes (a second each) costs more than it saves.
 PARALLEL_MIN_BYTES = 8 << 20
 _POLL_S = 1.0
-
-#: One item of a shard's outcome stream (plain tuples: they cross process boundaries):
-#: ``("drop", reason, where, detail, bad)``: the source dropped it (no ordinal);
-#: ``("skip", reason, where, detail)``: a readable record with a bad value (an ordinal);
-#: ``("rec", where, path, part, outcome, digest)``: a record; ``outcome`` is the cleaned
-#: record, ``("D", reason, detail, bad)`` (a cleaner's DropRecord) or ``("F", cleaner
-#: name)``; ``digest`` is the next cleaner's digest of it, or None (see ``digest_batch``).
-Item = tuple[Any, ...]
 
 
 def usable_cores() -> int:
@@ -82,36 +76,6 @@ def digests_of(cleaner: Cleaner) -> bool:
 def fits_by_parts(cleaner: Cleaner) -> bool:
     """Whether ``cleaner`` fits by map and merge (``Cleaner.fit_table`` and ``fit_merge``)."""
     return type(cleaner).fit_table is not Cleaner.fit_table
-
-
-def clean_chain(cleaners: Sequence[Cleaner], records: list[Record],
-                digests: list[Any] | None = None) -> list[Any]:
-    """Each record through ``cleaners``, cleaner by cleaner over the whole list.
-
-    Returns per record the cleaned record, the :class:`DropRecord` a cleaner gave, or
-    the name of the cleaner that filtered it out. A cleaner sees the survivors of the
-    earlier ones in source order, as it would one record at a time. ``digests``: the
-    first cleaner's digests of ``records``, computed in the workers.
-    """
-    outcomes: list[Any] = list(records)
-    alive = list(range(len(records)))
-    for n, cleaner in enumerate(cleaners):
-        if not alive:
-            break
-        if n == 0 and digests is not None:
-            results = cleaner.clean_batch(list(records), digests=digests)  # type: ignore[call-arg]
-        else:
-            results = cleaner.clean_batch([outcomes[i] for i in alive])
-        if len(results) != len(alive):
-            raise PluginError(f"cleaner {cleaner.name}: clean_batch returned {len(results)} "
-                              f"results for {len(alive)} records; return one per record")
-        survivors = []
-        for i, out in zip(alive, results):
-            outcomes[i] = cleaner.name if out is None else out
-            if not (out is None or isinstance(out, DropRecord)):
-                survivors.append(i)
-        alive = survivors
-    return outcomes
 
 
 def shard_bytes(shard: Shard) -> int:
@@ -175,7 +139,7 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec
         cleaned = clean_chain(cleaners, records)
         digests = _digests(digester, cleaned)
         outcomes = iter(zip(cleaned, digests))
-        out = [("rec", *p, *_portable(*next(outcomes))) if isinstance(p, list) else p for p in pending]
+        out = [("rec", *p, *portable(*next(outcomes))) if isinstance(p, list) else p for p in pending]
         pending.clear()
         records.clear()
         return out
@@ -200,175 +164,6 @@ def shard_chunks(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec
         yield flush()
 
 
-def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec: "PassSpec",
-                fitter: Cleaner | None = None) -> Generator[list[Item], None, bool]:
-    """The columnar path of one shard: ``[("tab", table, splits)]`` when the source reads it
-    as a table (``Source.read_table``) and every cleaner takes it (``Cleaner.clean_table``).
-    When the split is known per row, less travels: with a ``fitter``,
-    ``[("part", fit_table part or None, rows)]`` (the part of the training rows); with
-    ``spec.write``, ``[("file", split, file name, rows), ...]`` (the rows, written here).
-
-    Returns False (nothing yielded) when the source declines or the table holds values the
-    record checks would report (non-finite numbers, a bad split value): the shard then
-    goes the record way from the start, so each drop keeps its line. When a cleaner
-    declines, the table's rows continue as records from that cleaner on.
-    """
-    table = read_shard_table(source, shard, spec.spill)
-    if table is None:
-        return False
-    splits = table_splits(table, spec.split_field, spec.parts)
-    if splits is False or has_non_finite(table):
-        return False
-    for n, cleaner in enumerate(cleaners):
-        cleaned = cleaner.clean_table(table)
-        if cleaned is None:
-            yield from _rows_from(table, cleaners[n:], splits, spec.size)
-            return True
-        if cleaned.num_rows != table.num_rows:
-            raise PluginError(f"cleaner {cleaner.name}: clean_table returned {cleaned.num_rows} "
-                              f"rows for {table.num_rows}; decline (return None) to drop rows")
-        table = cleaned
-    if fitter is not None and splits is not None:
-        yield [("part", fit_part(fitter, table.filter(splits == "train")), table.num_rows)]
-    elif spec.write is not None and splits is not None:
-        yield write_split_files(table, splits, shard, *spec.write)
-    elif table.num_rows:
-        yield [("tab", table, splits)]
-    return True
-
-
-def write_split_files(table: Any, splits: Any, shard: Shard, folder: str, cipher: Any) -> list[Item]:
-    """Write each split's rows of a cleaned shard table as one Arrow file of the cache's
-    records folder: ``[("file", split, name, rows), ...]`` in split order. The names come
-    from the shard, so the files are the same whichever process writes them."""
-    from ..storage import Storage
-    from .arrow import write_arrow_file
-
-    storage = Storage(folder, cipher=cipher)
-    out: list[Item] = []
-    for split in ("train", "val", "test"):
-        mask = splits == split
-        if mask.any():
-            rows = table if mask.all() else table.filter(mask)
-            name = f"{split}-{shard_key(shard)}.arrow"
-            write_arrow_file(storage, name, rows.combine_chunks())
-            out.append(("file", split, name, rows.num_rows))
-    return out
-
-
-def shard_key(shard: Shard) -> str:
-    """A file name for what is made of ``shard`` (its path and byte range, hashed)."""
-    import hashlib
-
-    return hashlib.sha256(f"{shard.path}\0{shard.start}\0{shard.end}".encode()).hexdigest()[:32]
-
-
-class RecordFile(NamedTuple):
-    """Records a worker wrote as one Arrow file of the cache (see :func:`write_split_files`)."""
-
-    path: str
-    rows: int
-
-
-class FitPart:
-    """A cleaner's ``fit_table`` part of some training rows, in the stream of a fitting pass."""
-
-    __slots__ = ("part",)
-
-    def __init__(self, part: Any) -> None:
-        self.part = part
-
-
-def fit_part(fitter: Cleaner, table: Any) -> Any:
-    """``fitter.fit_table`` of a table of training rows; None for no rows (no part)."""
-    return fitter.fit_table(table) if table.num_rows else None
-
-
-def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
-    """``source.read_table(shard)``, parsed once per preparation: with a ``spill`` folder,
-    the first pass writes the table there as an Arrow file (or a mark for a declined
-    shard) and later passes memory-map it instead of parsing the shard again."""
-    if spill is None:
-        return source.read_table(shard)
-    import pyarrow as pa
-
-    from ..storage import Storage
-
-    store = Storage(spill, cipher=None)  # made only for a cache that is not encrypted
-    name = shard_key(shard)
-    if store.exists(name):
-        with pa.memory_map(str(store.path(name))) as mapped:
-            return pa.ipc.open_file(mapped).read_all()
-    if store.exists(name + ".none"):
-        return None
-    table = source.read_table(shard)
-    if table is None:
-        store.write_bytes(name + ".none", b"")
-        return None
-    store.makedirs()
-    with pa.OSFile(str(store.path(name + ".tmp")), "wb") as sink, \
-            pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    store.rename(name + ".tmp", name, send=False)
-    return table
-
-
-def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> Any:
-    """Each row's split (a numpy array of names) from ``split_field``, None without one, or
-    False when a value is missing or not a split name (the record path reports those)."""
-    if split_field is None:
-        return None
-    import numpy as np
-    import pyarrow.compute as pc
-
-    if split_field not in table.column_names:
-        return False
-    column = table.column(split_field)
-    if column.null_count or not (column.type == "string" or column.type == "large_string"):
-        return False
-    coded = pc.dictionary_encode(pc.utf8_lower(column)).combine_chunks()
-    names = coded.dictionary.to_pylist()
-    if any(n not in parts for n in names):
-        return False
-    codes = coded.indices.to_numpy(zero_copy_only=False)
-    return np.array([parts[n] for n in names] or [""], dtype=object)[codes]
-
-
-def has_non_finite(table: Any) -> bool:
-    """Whether the table may hold a number :func:`~.checks.non_finite` reports (NaN,
-    infinity, beyond float32): the record path skips those rows, naming each. Columns of
-    lists are not inspected here: their tables take the record path."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    for column in table.columns:
-        kind = column.type
-        if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-            return True
-        if not pa.types.is_floating(kind) or column.length() == column.null_count:
-            continue
-        if not pc.all(pc.is_finite(column), skip_nulls=True).as_py():
-            return True
-        if pc.max(pc.abs(column)).as_py() > FLOAT32_MAX:
-            return True
-    return False
-
-
-def _rows_from(table: Any, cleaners: Sequence[Cleaner], splits: Any, size: int) -> Iterator[list[Item]]:
-    """A table's rows through the remaining ``cleaners`` the record way, as stream items
-    (no line locations: the engine names them by ordinal)."""
-    for lo in range(0, table.num_rows, size):
-        records = table.slice(lo, size).to_pylist()
-        out = []
-        for i, outcome in enumerate(clean_chain(cleaners, records)):
-            rec = records[i]
-            path = rec.get("path")
-            part = None if splits is None else splits[lo + i]
-            out.append(("rec", None, path if isinstance(path, str) and path else None, part,
-                        *_portable(outcome, None)))
-        yield out
-
-
 def _digests(digester: Cleaner | None, cleaned: list[Any]) -> list[Any]:
     """The digest of each cleaned record (``None`` for the dropped, or without a digester)."""
     if digester is None:
@@ -383,14 +178,6 @@ def _digests(digester: Cleaner | None, cleaned: list[Any]) -> list[Any]:
     for i, digest in zip(kept, got):
         out[i] = digest
     return out
-
-
-def _portable(outcome: Any, digest: Any) -> tuple[Any, Any]:
-    if isinstance(outcome, DropRecord):
-        return ("D", outcome.reason, outcome.detail, outcome.bad), None
-    if isinstance(outcome, str):
-        return ("F", outcome), None
-    return outcome, digest
 
 
 def report_delta(after: Any, before: Any) -> Any:
@@ -425,80 +212,6 @@ def _run_shard(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec: 
     for chunk in shard_chunks(source, shard, cleaners, spec, digester, fitter):
         yield "chunk", chunk
     yield "end", [report_delta(c.report(), b) for c, b in zip(cleaners, before)]
-
-
-#: Records per job of the examples pass: small enough that every worker gets several
-#: jobs of a split, and fixed (not a function of the worker count): the cache is the same.
-EXAMPLE_ROWS = 2048
-#: the record shard a process' latest example job read (its next job is usually in it)
-_last_table: dict[str, Any] = {}
-
-
-def example_jobs(split: str, records: Any) -> list[tuple[str, str, Any, int, int]]:
-    """The examples pass' jobs over one split's record shards (an ``ArrowTable``):
-    ``EXAMPLE_ROWS`` rows each."""
-    jobs = []
-    for file, table in zip(records.files, records._open()):
-        rows = table.num_rows
-        jobs += [(split, file, records.cipher, lo, min(rows, lo + EXAMPLE_ROWS))
-                 for lo in range(0, rows, EXAMPLE_ROWS)]
-    return jobs
-
-
-def example_shard(model: Model, job: tuple[str, str, Any, int, int]) -> bytes | None:
-    """The Arrow IPC file of ``model.examples`` over rows ``[lo, hi)`` of one cached record
-    shard (None: no examples).
-
-    ``job``: the split, the record shard's file, the cache's cipher and the rows. Only for
-    a model with ``per_record_examples``: its examples of some records are then those of
-    the records within the whole split, so they can be made anywhere, in any order.
-    """
-    from .arrow import ArrowTable, ipc_file_bytes
-
-    split, file, cipher, lo, hi = job
-    if _last_table.get("file") != file:  # a worker's jobs walk through a shard in turn
-        _last_table.update(file=file, table=ArrowTable([file], cipher=cipher))
-    part = _last_table["table"]._open()[0].slice(lo, hi - lo)
-    rows = [row for batch in part.to_batches(max_chunksize=1024) for row in batch.to_pylist()]
-    out = list(model.examples(rows, split))
-    return ipc_file_bytes(out, split) if out else None
-
-
-class GroupJob(NamedTuple):
-    """One group of a split's examples (``Model.example_groups``): made from the split's
-    cached record files, written as files ``NAME-00000.arrow``, ... of ``folder``."""
-
-    split: str
-    files: list[str]
-    cipher: Any
-    group: Any
-    folder: str
-    name: str
-    shard_rows: int
-
-
-def makes_groups(model: Model | None) -> bool:
-    """Whether ``model`` cuts its examples into groups (``Model.example_groups``)."""
-    return model is not None and type(model).example_groups is not Model.example_groups
-
-
-def make_group(model: Model, job: GroupJob) -> tuple[list[tuple[str, int]], Any]:
-    """Write one group's examples into the cache: ``([(file, rows), ...], the group's report)``.
-    The files are named after the group, so any process makes the same ones."""
-    from ..storage import Storage
-    from .arrow import ArrowShardWriter, ArrowTable
-    from .records import RecordStream
-
-    records = ArrowTable(job.files, cipher=job.cipher)
-    writer = ArrowShardWriter(Storage(job.folder, cipher=job.cipher), job.split, job.shard_rows, job.name)
-    made = model.group_example_tables(RecordStream(records._open), job.split, job.group)
-    while True:
-        try:
-            writer.add_table(next(made))
-        except StopIteration as stop:
-            report = stop.value
-            break
-    return list(zip(writer.close(), writer.file_rows)), report
 
 
 # -- running the shards of one pass ------------------------------------------------------------
@@ -558,7 +271,7 @@ class InlineRunner:
             for job in jobs:
                 yield example_shard(self.model, job)
         finally:
-            _last_table.clear()  # the records' table is not kept past the pass
+            forget_last_table()  # the records' table is not kept past the pass
 
     def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
         """:func:`make_group` of each job, in order."""
@@ -609,11 +322,8 @@ class ProcessRunner:
             yield self._next(pass_id, index)[1]
 
     def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
-        """:func:`make_group` of each job, made in the workers from the fitted model's
-        ``state`` (job ``i`` on worker ``i % workers``), yielded in job order."""
-        pass_id = self._deal(jobs, lambda p, mine: ("examples", p, state, mine))
-        for index in range(len(jobs)):
-            yield self._next(pass_id, index)[1]
+        """:func:`make_group` of each job, made in the workers like :meth:`examples`' jobs."""
+        return self.examples(jobs, state)  # type: ignore[arg-type]
 
     def _deal(self, items: Sequence[Any], command: Callable[[int, list[tuple[int, Any]]], Any]) -> int:
         """Start a pass: item ``i`` goes to worker ``i % workers``, in ``command(pass id,
@@ -780,8 +490,8 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
 
 def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any,
                      broken: BaseException | None, current: Callable[[], int]) -> None:
-    """Example shards of this worker's ``(split, record shard)`` jobs, or the messages of
-    its group jobs, from the fitted state."""
+    """Example shards of this worker's ``(split, record shard)`` jobs, or the files of its
+    group jobs, from the fitted state."""
     _kind, pass_id, state, mine = command
     for index, job in mine:
         try:
@@ -799,7 +509,7 @@ def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any
         except BaseException as err:  # noqa: BLE001 - reported in order, raised there
             results.put((pass_id, index, "error", _export_error(err)))
             break
-    _last_table.clear()
+    forget_last_table()
 
 
 def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_id: int,

@@ -27,9 +27,10 @@ from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .records import RecordStream, table_runs
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .parallel import (FitPart, GroupJob, InlineRunner, PassSpec, ProcessRunner, RecordFile,
-                       clean_chain, digests_of, example_jobs, fit_part, fits_by_parts, makes_groups,
-                       parallel_prefix, read_shard_table, report_sum, shard_bytes)
+from .example_jobs import GroupJob, example_jobs, makes_groups
+from .parallel import (InlineRunner, PassSpec, ProcessRunner, digests_of, fits_by_parts,
+                       parallel_prefix, report_sum, shard_bytes)
+from .shard_tables import FitPart, RecordFile, clean_chain, fit_part, read_shard_table
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
@@ -205,6 +206,25 @@ class Preparer:
                 1 for item in self.source.read(shard) if not isinstance(item, (BadRecord, DropRecord)))
         return total
 
+    def _place_item(self, item: tuple[Any, ...], name: str, deferred: _Deferred | None, only: str | None,
+                    pos: list[int], write: Storage | None) -> tuple[list[tuple[Any, ...]], int, int]:
+        """One item of a worker's chunk in the whole stream: its events, the source rows
+        it stands for, and its weight toward a flush (rows held in memory)."""
+        tag = item[0]
+        if tag == "part":  # ("part", fit part or None, rows): a shard's training rows, fitted
+            pos[0] += item[2]
+            return ([("part", item[1])] if item[1] is not None else []), item[2], 1
+        if tag == "file":  # ("file", split, name, rows): rows the worker wrote into the cache
+            pos[0] += item[3]
+            if only not in (None, item[1]) or write is None:
+                return [], item[3], 0
+            return [("file", item[1], RecordFile(str(write.path(item[2])), item[3]))], item[3], 1
+        if tag == "tab":
+            tables = self._place_table(item, only, pos)
+            return tables, item[1].num_rows, sum(t[2].num_rows for t in tables)
+        event = self._place(item, name, deferred, only, pos)
+        return ([event], 1, 1) if event is not None else ([], 1, 0)
+
     def _place_table(self, item: tuple[Any, ...], only: str | None, pos: list[int]) -> list[tuple[Any, ...]]:
         """A worker's cleaned table in the whole stream: ``("table", split, rows)`` events,
         one per split it holds (the record path's ordinals and splits, row for row)."""
@@ -336,31 +356,10 @@ class Preparer:
                 name = Path(shards[index].path).name
                 rows = 0
                 for item in payload:
-                    if item[0] == "part":  # ("part", fit part or None, rows)
-                        pos[0] += item[2]
-                        rows += item[2]
-                        if item[1] is not None:
-                            events.append(("part", item[1]))
-                            pending += 1
-                        continue
-                    if item[0] == "file":  # ("file", split, name, rows): written by the worker
-                        pos[0] += item[3]
-                        rows += item[3]
-                        if only in (None, item[1]):
-                            events.append(("file", item[1], RecordFile(str(write.path(item[2])), item[3])))
-                            pending += 1
-                        continue
-                    if item[0] == "tab":
-                        tables = self._place_table(item, only, pos)
-                        events.extend(tables)
-                        rows += item[1].num_rows
-                        pending += sum(t[2].num_rows for t in tables)
-                        continue
-                    rows += 1
-                    event = self._place(item, name, deferred, only, pos)
-                    if event is not None:
-                        events.append(event)
-                        pending += 1
+                    got, n, weight = self._place_item(item, name, deferred, only, pos, write)
+                    events.extend(got)
+                    rows += n
+                    pending += weight
                 total[0] += rows
                 self.progress.advance(rows, 0)
                 if pending >= spec.size:
@@ -543,24 +542,18 @@ class Preparer:
         examples = cache.sub("examples")
         writers = {s: ArrowShardWriter(examples, s, self.data.shard_rows) for s in SPLITS}
         if not self.model.per_record_examples:
-            jobs: list[GroupJob] = []
-            grouped: list[str] = []
+            grouped = self._group_jobs(examples, records)
             for s in SPLITS:
-                stream = RecordStream(records[s]._open)
-                groups = self.model.example_groups(stream, s) if makes_groups(self.model) else None
-                if groups is not None:
-                    jobs += [GroupJob(s, records[s].files, records[s].cipher, g, str(examples.makedirs()),
-                                      f"{s}-g{i:04d}", self.data.shard_rows)
-                             for i, g in enumerate(groups)]
-                    grouped.append(s)
+                if s in grouped:
                     continue
+                stream = RecordStream(records[s]._open)
                 if type(self.model).example_tables is not Model.example_tables:
                     for table in self.model.example_tables(stream, s):
                         writers[s].add_table(table)
                     continue
                 for ex in self.model.examples(stream, s):
                     writers[s].add(ex)
-            self._write_groups(jobs, grouped, writers)
+            self._write_groups(grouped, writers)
             return {s: w.close() for s, w in writers.items()}
         import pyarrow as pa
 
@@ -571,11 +564,25 @@ class Preparer:
                 writers[job[0]].add_table(pa.ipc.open_file(pa.BufferReader(data)).read_all())
         return {s: w.close() for s, w in writers.items()}
 
-    def _write_groups(self, jobs: list[GroupJob], splits: list[str],
-                      writers: dict[str, ArrowShardWriter]) -> None:
+    def _group_jobs(self, examples: Storage, records: dict[str, ArrowTable]) -> dict[str, list[GroupJob]]:
+        """The jobs of each split whose examples the model cuts into groups, in split order."""
+        if not makes_groups(self.model):
+            return {}
+        out: dict[str, list[GroupJob]] = {}
+        for s in SPLITS:
+            groups = self.model.example_groups(RecordStream(records[s]._open), s)
+            if groups is not None:
+                folder = str(examples.makedirs())
+                out[s] = [GroupJob(s, records[s].files, records[s].cipher, g, folder, f"{s}-g{i:04d}",
+                                   self.data.shard_rows) for i, g in enumerate(groups)]
+        return out
+
+    def _write_groups(self, grouped: dict[str, list[GroupJob]], writers: dict[str, ArrowShardWriter]) -> None:
         """Take the groups' example files in job order (written by the workers), and hand
-        each of ``splits`` its group reports, in split order, once its last group is in."""
-        left = {s: sum(job.split == s for job in jobs) for s in splits}
+        each split its group reports, in split order, once its last group is in."""
+        jobs = [job for split_jobs in grouped.values() for job in split_jobs]
+        splits = list(grouped)
+        left = {s: len(split_jobs) for s, split_jobs in grouped.items()}
         reports: dict[str, list[Any]] = {s: [] for s in splits}
 
         def finish_done() -> None:

@@ -23,8 +23,9 @@ from typing import Any, Callable, Iterator
 
 from ..components import Cleaner, Model, Shard, Source
 from ..errors import PrivetError
-from .parallel import (PARALLEL_MIN_BYTES, GroupJob, InlineRunner, PassSpec, ProcessRunner,
-                       _export_error, _rebuild, digests_of, makes_groups, shard_bytes, usable_cores)
+from .example_jobs import GroupJob, makes_groups
+from .parallel import (PARALLEL_MIN_BYTES, InlineRunner, PassSpec, ProcessRunner, _export_error,
+                       _rebuild, digests_of, shard_bytes, usable_cores)
 
 _PREFIX = "privet/prep"
 
