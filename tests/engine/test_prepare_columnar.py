@@ -380,3 +380,21 @@ def test_an_encrypted_cache_keeps_no_parsed_copy_of_the_source(tmp_path, monkeyp
     assert "spill" not in made
     assert log.read_text().count("read_table") == 6  # parsed again in each of the two passes
     assert sum(sealed.meta["counts"].values()) > 150
+
+
+def test_files_the_workers_write_into_an_encrypted_cache_are_sealed(tmp_path):
+    from privet.crypto import Cipher, is_encrypted
+    from privet.storage import protect
+
+    data = _corpus(tmp_path / "data")
+    plain, _, _ = _prepare(data, tmp_path / "plain", _TableJsonl, workers=2)
+    protect(tmp_path / "sealed", Cipher(bytes(range(32))))
+    try:
+        sealed, _, _ = _prepare(data, tmp_path / "sealed", _TableJsonl, workers=2)
+        rows = _rows(sealed)
+    finally:
+        protect(tmp_path / "sealed", None)
+    written = [f for f in sealed.cache.root.rglob("*.arrow")]
+    by_worker = [f for f in written if len(f.stem.split("-")[1]) == 32]  # named after a shard
+    assert by_worker and all(is_encrypted(f.read_bytes()) for f in written)
+    assert rows == _rows(plain)

@@ -99,3 +99,27 @@ def test_an_error_in_a_group_made_by_a_worker_stops_preparation(host, tmp_path, 
     with pytest.raises(DataError, match="series 's11': 1 rows share a timestamp"):
         preparer.prepare(tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*/meta.json"))
+
+
+def test_group_files_the_workers_write_into_an_encrypted_cache_are_sealed(host, tmp_path, monkeypatch):
+    from privet.crypto import Cipher, is_encrypted
+    from privet.storage import protect
+
+    monkeypatch.setattr("privet_timeseries.series.MIN_GROUP_ROWS", 500)
+    data = tmp_path / "series.csv"
+    write_csv(data, series=6, hours=200)
+    with pytest.warns(TimeSeriesWarning):
+        plain = prepare(host, data, tmp_path / "plain", 2)
+    protect(tmp_path / "sealed", Cipher(bytes(range(32))))
+    try:
+        with pytest.warns(TimeSeriesWarning):
+            sealed = prepare(host, data, tmp_path / "sealed", 2)
+        windows = [list(sealed.tables[s].iter_rows()) for s in ("train", "val")]
+    finally:
+        protect(tmp_path / "sealed", None)
+    files = list(sealed.cache.root.rglob("*.arrow"))
+    assert any("-g0001-" in f.name for f in files)
+    assert files and all(is_encrypted(f.read_bytes()) for f in files)
+    assert not list(sealed.cache.root.rglob("spill"))
+    assert windows == [list(plain.tables[s].iter_rows()) for s in ("train", "val")]
+    assert sealed.meta["model_state"] == plain.meta["model_state"]
