@@ -285,6 +285,21 @@ class Model(Component):
         """Learn what the model needs from the training split. Re-iterable input;
         :func:`privet.record_tables` gives it as pyarrow Tables read from the cache."""
 
+    def fit_table(self, table: Any) -> Any:
+        """Optional map step of a parallel :meth:`fit`: what one pyarrow Table of training
+        records contributes, as a picklable value (see :meth:`Cleaner.fit_table`).
+
+        Preparation then fits the model by map and merge after the writing pass: worker
+        processes call this on the cached training files, one part per file, on a copy
+        of the unfitted model, and the preparing process calls :meth:`fit_merge`.
+        """
+        return None
+
+    def fit_merge(self, parts: Iterable[Any]) -> None:
+        """Reduce step of a parallel :meth:`fit`: fit from the :meth:`fit_table` parts of the
+        whole training split, in source order (a stream: merge as they come)."""
+        raise NotImplementedError(f"{type(self).__name__} overrides fit_table but not fit_merge")
+
     def examples(self, records: Iterable[Record], split: str) -> Iterator[Record]:
         """Turn cleaned records of one split into training examples (stored in the cache).
         :func:`privet.record_tables` gives ``records`` as pyarrow Tables."""

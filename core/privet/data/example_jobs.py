@@ -1,5 +1,6 @@
-"""Jobs of the examples pass that run in the workers: examples per run of records, or
-per group (``Model.per_record_examples``, ``Model.example_groups``)."""
+"""Jobs on the cached records that run in the workers after the writing pass: the model's
+fit parts (``Model.fit_table``), and its examples per run of records or per group
+(``Model.per_record_examples``, ``Model.example_groups``)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,26 @@ def make_group(model: Model, job: GroupJob) -> tuple[list[tuple[str, int]], Any]
             report = stop.value
             break
     return list(zip(writer.close(), writer.file_rows)), report
+
+
+class FitJob(NamedTuple):
+    """The model's ``fit_table`` part of one cached training file."""
+
+    file: str
+    cipher: Any
+
+
+def run_job(model: Model, job: Any) -> Any:
+    """What one job of the workers' model pass gives: a fit part, a group's files and
+    report, or a run of records' example shard."""
+    if isinstance(job, FitJob):
+        from .arrow import ArrowTable
+
+        table = ArrowTable([job.file], cipher=job.cipher)._open()[0]
+        return model.fit_table(table) if table.num_rows else None
+    if isinstance(job, GroupJob):
+        return make_group(model, job)
+    return example_shard(model, job)
 
 
 def forget_last_table() -> None:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from ..components import BadRecord, Cleaner, Model, Record, Shard, Source
 from ..errors import DropRecord, PluginError, PrivetError
 from .checks import non_finite
-from .example_jobs import GroupJob, example_shard, forget_last_table, make_group
+from .example_jobs import forget_last_table, run_job
 from .shard_tables import Item, clean_chain, portable, shard_table
 
 #: Chunks a worker may have waiting before it blocks: bounds memory (about 16k records a
@@ -73,9 +73,10 @@ def digests_of(cleaner: Cleaner) -> bool:
     return type(cleaner).digest_batch is not Cleaner.digest_batch
 
 
-def fits_by_parts(cleaner: Cleaner) -> bool:
-    """Whether ``cleaner`` fits by map and merge (``Cleaner.fit_table`` and ``fit_merge``)."""
-    return type(cleaner).fit_table is not Cleaner.fit_table
+def fits_by_parts(component: Cleaner | Model) -> bool:
+    """Whether a cleaner or a model fits by map and merge (``fit_table`` and ``fit_merge``)."""
+    base = Cleaner if isinstance(component, Cleaner) else Model
+    return type(component).fit_table is not base.fit_table
 
 
 def shard_bytes(shard: Shard) -> int:
@@ -263,22 +264,16 @@ class InlineRunner:
                                             spec.fitter(self.cleaners)):
                 yield index, kind, payload
 
-    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
-        """The example shard of each job (see :func:`example_shard`), in order: the fitted model."""
+    def model_jobs(self, jobs: list[Any], state: Any) -> Iterator[Any]:
+        """What each job gives (see :func:`~.example_jobs.run_job`), in order, with this
+        process' model (``state`` is for workers)."""
         if self.model is None:
-            raise PluginError("this runner was made without the model; its examples are not per record")
+            raise PluginError("this runner was made without the model; it runs no model jobs")
         try:
             for job in jobs:
-                yield example_shard(self.model, job)
+                yield run_job(self.model, job)
         finally:
             forget_last_table()  # the records' table is not kept past the pass
-
-    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
-        """:func:`make_group` of each job, in order."""
-        if self.model is None:
-            raise PluginError("this runner was made without the model; its examples are not grouped")
-        for job in jobs:
-            yield make_group(self.model, job)
 
     def close(self) -> None:
         """Nothing to stop."""
@@ -314,16 +309,13 @@ class ProcessRunner:
         pass_id = self._deal(shards, lambda p, mine: (p, spec, mine))
         yield from self._until_end(pass_id, len(shards))
 
-    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
-        """The example shard of each job (see :func:`example_shard`), made in the workers from the
-        fitted model's ``state`` (job ``i`` on worker ``i % workers``), yielded in order."""
+    def model_jobs(self, jobs: list[Any], state: Any) -> Iterator[Any]:
+        """What each job gives (see :func:`~.example_jobs.run_job`), made in the workers on
+        their copy of the model, loaded with ``state`` when given (job ``i`` on worker
+        ``i % workers``), yielded in order."""
         pass_id = self._deal(jobs, lambda p, mine: ("examples", p, state, mine))
         for index in range(len(jobs)):
             yield self._next(pass_id, index)[1]
-
-    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
-        """:func:`make_group` of each job, made in the workers like :meth:`examples`' jobs."""
-        return self.examples(jobs, state)  # type: ignore[arg-type]
 
     def _deal(self, items: Sequence[Any], command: Callable[[int, list[tuple[int, Any]]], Any]) -> int:
         """Start a pass: item ``i`` goes to worker ``i % workers``, in ``command(pass id,
@@ -490,8 +482,8 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
 
 def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any,
                      broken: BaseException | None, current: Callable[[], int]) -> None:
-    """Example shards of this worker's ``(split, record shard)`` jobs, or the files of its
-    group jobs, from the fitted state."""
+    """This worker's model jobs (:func:`~.example_jobs.run_job`), on its model loaded with
+    the command's state when it holds one."""
     _kind, pass_id, state, mine = command
     for index, job in mine:
         try:
@@ -504,8 +496,7 @@ def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any
                 state = None
             if current() != pass_id:
                 return  # the preparing process stopped (an error in an earlier job)
-            made = make_group(model, job) if isinstance(job, GroupJob) else example_shard(model, job)
-            results.put((pass_id, index, "examples", made))
+            results.put((pass_id, index, "examples", run_job(model, job)))
         except BaseException as err:  # noqa: BLE001 - reported in order, raised there
             results.put((pass_id, index, "error", _export_error(err)))
             break

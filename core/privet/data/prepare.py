@@ -27,7 +27,7 @@ from ..storage import Storage
 from .arrow import ArrowShardWriter, ArrowTable
 from .records import RecordStream, table_runs
 from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
-from .example_jobs import GroupJob, example_jobs, makes_groups
+from .example_jobs import FitJob, GroupJob, example_jobs, makes_groups
 from .parallel import (InlineRunner, PassSpec, ProcessRunner, digests_of, fits_by_parts,
                        parallel_prefix, report_sum, shard_bytes)
 from .shard_tables import FitPart, RecordFile, clean_chain, fit_part, read_shard_table
@@ -504,7 +504,11 @@ class Preparer:
                             f"cleaner options")
         records = {s: ArrowTable(fs, cipher=cache.cipher) for s, fs in record_files.items()}
         self.progress.phase(f"fit {self.model.name}")
-        self.model.fit(RecordStream(records["train"]._open))
+        if fits_by_parts(self.model):  # a part per training file, made in the workers
+            jobs = [FitJob(f, cache.cipher) for f in records["train"].files]
+            self.model.fit_merge(p for p in self._runner.model_jobs(jobs, None) if p is not None)
+        else:
+            self.model.fit(RecordStream(records["train"]._open))
         lap("model_fit_s")
         example_files = dict(record_files)
         if type(self.model).examples is not Model.examples:
@@ -559,7 +563,7 @@ class Preparer:
 
         jobs = [job for s in SPLITS for job in example_jobs(s, records[s])]
         state = None if isinstance(self._runner, InlineRunner) else self.model.state_dict()
-        for job, data in zip(jobs, self._runner.examples(jobs, state)):
+        for job, data in zip(jobs, self._runner.model_jobs(jobs, state)):
             if data is not None:
                 writers[job[0]].add_table(pa.ipc.open_file(pa.BufferReader(data)).read_all())
         return {s: w.close() for s, w in writers.items()}
@@ -594,7 +598,7 @@ class Preparer:
         if not jobs:
             return
         state = None if isinstance(self._runner, InlineRunner) else self.model.state_dict()
-        for job, (files, report) in zip(jobs, self._runner.group_examples(jobs, state)):
+        for job, (files, report) in zip(jobs, self._runner.model_jobs(jobs, state)):
             for path, rows in files:
                 writers[job.split].add_file(path, rows)
             reports[job.split].append(report)

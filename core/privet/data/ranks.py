@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterator
 
 from ..components import Cleaner, Model, Shard, Source
 from ..errors import PrivetError
-from .example_jobs import GroupJob, makes_groups
+from .example_jobs import makes_groups
 from .parallel import (PARALLEL_MIN_BYTES, InlineRunner, PassSpec, ProcessRunner, _export_error,
-                       _rebuild, digests_of, shard_bytes, usable_cores)
+                       _rebuild, digests_of, fits_by_parts, shard_bytes, usable_cores)
 
 _PREFIX = "privet/prep"
 
@@ -115,12 +115,14 @@ def local_runner(source: Source, cleaners: list[Cleaner], prefix: int, wanted: i
                  model: Model | None = None) -> InlineRunner | ProcessRunner:
     """This process' runner for ``shards``: worker processes (``data.prepare_workers``) or
     inline. The workers get the per-record cleaners, the next one when it computes digests
-    (``Cleaner.digest_batch``), and ``model`` when its examples are made per record or by groups."""
+    (``Cleaner.digest_batch``), and ``model`` when it fits by parts or makes its examples per
+    record or by groups."""
     if wanted is None:
         small = sum(shard_bytes(s) for s in shards) < PARALLEL_MIN_BYTES
         wanted = 1 if small else usable_cores()
     workers = max(1, min(wanted, len(shards)))
-    if model is not None and not (model.per_record_examples or makes_groups(model)):
+    if model is not None and not (model.per_record_examples or makes_groups(model)
+                                  or fits_by_parts(model)):
         model = None
     if workers > 1:
         upto = prefix + 1 if prefix < len(cleaners) and digests_of(cleaners[prefix]) else prefix
@@ -169,13 +171,9 @@ class RankRunner:
             if self._open:  # abandoned (a fit that stopped early) or failed
                 self._drain()
 
-    def examples(self, jobs: list[tuple[str, str, Any, int, int]], state: Any) -> Iterator[bytes | None]:
-        """Example shards are made by this rank's own workers (the cache is written here)."""
-        return self.local.examples(jobs, state)
-
-    def group_examples(self, jobs: list[GroupJob], state: Any) -> Iterator[tuple[list[tuple[str, int]], Any]]:
-        """Groups of examples too (see :meth:`examples`)."""
-        return self.local.group_examples(jobs, state)
+    def model_jobs(self, jobs: list[Any], state: Any) -> Iterator[Any]:
+        """Model jobs run on this rank's own workers (the cache is written here)."""
+        return self.local.model_jobs(jobs, state)
 
     def _from_local(self, stream: Iterator[tuple[int, str, Any]], mine: list[int],
                     index: int) -> Iterator[tuple[str, Any]]:

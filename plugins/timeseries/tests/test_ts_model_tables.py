@@ -380,3 +380,17 @@ def test_a_split_without_a_full_window_fails_after_its_groups_as_in_one_pass(hos
         model.merge_group_reports("val", reports)
     assert str(by_groups.value) == str(one_pass.value)
     assert "validation split has no full window" in str(one_pass.value)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_window_model_fitted_by_pickled_parts_has_the_state_of_fit(host, task):
+    import pickle
+
+    records = rows(3)
+    direct = host.make("model", "timeseries.lstm", TASKS[task])
+    direct.fit(stream(records))
+    by_parts = host.make("model", "timeseries.lstm", TASKS[task])
+    tables = [pa.Table.from_pylist(records[i:i + 37]) for i in range(0, len(records), 37)]
+    by_parts.fit_merge(pickle.loads(pickle.dumps(by_parts.fit_table(t))) for t in tables)
+    assert_close(direct.state_dict(), by_parts.state_dict())
+    assert list(by_parts.state["train_end"]) == ["north", "south", "west"]  # first-seen order

@@ -189,13 +189,19 @@ class StatsPart:
         self.fields |= other.fields
         for column in other.seen:
             self.seen.setdefault(column, None)
-        for key, st in other.stats.items():
-            mine = self.stats.get(key)
-            if mine is None:
-                self.stats[key] = st
-            else:
-                mine.merge(st)
+        merge_stats(self.stats, other.stats)
         return self
+
+
+def merge_stats(into: dict[Any, RunningStats], other: dict[Any, RunningStats]) -> None:
+    """Add the running statistics of ``other`` (of later values) to those of ``into``, key
+    by key; keys new to ``into`` come after its own, in ``other``'s order (taken over)."""
+    for key, st in other.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = st
+        else:
+            mine.merge(st)
 
 
 def table_stats(table: Any, columns: list[str] | None, exclude: Iterable[str], *,

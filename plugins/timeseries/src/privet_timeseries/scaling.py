@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from privet import DataError, Record
 
-from .columns import (ColumnStats, SeriesKeys, StatsCleaner, float_values, null_mask, observe_array,
-                      per_row)
+from .columns import (ColumnStats, SeriesKeys, StatsCleaner, float_values, merge_stats, null_mask,
+                      observe_array, per_row)
 from .sources import SERIES
 from .stats import RunningStats, finite
 
@@ -83,7 +83,11 @@ class ColumnScaler:
             if len(series) != len(x):
                 raise ValueError(f"observe_many: {len(series)} series ids for {len(x)} values")
             keys = SeriesKeys.of_values(series)
-        observe_array(self._stats, column, x, keys)
+        observe_array(self._stats, column, x, keys, quantiles=self.method == "robust")
+
+    def merge(self, other: "ColumnScaler") -> None:
+        """Add what ``other`` observed (of later values) to what this one observed."""
+        merge_stats(self._stats, other._stats)
 
     def use_stats(self, stats: ColumnStats) -> None:
         """Take statistics gathered by :func:`~.columns.merged_stats` (keys ``(column,

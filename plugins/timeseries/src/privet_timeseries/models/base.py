@@ -22,7 +22,7 @@ from privet import DataError, DropRecord, Model, Record, StepOutput, record_tabl
 from privet import OptionValueError, positive
 
 from ..categorical import category_of
-from ..columns import RESERVED
+from ..columns import RESERVED, merge_stats
 from ..scaling import ColumnScaler
 from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_values, first_seen,
                       has_values, numeric_values, regularize, rows_of_series, series_groups,
@@ -171,11 +171,21 @@ class WindowModel(Model):
         One pass over the records as Arrow tables (:func:`privet.record_tables`): numpy per
         column instead of a dict per row, with the numbers the record-by-record rules give.
         """
+        self.fit_merge(self.fit_table(t) for t in record_tables(records))
+
+    def fit_table(self, table: Any) -> "_Scan":
+        """What one table of training records adds to the fit (made in the workers)."""
         o = self.options
-        scaler = ColumnScaler(o.target_scaling, o.scale_per_series)
-        scan = _Scan()
-        for table in record_tables(records):
-            self._scan_table(scan, scaler, table)
+        scan = _Scan(scaler=ColumnScaler(o.target_scaling, o.scale_per_series))
+        self._scan_table(scan, table)
+        return scan
+
+    def fit_merge(self, parts: Iterable["_Scan"]) -> None:
+        o = self.options
+        scan = _Scan(scaler=ColumnScaler(o.target_scaling, o.scale_per_series))
+        for part in parts:
+            scan.merge(part)
+        scaler = scan.scaler
         fields, present, train_end = scan.fields, scan.present, scan.train_end
         labels, label_stats, n = scan.labels, scan.label_stats, scan.rows
         if n == 0:
@@ -225,8 +235,8 @@ class WindowModel(Model):
                 if label_stats.count else [0.0, 1.0]
         self._derive()
 
-    def _scan_table(self, scan: "_Scan", scaler: ColumnScaler, table: Any) -> None:
-        """Add one table of training records to ``scan`` and the target ``scaler``.
+    def _scan_table(self, scan: "_Scan", table: Any) -> None:
+        """Add one table of training records to ``scan`` (its target scaler too).
 
         Target values and the series of each go to the scaler; the label is counted or,
         for regression, measured.
@@ -245,7 +255,7 @@ class WindowModel(Model):
             if values is not None:
                 ok = np.isfinite(values)
                 if ok.any():
-                    scaler.observe_many(col, values[ok], series[codes[ok]])
+                    scan.scaler.observe_many(col, values[ok], series[codes[ok]])
         if self.task == "classification":
             count_labels(scan.labels, table, o.label)
         elif self.task == "regression":
@@ -647,14 +657,28 @@ class WindowModel(Model):
 
 @attrs.define
 class _Scan:
-    """What :meth:`WindowModel.fit` gathers in its pass over the training tables."""
+    """What :meth:`WindowModel.fit` gathers over the training tables: one table's worth
+    is a ``fit_table`` part, and parts merge in source order."""
 
+    scaler: ColumnScaler
     fields: dict[str, RunningStats] = attrs.field(factory=dict)
     present: set[str] = attrs.field(factory=set)
     train_end: dict[str, float] = attrs.field(factory=dict)
     labels: Counter[str] = attrs.field(factory=Counter)
-    label_stats: RunningStats = attrs.field(factory=RunningStats)
+    label_stats: RunningStats = attrs.field(factory=lambda: RunningStats(quantiles=False))
     rows: int = 0
+
+    def merge(self, other: "_Scan") -> None:
+        """Add ``other``, the scan of later tables (as scanning them after these would)."""
+        self.scaler.merge(other.scaler)
+        merge_stats(self.fields, other.fields)
+        self.present |= other.present
+        for name, t in other.train_end.items():  # new series in the order of their first row
+            if t > self.train_end.get(name, -math.inf):
+                self.train_end[name] = t
+        self.labels.update(other.labels)
+        self.label_stats.merge(other.label_stats)
+        self.rows += other.rows
 
 
 def add_field_stats(fields: dict[str, RunningStats], table: Any, skip: Collection[str]) -> None:
@@ -671,7 +695,7 @@ def add_field_stats(fields: dict[str, RunningStats], table: Any, skip: Collectio
         if values is not None:
             stats = fields.get(key)
             if stats is None:
-                stats = fields[key] = RunningStats()
+                stats = fields[key] = RunningStats(quantiles=False)  # means and stds only
             stats.add_many(values)
 
 
