@@ -574,3 +574,19 @@ def test_parquet_wide_layout_and_integer_categories(host, tmp_path):
     assert [(r["series"], r["value"], r["zone"]) for r in records] == [
         ("north", 1.0, "7"), ("south", 4.0, "7"), ("north", None, None), ("south", 5.0, None),
         ("north", 3.0, "9"), ("south", None, "9")]
+
+
+def test_the_long_line_check_agrees_with_measuring_every_line():
+    from privet_timeseries.csv_cells import _has_long_line
+
+    rng = random.Random(11)
+    for _ in range(400):
+        limit = rng.choice([2, 3, 8, 9, 64, 101])
+        lengths = [rng.choice([0, 1, limit // 2, limit - 2, limit - 1, limit, limit + 1, rng.randint(0, 3 * limit)])
+                   for _ in range(rng.randint(1, 12))]
+        data = b"".join(b"x" * n + b"\n" for n in lengths)
+        if rng.random() < 0.3:
+            data = data[: rng.randint(0, len(data))]  # no newline at the end
+        longest = max((len(line) + 1 for line in data.split(b"\n")[:-1]), default=0)
+        longest = max(longest, len(data.split(b"\n")[-1]))
+        assert _has_long_line(data, limit) == (longest >= limit), (limit, data)

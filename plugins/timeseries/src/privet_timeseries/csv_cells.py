@@ -108,7 +108,7 @@ def _typed_columns(data: bytes, header: list[str], delimiter: str, numeric: list
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if _blank(data) or _longest_line(data) >= csv.field_size_limit():
+    if _blank(data) or _has_long_line(data, csv.field_size_limit()):
         return None  # no rows (the string path's empty columns), or a huge field
     names = [f"c{i}" for i in range(len(header))]
     floats = {names[header.index(c)] for c in numeric}
@@ -129,14 +129,22 @@ def _blank(data: bytes) -> bool:
     return not data or (data[:1] in (b"\r", b"\n") and not data.strip(b"\r\n"))
 
 
-def _longest_line(data: bytes) -> int:
-    """The length in bytes of the longest line of ``data`` (newline included)."""
+def _has_long_line(data: bytes, limit: int) -> bool:
+    """Whether a line of ``data`` is ``limit`` bytes or longer (newline included).
+
+    A line that long holds a whole aligned block of ``limit // 2`` bytes without a
+    newline, so when every such block has one (a ``find`` per block), none is; only
+    otherwise are the lines measured.
+    """
     import numpy as np
 
-    if len(data) < csv.field_size_limit():
-        return len(data)
+    if len(data) < limit:
+        return False
+    half = limit // 2
+    if half and all(data.find(b"\n", i, i + half) >= 0 for i in range(0, len(data) - half + 1, half)):
+        return False
     ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
-    return int(np.diff(ends, prepend=-1, append=len(data) - 1).max())
+    return int(np.diff(ends, prepend=-1, append=len(data) - 1).max()) >= limit
 
 
 def _string_columns(data: bytes, header: list[str], delimiter: str) -> dict[str, Any] | None:
