@@ -481,17 +481,7 @@ class Preparer:
         drops = DropCounter()
         total = [0]
         counters: list[Any] = []
-        writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
-        snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
-        self.progress.phase("prepare")
-        for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot,
-                                        write=cache.sub("records")):
-            if isinstance(item, dict):
-                writers[part].add(item)
-            elif isinstance(item, RecordFile):
-                writers[part].add_file(item.path, item.rows)
-            else:
-                writers[part].add_table(item)
+        writers = self._write_records(cache, drops, total, counters)
         record_files = {s: w.close() for s, w in writers.items()}
         if self._spill is not None:
             cache.remove("spill")
@@ -504,11 +494,7 @@ class Preparer:
                             f"cleaner options")
         records = {s: ArrowTable(fs, cipher=cache.cipher) for s, fs in record_files.items()}
         self.progress.phase(f"fit {self.model.name}")
-        if fits_by_parts(self.model):  # a part per training file, made in the workers
-            jobs = [FitJob(f, cache.cipher) for f in records["train"].files]
-            self.model.fit_merge(p for p in self._runner.model_jobs(jobs, None) if p is not None)
-        else:
-            self.model.fit(RecordStream(records["train"]._open))
+        self._fit_model(records["train"])
         lap("model_fit_s")
         example_files = dict(record_files)
         if type(self.model).examples is not Model.examples:
@@ -538,6 +524,33 @@ class Preparer:
             "cleaner_states": [c.state_dict() for c in self.cleaners],
             "model_state": self.model.state_dict(),
         }
+
+    def _write_records(self, cache: Storage, drops: DropCounter, total: list[int],
+                       counters: list[Any]) -> dict[str, ArrowShardWriter]:
+        """The writing pass: every cleaned record into ``records/`` of ``cache`` (the
+        workers write their columnar shards' files themselves); ``counters`` gets the
+        cleaners' reports as the pass starts."""
+        writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
+        snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
+        self.progress.phase("prepare")
+        for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot,
+                                        write=cache.sub("records")):
+            if isinstance(item, dict):
+                writers[part].add(item)
+            elif isinstance(item, RecordFile):
+                writers[part].add_file(item.path, item.rows)
+            else:
+                writers[part].add_table(item)
+        return writers
+
+    def _fit_model(self, train: ArrowTable) -> None:
+        """``model.fit`` on the cached training records, or by parts: one per training
+        file, made in the workers (``Model.fit_table``)."""
+        if fits_by_parts(self.model):
+            jobs = [FitJob(f, train.cipher) for f in train.files]
+            self.model.fit_merge(p for p in self._runner.model_jobs(jobs, None) if p is not None)
+        else:
+            self.model.fit(RecordStream(train._open))
 
     def _write_examples(self, cache: Storage, records: dict[str, ArrowTable]) -> dict[str, list[str]]:
         """The examples of every split: made in the workers, a few thousand records at a
