@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, NamedTuple
 
 import attrs
 
-from .errors import DropRecord, ExportError
+from .errors import DropRecord, ExportError, PluginError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -159,7 +159,8 @@ class Cleaner(Component):
     def fit_merge(self, parts: Iterable[Any]) -> None:
         """Reduce step of a parallel :meth:`fit`: fit from the :meth:`fit_table` parts of
         the whole training split, given in source order (a stream: merge as they come)."""
-        raise NotImplementedError(f"{type(self).__name__} overrides fit_table but not fit_merge")
+        raise PluginError(f"{type(self).__name__} overrides fit_table but not fit_merge; define "
+                          f"both to fit by parts, or neither")
 
     def start_pass(self) -> None:
         """Called before each streaming pass over the data that uses this cleaner.
@@ -298,7 +299,8 @@ class Model(Component):
     def fit_merge(self, parts: Iterable[Any]) -> None:
         """Reduce step of a parallel :meth:`fit`: fit from the :meth:`fit_table` parts of the
         whole training split, in source order (a stream: merge as they come)."""
-        raise NotImplementedError(f"{type(self).__name__} overrides fit_table but not fit_merge")
+        raise PluginError(f"{type(self).__name__} overrides fit_table but not fit_merge; define "
+                          f"both to fit by parts, or neither")
 
     def examples(self, records: Iterable[Record], split: str) -> Iterator[Record]:
         """Turn cleaned records of one split into training examples (stored in the cache).
@@ -334,8 +336,8 @@ class Model(Component):
         split's whole ``records`` (the group picks its own). Runs in a worker process on a
         copy of the fitted model; the value the generator returns (``return report``) is
         its picklable report, handed to :meth:`merge_group_reports`."""
-        raise NotImplementedError(f"{type(self).__name__} defines example_groups without "
-                                  f"group_example_tables")
+        raise PluginError(f"{type(self).__name__} defines example_groups without "
+                          f"group_example_tables")
 
     def merge_group_reports(self, split: str, reports: list[Any]) -> None:
         """After the last group of a split, here: take in the groups' reports, in order

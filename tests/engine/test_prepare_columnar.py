@@ -398,3 +398,17 @@ def test_files_the_workers_write_into_an_encrypted_cache_are_sealed(tmp_path):
     by_worker = [f for f in written if len(f.stem.split("-")[1]) == 32]  # named after a shard
     assert by_worker and all(is_encrypted(f.read_bytes()) for f in written)
     assert rows == _rows(plain)
+
+
+def test_a_cleaner_with_fit_table_but_no_fit_merge_is_refused_by_name(tmp_path):
+    class _HalfParts(_Centre):
+        def fit_table(self, table):
+            return table.num_rows
+
+    data = _corpus(tmp_path / "data")
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=1, max_bad_fraction=0.5,
+                        split=SplitConfig(method="field", field="split"))
+    preparer = Preparer(config, source, [_HalfParts()], _Longest(), seed=1, fingerprint_extra={})
+    with pytest.raises(privet.PluginError, match="_HalfParts overrides fit_table but not fit_merge"):
+        preparer.prepare(tmp_path / "cache")

@@ -439,7 +439,7 @@ class Preparer:
         this machine's processes (ranks elsewhere have their own disks); never for an
         encrypted cache, which keeps no plaintext copy of the data."""
         if (not any(c.needs_fit for c in self.cleaners) or isinstance(self._runner, RankRunner)
-                or type(self.source).read_table is Source.read_table or cache.encrypts("spill/x")):
+                or type(self.source).read_table is Source.read_table or cache.cipher is not None):
             return None
         return str(cache.makedirs("spill"))
 

@@ -158,6 +158,7 @@ def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
     import pyarrow as pa
 
     from ..storage import Storage
+    from .arrow import write_arrow_file
 
     store = Storage(spill, cipher=None)  # made only for a cache that is not encrypted
     name = shard_key(shard)
@@ -170,11 +171,7 @@ def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
     if table is None:
         store.write_bytes(name + ".none", b"")
         return None
-    store.makedirs()
-    with pa.OSFile(str(store.path(name + ".tmp")), "wb") as sink, \
-            pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    store.rename(name + ".tmp", name, send=False)
+    write_arrow_file(store, name, table)  # inside the cache being made: never uploaded
     return table
 
 

@@ -7,6 +7,7 @@ same statistics as one ``add`` per record value, without a dict per row.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Iterable, Iterator
 
 import attrs
@@ -289,6 +290,6 @@ class StatsCleaner(Cleaner):
         columns, stats = merged_stats(parts, self.options.columns, who=f"cleaner {self.name}")
         self.fit_stats(columns, stats)
 
+    @abc.abstractmethod
     def fit_stats(self, columns: list[str], stats: ColumnStats) -> None:
         """Set the fitted state from the statistics of the whole training split."""
-        raise NotImplementedError

@@ -148,7 +148,11 @@ class RunningStats:
         take_a = min(len(a), round(RESERVOIR * self.count / total))
         take_b = min(len(b), RESERVOIR - take_a)
         take_a = min(len(a), RESERVOIR - take_b)
-        pick = lambda x, k: x if k >= len(x) else x[np.sort(self._np_rng.permutation(len(x))[:k])]  # noqa: E731
+        rng = self._np_rng
+
+        def pick(x: np.ndarray, k: int) -> np.ndarray:  # k of x's values, in their order
+            return x if k >= len(x) else x[np.sort(rng.permutation(len(x))[:k])]
+
         joined = np.concatenate([pick(a, take_a), pick(b, take_b)])
         return joined if len(joined) >= RESERVOIR else joined.tolist()
 
