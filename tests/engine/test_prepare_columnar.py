@@ -412,3 +412,22 @@ def test_a_cleaner_with_fit_table_but_no_fit_merge_is_refused_by_name(tmp_path):
     preparer = Preparer(config, source, [_HalfParts()], _Longest(), seed=1, fingerprint_extra={})
     with pytest.raises(privet.PluginError, match="_HalfParts overrides fit_table but not fit_merge"):
         preparer.prepare(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 3.5e38, -3.5e38])
+def test_a_table_with_a_number_the_record_path_drops_takes_that_path(bad):
+    """has_non_finite decides whether a shard's table may skip the record path's per-value
+    checks: one NaN, infinity or value beyond float32 anywhere (any chunk, beside nulls)
+    sends it there."""
+    import pyarrow as pa
+
+    from privet.data.shard_tables import has_non_finite
+
+    clean = pa.chunked_array([[1.0, None, -2.5], [None, None], [3.4e38, -3.4e38]])
+    assert not has_non_finite(pa.table({"x": clean, "n": [1, 2, 3, 4, 5, 6, 7]}))
+    assert not has_non_finite(pa.table({"x": pa.array([None, None], pa.float64())}))
+    assert not has_non_finite(pa.table({"x": pa.array([1.0, 2.0], pa.float32())}))
+    for chunks in ([[1.0, None], [2.0, bad]], [[bad, None, 1.0]], [[bad]]):
+        assert has_non_finite(pa.table({"ok": pa.chunked_array([[0.0] * len(c) for c in chunks]),
+                                        "x": pa.chunked_array(chunks)})), chunks
+    assert has_non_finite(pa.table({"x": pa.array([[1.0]])}))  # lists: the record path

@@ -319,6 +319,19 @@ def test_calendar_table_matches_records(host, timezone):
         assert_table_path_matches(host, "timeseries.calendar", options, None, rows, tol=1e-12)
 
 
+@pytest.mark.parametrize("timezone", ["UTC", "Europe/Paris"])
+def test_calendar_table_matches_records_for_dense_rows(host, timezone):
+    """Rows a few days apart at most (what a shard of hourly data holds): the date
+    features come from a table of the days they span; the same values as per record,
+    across a new year with an ISO week of the previous year, a leap day and a DST change."""
+    start = dt.datetime(2026, 12, 24, tzinfo=dt.timezone.utc).timestamp()
+    rows = [{"time": start + 3600.0 * h + 0.5, "v": 0.0} for h in range(0, 24 * 40, 5)]
+    leap = dt.datetime(2028, 2, 27, tzinfo=dt.timezone.utc).timestamp()
+    rows += [{"time": leap + 1800.0 * h, "v": 1.0} for h in range(24 * 6)]
+    options = {"features": ALL_FEATURES, "cyclical": False, "timezone": timezone}
+    assert_table_path_matches(host, "timeseries.calendar", options, None, rows, tol=0)
+
+
 def test_calendar_table_overwrites_existing_features_in_place(host):
     cal = host.make("cleaner", "timeseries.calendar", {"features": ["month", "hour"], "cyclical": False})
     table = pa.table({"cal_hour": pa.array(["old"]), "time": pa.array([1704564000], pa.int64())})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import zoneinfo
-from typing import Any, Literal
+from typing import Any, Collection, Literal
 
 import attrs
 import numpy as np
@@ -97,7 +97,7 @@ class Calendar(Cleaner):
             return None
         if len(times) and (times.min() < TABLE_RANGE[0] or times.max() > TABLE_RANGE[1]):
             return None
-        values = _fields(self._local_micros(_micros(times), times))
+        values = _fields(self._local_micros(_micros(times), times), o.features)
         for f in o.features:
             v = values[f]
             if o.cyclical and f in PERIODS:
@@ -156,20 +156,49 @@ def _micros(times: np.ndarray) -> np.ndarray:
     return whole.astype(np.int64) * 1_000_000 + np.rint((times - whole) * 1e6).astype(np.int64)
 
 
-def _fields(micros: np.ndarray) -> dict[str, np.ndarray]:
-    """The features of :func:`_values` (ints) from wall-clock microseconds since 1970."""
+def _fields(micros: np.ndarray, wanted: Collection[str]) -> dict[str, np.ndarray]:
+    """The ``wanted`` features of :func:`_values` (ints) from wall-clock microseconds since
+    1970. Those of the day alone are computed once per day of the span and looked up per
+    row: numpy's calendar conversions cost about 15 ns a row each, and a shard of hourly
+    rows holds a few dozen days."""
     minutes = micros // US_PER_MINUTE
     hours = minutes // 60
     days = hours // 24
     weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday is 0
+    per_row = {"minute": lambda: minutes % 60, "hour": lambda: hours % 24,
+               "day_of_week": lambda: weekday, "is_weekend": lambda: (weekday >= 5).astype(np.int64)}
+    out = {f: per_row[f]() for f in wanted if f in per_row}
+    by_day = [f for f in wanted if f in DAY_FEATURES]
+    if by_day and len(days):
+        first = int(days.min())
+        span = int(days.max()) - first + 1
+        if span <= max(len(days), 4096):
+            table = _day_fields(np.arange(first, first + span, dtype=np.int64), by_day)
+            at = days - first
+            out.update({f: values[at] for f, values in table.items()})
+        else:  # a few rows over many years: per row
+            out.update(_day_fields(days, by_day))
+    elif by_day:
+        out.update(_day_fields(days, by_day))
+    return {f: out[f] for f in wanted}
+
+
+#: the features that depend on the date only
+DAY_FEATURES = ("day_of_month", "day_of_year", "week_of_year", "month", "quarter")
+
+
+def _day_fields(days: np.ndarray, wanted: Collection[str]) -> dict[str, np.ndarray]:
+    """The ``wanted`` date features of days since 1970 (int64)."""
     date = days.astype("datetime64[D]")
     month = date.astype("datetime64[M]")
     month0 = month.astype(np.int64) % 12
-    first_of_year = date.astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)
-    thursday = days - weekday + 3  # the ISO week belongs to the year of its Thursday
-    iso_year_start = thursday.astype("datetime64[D]").astype("datetime64[Y]").astype("datetime64[D]")
-    return {"minute": minutes % 60, "hour": hours % 24, "day_of_week": weekday,
-            "day_of_month": days - month.astype("datetime64[D]").astype(np.int64),
-            "day_of_year": days - first_of_year,
-            "week_of_year": (thursday - iso_year_start.astype(np.int64)) // 7,
-            "month": month0, "quarter": month0 // 3, "is_weekend": (weekday >= 5).astype(np.int64)}
+    out = {"month": month0, "quarter": month0 // 3}
+    if "day_of_month" in wanted:
+        out["day_of_month"] = days - month.astype("datetime64[D]").astype(np.int64)
+    if "day_of_year" in wanted:
+        out["day_of_year"] = days - date.astype("datetime64[Y]").astype("datetime64[D]").astype(np.int64)
+    if "week_of_year" in wanted:
+        thursday = days - (days + 3) % 7 + 3  # the ISO week belongs to the year of its Thursday
+        iso_year_start = thursday.astype("datetime64[D]").astype("datetime64[Y]").astype("datetime64[D]")
+        out["week_of_year"] = (thursday - iso_year_start.astype(np.int64)) // 7
+    return {f: out[f] for f in wanted}
