@@ -31,6 +31,7 @@ _EXPORTS = {
     "RunContext": "train.context", "TrainingObjects": "train.context",
     "load_trained": "train.loading",
     "RecordStream": "data.records", "record_tables": "data.records",
+    "in_record_order": "data.arrow",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
                          PluginError, PrivetError, TrainingError, UnknownComponentError,
                          UsageError)
     from .data.columns import Columns
+    from .data.arrow import in_record_order
     from .data.records import RecordStream, record_tables
     from .hookspecs import hookimpl
     from .train.context import RunContext, TrainingObjects

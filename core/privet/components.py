@@ -318,6 +318,16 @@ class Model(Component):
         """
         raise NotImplementedError(f"{type(self).__name__} makes its examples with examples()")
 
+    def record_order(self, table: Any) -> Any:
+        """Optional: the order in which preparation stores a table of cleaned records, as
+        an int array permuting its rows (``None``: keep theirs). Only for a model that
+        makes its own examples, whose records are their input alone: each cached record
+        file then holds its rows in this order and says so (:func:`privet.in_record_order`),
+        so that a group of :meth:`example_groups` can be a run of rows found by bisection
+        instead of a filter over every row of every file. Called on the unfitted model,
+        in the workers too; it must depend on the table alone."""
+        return None
+
     def example_groups(self, records: Iterable[Record], split: str) -> list[Any] | None:
         """Optional: cut a split's examples into groups that can be made apart (ranges of
         series, say), as picklable keys in the order their examples are written; ``None``

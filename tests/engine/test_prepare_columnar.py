@@ -431,3 +431,60 @@ def test_a_table_with_a_number_the_record_path_drops_takes_that_path(bad):
         assert has_non_finite(pa.table({"ok": pa.chunked_array([[0.0] * len(c) for c in chunks]),
                                         "x": pa.chunked_array(chunks)})), chunks
     assert has_non_finite(pa.table({"x": pa.array([[1.0]])}))  # lists: the record path
+
+
+class _PairsByParity(_Pairs):
+    """:class:`_Pairs` that has its records stored odd ``n`` first (Model.record_order)."""
+
+    def record_order(self, table):
+        import numpy as np
+
+        return np.argsort(np.asarray(table.column("n")) % 2 == 0, kind="stable")
+
+
+def _stored_ns(prepared, split):
+    files = [str(prepared.cache.root / f) for f in prepared.meta["record_files"][split]]
+    return [[r["n"] for r in ArrowTable([f]).iter_rows()] for f in files]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("split", [SplitConfig(method="field", field="split"),
+                                   SplitConfig(method="random", val=0.2, test=0.1)],
+                         ids=["field", "random"])
+def test_record_files_of_a_model_with_examples_are_in_its_order_and_say_so(tmp_path, workers, split):
+    """Record files written by the workers (a field split) and here (the others) alike
+    hold each file's rows in the model's order, marked; the same records as without it."""
+    data = _corpus(tmp_path / "data")
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+
+    def prepare(model, name):
+        config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=workers, max_bad_fraction=0.5,
+                            shard_rows=40, split=split)
+        return Preparer(config, source, [_Centre(), _Screen()], model, seed=1,
+                        fingerprint_extra={}).prepare(tmp_path / name)
+
+    ordered, plain = prepare(_PairsByParity(), "ordered"), prepare(_Pairs(), "plain")
+    for s in ("train", "val"):
+        files, before = _stored_ns(ordered, s), _stored_ns(plain, s)
+        assert len(files) == len(before) >= 2
+        for ns, was in zip(files, before):  # odd first, each part in its order in the file
+            assert ns == [n for n in was if n % 2] + [n for n in was if n % 2 == 0]
+        assert any(ns != was for ns, was in zip(files, before))
+    for f in ordered.meta["record_files"]["train"]:
+        assert privet.in_record_order(ArrowTable([str(ordered.cache.root / f)])._open()[0])
+    for f in plain.meta["record_files"]["train"]:
+        assert not privet.in_record_order(ArrowTable([str(plain.cache.root / f)])._open()[0])
+
+
+def test_the_record_order_of_a_model_that_trains_on_the_records_is_not_asked(tmp_path):
+    class Ordered(_Longest):
+        def record_order(self, table):
+            raise AssertionError("asked")
+
+    data = _corpus(tmp_path / "data")
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=1, max_bad_fraction=0.5,
+                        shard_rows=40, split=SplitConfig(method="field", field="split"))
+    prepared = Preparer(config, source, [_Centre()], Ordered(), seed=1,
+                        fingerprint_extra={}).prepare(tmp_path / "cache")
+    assert prepared.meta["counts"]["train"] > 100

@@ -10,7 +10,7 @@ pages): no plaintext shard ever reaches the disk.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import DataError
 from ..storage import Storage
@@ -57,6 +57,24 @@ def ipc_file_bytes(rows: list[dict[str, Any]], split: str) -> bytes:
     return buffer.getvalue().to_pybytes()
 
 
+#: schema metadata of a record file stored in the order of ``Model.record_order``
+RECORD_ORDER_KEY = b"privet.record_order"
+
+
+def in_model_order(table: Any, order: Callable[[Any], Any]) -> Any:
+    """``table`` in the order ``order`` (a model's ``record_order``) gives, marked so."""
+    perm = order(table)
+    if perm is not None:
+        table = table.take(perm)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), RECORD_ORDER_KEY: b"1"})
+
+
+def in_record_order(table: Any) -> bool:
+    """Whether ``table`` (a cached record file) holds its rows in the order of the
+    model's :meth:`~privet.Model.record_order`."""
+    return bool(table.schema.metadata) and table.schema.metadata.get(RECORD_ORDER_KEY) == b"1"
+
+
 def write_arrow_file(storage: Storage, name: str, table: Any) -> Path:
     """Write ``table`` as the Arrow IPC file ``name`` of ``storage``: sealed in memory for
     an encrypted folder, else written by pyarrow and renamed into place whole."""
@@ -81,7 +99,8 @@ def write_arrow_file(storage: Storage, name: str, table: Any) -> Path:
 class ArrowShardWriter:
     """Buffers records and writes them as Arrow IPC files of at most ``shard_rows`` rows."""
 
-    def __init__(self, folder: Path | Storage, split: str, shard_rows: int, name: str | None = None) -> None:
+    def __init__(self, folder: Path | Storage, split: str, shard_rows: int, name: str | None = None,
+                 order: Callable[[Any], Any] | None = None) -> None:
         #: a Storage keeps its cipher; a plain path gets its folder's (see privet.storage)
         self.storage = folder if isinstance(folder, Storage) else Storage(folder)
         self.folder = self.storage.root
@@ -98,6 +117,8 @@ class ArrowShardWriter:
         #: tables of add_table() not yet written, and their rows
         self._tables: list[Any] = []
         self._pending = 0
+        #: a model's record_order, applied to each file (records of a model with examples)
+        self.order = order
 
     def add(self, record: dict[str, Any]) -> None:
         self._buffer.append(record)
@@ -128,6 +149,8 @@ class ArrowShardWriter:
 
     def _write(self, table: Any) -> None:
         """One shard file holding ``table``."""
+        if self.order is not None:
+            table = in_model_order(table, self.order)
         self._files.append(str(write_arrow_file(self.storage, f"{self.name}-{len(self._files):05d}.arrow",
                                                 table)))
         self.file_rows.append(table.num_rows)

@@ -223,7 +223,7 @@ class PassSpec:
     def __init__(self, upto: int, states: dict[int, Any], split_field: str | None,
                  parts: dict[str, str], size: int, digest: bool = False,
                  columnar: bool = False, fit: bool = False, spill: str | None = None,
-                 write: tuple[str, Any] | None = None) -> None:
+                 write: tuple[str, Any, Any] | None = None) -> None:
         self.upto = upto
         self.states = states
         self.split_field = split_field
@@ -237,7 +237,8 @@ class PassSpec:
         self.fit = fit
         #: the folder where shards' parsed tables are kept between passes (read_shard_table)
         self.spill = spill
-        #: (records folder, cipher): write a columnar shard's rows there (write_split_files)
+        #: (records folder, cipher, the model's record_order or None): write a columnar
+        #: shard's rows there (write_split_files)
         self.write = write
 
     def fitter(self, cleaners: Sequence[Cleaner]) -> Cleaner | None:

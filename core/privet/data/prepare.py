@@ -340,7 +340,7 @@ class Preparer:
                           and not isinstance(self._runner, InlineRunner), columnar=k == upto,
                           fit=fit and k == upto)
         if write is not None and k == upto and not isinstance(self._runner, RankRunner):
-            spec.write = (str(write.makedirs()), write.cipher)  # other ranks have other disks
+            spec.write = (str(write.makedirs()), write.cipher, self._record_order())  # other ranks have other disks
         shards = self.source.shards()
         self.pass_reports = [{} for _ in range(k)]
         events: list[tuple[Any, ...]] = []
@@ -530,7 +530,9 @@ class Preparer:
         """The writing pass: every cleaned record into ``records/`` of ``cache`` (the
         workers write their columnar shards' files themselves); ``counters`` gets the
         cleaners' reports as the pass starts."""
-        writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows) for s in SPLITS}
+        order = self._record_order()
+        writers = {s: ArrowShardWriter(cache.sub("records"), s, self.data.shard_rows, order=order)
+                   for s in SPLITS}
         snapshot = lambda: counters.extend(copy.deepcopy(c.report()) for c in self.cleaners)  # noqa: E731
         self.progress.phase("prepare")
         for part, item in self._cleaned(len(self.cleaners), None, drops, total, snapshot,
@@ -542,6 +544,13 @@ class Preparer:
             else:
                 writers[part].add_table(item)
         return writers
+
+    def _record_order(self) -> Any:
+        """The model's ``record_order`` when it makes its own examples and defines one."""
+        model = self.model
+        if type(model).examples is Model.examples or type(model).record_order is Model.record_order:
+            return None
+        return model.record_order
 
     def _fit_model(self, train: ArrowTable) -> None:
         """``model.fit`` on the cached training records, or by parts: one per training

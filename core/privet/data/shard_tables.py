@@ -102,12 +102,14 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec:
     return True
 
 
-def write_split_files(table: Any, splits: Any, shard: Shard, folder: str, cipher: Any) -> list[Item]:
+def write_split_files(table: Any, splits: Any, shard: Shard, folder: str, cipher: Any,
+                      order: Any = None) -> list[Item]:
     """Write each split's rows of a cleaned shard table as one Arrow file of the cache's
     records folder: ``[("file", split, name, rows), ...]`` in split order. The names come
-    from the shard, so the files are the same whichever process writes them."""
+    from the shard, so the files are the same whichever process writes them. ``order``:
+    the model's ``record_order``, when it makes its own examples."""
     from ..storage import Storage
-    from .arrow import write_arrow_file
+    from .arrow import in_model_order, write_arrow_file
 
     storage = Storage(folder, cipher=cipher)
     out: list[Item] = []
@@ -115,6 +117,8 @@ def write_split_files(table: Any, splits: Any, shard: Shard, folder: str, cipher
         mask = splits == split
         if mask.any():
             rows = table if mask.all() else table.filter(mask)
+            if order is not None:
+                rows = in_model_order(rows, order)
             name = f"{split}-{shard_key(shard)}.arrow"
             write_arrow_file(storage, name, rows.combine_chunks())
             out.append(("file", split, name, rows.num_rows))

@@ -367,6 +367,47 @@ def test_groups_cut_series_by_rows_and_take_int_series_ids(host, monkeypatch):
     assert pa.concat_tables(tables).equals(one_pass) and one_pass.num_rows == 3 * 27
 
 
+def test_a_table_in_series_order_gives_each_group_as_one_run_of_rows(monkeypatch):
+    """What preparation's record files hold for a window model (series_order): a group's
+    rows are found by bisection, the same rows a filter finds; names sort as text (10
+    before 2) and a null series is "None"."""
+    from privet_timeseries import series
+
+    monkeypatch.setattr(series, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(series, "MAX_GROUPS", 3)
+    ids = [2, 10, None, 1, 10, 3, 2, 1, None, 33] * 7
+    table = pa.Table.from_pylist([{"time": float(i), "series": v, "value": float(i)} for i, v in enumerate(ids)])
+    order = series.series_order(table)
+    ordered = table.take(order)
+    names = [str(v) for v in ordered.column("series").to_pylist()]
+    assert names == sorted(names) and names[0] == "1" and names[-1] == "None"
+    assert series.series_order(ordered) is None  # already in order: nothing to move
+    groups = series.series_groups([table])
+    assert len(groups) == 3 and sorted(n for g in groups for n in g) == sorted(set(names))
+    for group in groups:
+        run = series.run_of_series(ordered, group[0], group[-1])
+        assert run.equals(series.rows_of_series(ordered, set(group))), group
+    assert series.run_of_series(ordered, "4", "8").num_rows == 0
+    bare = pa.table({"time": [1.0, 2.0]})  # no series column: one series named ""
+    assert series.run_of_series(bare, "", "a").num_rows == 2
+    assert series.run_of_series(bare, "a", "b").num_rows == 0
+
+
+def test_a_large_split_gets_more_groups_of_bounded_rows(monkeypatch):
+    """A worker holds one group: past MAX_GROUPS groups of MAX_GROUP_ROWS, a larger split
+    gets more groups, not larger ones (a group stops at the series that fills it)."""
+    from privet_timeseries import series
+
+    monkeypatch.setattr(series, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(series, "MAX_GROUP_ROWS", 30)
+    rows = {f"s{i:02d}": 10 for i in range(40)} | {"s99": 95}
+    table = pa.table({"series": [n for n, k in rows.items() for _ in range(k)]})
+    groups = series.series_groups([table])
+    assert len(groups) == 14 > series.MAX_GROUPS
+    assert [sum(rows[n] for n in g) for g in groups] == [30] * 13 + [10 + 95]
+    assert [n for g in groups for n in g] == sorted(rows)
+
+
 def test_a_split_without_a_full_window_fails_after_its_groups_as_in_one_pass(host):
     records = rows()
     model = host.make("model", "timeseries.lstm", {"input_length": 6, "horizon": 2, "exclude": ["y"]})

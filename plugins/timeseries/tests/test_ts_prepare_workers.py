@@ -8,8 +8,10 @@ import math
 import random
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
+import privet
 from privet.config import ComponentSpec, DataConfig, SplitConfig
 from privet.data.prepare import Preparer
 from privet_timeseries.models.base import TimeSeriesWarning, WindowModel
@@ -70,6 +72,10 @@ def test_workers_and_groups_write_the_cache_of_one_process(host, tmp_path, monke
     assert arrow_files(two) == arrow_files(one)
     records = lambda p: {k: v for k, v in arrow_files(p).items() if k.startswith("records/")}  # noqa: E731
     assert records(one) == records(whole)
+    for name in records(one):  # in series order, so that a group reads one run of each file
+        table = pa.ipc.open_file(pa.BufferReader(records(one)[name])).read_all()
+        series = table.column("series").to_pylist()
+        assert privet.in_record_order(table) and series == sorted(series), name
     for split in ("train", "val"):  # the groups' files hold the windows of one pass, in order
         assert list(one.tables[split].iter_rows()) == list(whole.tables[split].iter_rows())
     for key in ("counts", "examples", "dropped", "cleaners", "cleaner_states", "model_state"):

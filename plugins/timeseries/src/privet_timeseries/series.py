@@ -8,6 +8,7 @@ compact float arrays, not dicts, so a split of millions of rows fits in memory.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import Counter
 from typing import Any, Iterable, Iterator, Literal
@@ -115,14 +116,18 @@ def series_names(table: Any) -> tuple[list[str], np.ndarray]:
 
 
 #: Groups of series per split that preparation makes side by side (fixed: the cache must
-#: not depend on the number of workers), and the fewest rows worth a group of its own.
+#: not depend on the number of workers), the fewest rows worth a group of its own, and the
+#: most a group takes beside its last series (a worker holds one group: its memory stays
+#: the same for a larger corpus, which gets more groups).
 MAX_GROUPS = 8
 MIN_GROUP_ROWS = 50_000
+MAX_GROUP_ROWS = 2_500_000
 
 
 def series_groups(tables: Iterable[Any]) -> list[tuple[str, ...]]:
     """The series names of ``tables`` (as :func:`series_names` gives them), sorted and cut
-    into at most ``MAX_GROUPS`` consecutive runs of about equal row counts."""
+    into consecutive runs of about equal row counts: ``MAX_GROUPS`` of them, or more of
+    at most ``MAX_GROUP_ROWS`` rows (unless one series is longer) for a large split."""
     rows: Counter[str] = Counter()
     for table in tables:
         names, codes = series_names(table)
@@ -130,7 +135,7 @@ def series_groups(tables: Iterable[Any]) -> list[tuple[str, ...]]:
             if n:
                 rows[name] += n
     total = sum(rows.values())
-    target = max(MIN_GROUP_ROWS, math.ceil(total / MAX_GROUPS))
+    target = max(MIN_GROUP_ROWS, min(MAX_GROUP_ROWS, math.ceil(total / MAX_GROUPS)))
     groups: list[tuple[str, ...]] = []
     run: list[str] = []
     size = 0
@@ -161,6 +166,31 @@ def rows_of_series(table: Any, names: set[str]) -> Any:
     found, codes = series_names(table)
     member = np.array([name in names for name in found], dtype=bool)
     return table.filter(pa.array(member[codes]))
+
+
+def series_order(table: Any) -> np.ndarray | None:
+    """The rows of ``table`` by series name (sorted as :func:`series_groups` sorts them),
+    in table order within a series; None when they already are."""
+    names, codes = series_names(table)
+    rank = np.empty(len(names), np.int64)
+    rank[sorted(range(len(names)), key=names.__getitem__)] = np.arange(len(names))
+    keys = rank[codes]
+    if not len(keys) or bool((keys[1:] >= keys[:-1]).all()):
+        return None
+    return np.argsort(keys, kind="stable")
+
+
+def run_of_series(table: Any, first: str, last: str) -> Any:
+    """The rows of a table ordered by :func:`series_order` whose series name lies between
+    ``first`` and ``last``: one slice, found by bisection (no pass over the rows)."""
+    if SERIES not in table.column_names:
+        return table if first <= "" <= last else table.slice(0, 0)
+    column = table.column(SERIES)
+    rows = range(table.num_rows)
+    name = lambda i: str(column[i].as_py())  # noqa: E731  (as series_names names a row)
+    lo = bisect.bisect_left(rows, first, key=name)
+    hi = bisect.bisect_right(rows, last, lo=lo, key=name)
+    return table.slice(lo, hi - lo)
 
 
 def first_seen(codes: np.ndarray) -> np.ndarray:

@@ -18,14 +18,15 @@ from typing import Any, Collection, Generator, Iterable, Iterator, Literal, Opti
 import attrs
 import numpy as np
 
-from privet import DataError, DropRecord, Model, Record, StepOutput, record_tables
+from privet import DataError, DropRecord, Model, Record, StepOutput, in_record_order, record_tables
 from privet import OptionValueError, positive
 
 from ..categorical import category_of
 from ..columns import RESERVED, merge_stats
 from ..scaling import ColumnScaler
 from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_values, first_seen,
-                      has_values, numeric_values, regularize, rows_of_series, series_groups,
+                      has_values, numeric_values, regularize, rows_of_series, run_of_series, series_groups,
+                      series_order,
                       series_names)
 from ..sources import TIME
 from ..stats import RunningStats, finite
@@ -317,8 +318,13 @@ class WindowModel(Model):
                              group: Any) -> Generator[Any, None, dict[str, Any]]:
         """The window tables of the series named in ``group``; returns their counters and
         longest series for :meth:`merge_group_reports`."""
-        counts, longest = yield from self._split_windows(records, split, set(group))
+        counts, longest = yield from self._split_windows(records, split, tuple(group))
         return {"counts": dict(counts), "longest": list(longest)}
+
+    def record_order(self, table: Any) -> Any:
+        """Records by series name, sorted as :meth:`example_groups` sorts them, in their
+        own order within a series: a group is then one run of rows of each record file."""
+        return series_order(table)
 
     def merge_group_reports(self, split: str, reports: list[Any]) -> None:
         counts: Counter[str] = Counter()
@@ -340,18 +346,22 @@ class WindowModel(Model):
         if split != "predict" and not counts.get("windows"):
             self._check_not_empty(split, counts, longest)
 
-    def _split_windows(self, records: Iterable[Record], split: str, names: set[str] | None = None
+    def _split_windows(self, records: Iterable[Record], split: str, group: tuple[str, ...] | None = None
                        ) -> Generator[Any, None, tuple[Counter[str], tuple[str, int]]]:
-        """The windows of the split's series (of those in ``names``); returns the counters
-        and the longest series after regularizing (name, rows)."""
+        """The windows of the split's series (of those in ``group``, a run of sorted names);
+        returns the counters and the longest series after regularizing (name, rows)."""
         o = self.options
         st = self.state
         columns = st["targets"] + st["features"] + st["known"]
         guard = st["train_end"] if split in ("val", "test") else None
         collector = SeriesCollector(columns, label=o.label if self.task != "forecast" else None,
                                     not_before=guard)
+        names = None if group is None else set(group)
         for table in record_tables(records):
-            collector.add_table(table if names is None else rows_of_series(table, names))
+            if group is not None:  # a run of rows in a record file of the cache, else a filter
+                table = (run_of_series(table, group[0], group[-1]) if in_record_order(table)
+                         else rows_of_series(table, names))
+            collector.add_table(table)
         counts = collector.counts
         rules = SeriesRules(o.duplicates, o.frequency, o.fill)
         longest = ("", 0)  # the split's longest series after regularizing: (name, rows)
