@@ -488,3 +488,23 @@ def test_the_record_order_of_a_model_that_trains_on_the_records_is_not_asked(tmp
     prepared = Preparer(config, source, [_Centre()], Ordered(), seed=1,
                         fingerprint_extra={}).prepare(tmp_path / "cache")
     assert prepared.meta["counts"]["train"] > 100
+
+
+def test_a_table_split_field_is_read_in_any_case_like_the_record_path():
+    """table_splits maps each row's split field as the record path does (``str(value)
+    .lower()`` in the field-split names), over chunks; anything else sends the shard to
+    the record path (False), which reports the rows."""
+    import pyarrow as pa
+
+    from privet.data.prepare import _FIELD_SPLITS
+    from privet.data.shard_tables import table_splits
+
+    column = pa.chunked_array([["Train", "VALID", "test"], ["validation", "TRAIN", "Val"]])
+    got = table_splits(pa.table({"split": column}), "split", _FIELD_SPLITS)
+    assert list(got) == [_FIELD_SPLITS[str(v).lower()] for v in column.to_pylist()]
+    assert list(got) == ["train", "val", "test", "val", "train", "val"]
+    assert table_splits(pa.table({"split": ["train", "holdout"]}), "split", _FIELD_SPLITS) is False
+    assert table_splits(pa.table({"split": ["train", None]}), "split", _FIELD_SPLITS) is False
+    assert table_splits(pa.table({"split": [1, 2]}), "split", _FIELD_SPLITS) is False
+    assert table_splits(pa.table({"x": [1]}), "split", _FIELD_SPLITS) is False
+    assert table_splits(pa.table({"x": [1]}), None, _FIELD_SPLITS) is None

@@ -192,8 +192,8 @@ def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> 
     column = table.column(split_field)
     if column.null_count or not (column.type == "string" or column.type == "large_string"):
         return False
-    coded = pc.dictionary_encode(pc.utf8_lower(column)).combine_chunks()
-    names = coded.dictionary.to_pylist()
+    coded = pc.dictionary_encode(column).combine_chunks()  # lower-cased per distinct value
+    names = pc.utf8_lower(coded.dictionary).to_pylist()
     if any(n not in parts for n in names):
         return False
     codes = coded.indices.to_numpy(zero_copy_only=False)

@@ -86,6 +86,27 @@ def test_workers_and_groups_write_the_cache_of_one_process(host, tmp_path, monke
     assert windowing["val"]["windows"] == one.meta["examples"]["val"] > 100
 
 
+def test_a_split_past_the_group_size_gets_more_groups_and_the_same_windows(host, tmp_path, monkeypatch):
+    """More groups than MAX_GROUPS (each at most MAX_GROUP_ROWS, read as one run of each
+    record file): the cache of 1 and 2 workers, and the windows of one pass."""
+    monkeypatch.setattr("privet_timeseries.series.MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr("privet_timeseries.series.MAX_GROUP_ROWS", 200)  # a series a group in train
+    data = tmp_path / "series.csv"
+    write_csv(data)
+    with pytest.warns(TimeSeriesWarning):
+        two = prepare(host, data, tmp_path / "two", 2)
+        one = prepare(host, data, tmp_path / "one", 1)
+        with monkeypatch.context() as m:
+            m.setattr(WindowModel, "example_groups", lambda self, records, split: None)
+            whole = prepare(host, data, tmp_path / "whole", 1)
+    groups = {f.split("-")[1] for f in arrow_files(one) if f.startswith("examples/train-g")}
+    assert len(groups) == 12 > 8
+    assert arrow_files(two) == arrow_files(one)
+    for split in ("train", "val"):
+        assert list(one.tables[split].iter_rows()) == list(whole.tables[split].iter_rows())
+    assert one.meta["model_state"] == whole.meta["model_state"]
+
+
 def test_an_error_in_a_group_made_by_a_worker_stops_preparation(host, tmp_path, monkeypatch):
     from privet import DataError
 
