@@ -508,3 +508,21 @@ def test_a_table_split_field_is_read_in_any_case_like_the_record_path():
     assert table_splits(pa.table({"split": [1, 2]}), "split", _FIELD_SPLITS) is False
     assert table_splits(pa.table({"x": [1]}), "split", _FIELD_SPLITS) is False
     assert table_splits(pa.table({"x": [1]}), None, _FIELD_SPLITS) is None
+
+
+@pytest.mark.parametrize("order", [lambda n: list(range(n - 1)), lambda n: [0] * n,
+                                   lambda n: [n] + list(range(1, n)), lambda n: [float(i) for i in range(n)]],
+                         ids=["short", "repeats", "out_of_range", "floats"])
+def test_a_record_order_that_is_not_a_permutation_is_refused_by_name(tmp_path, order):
+    class Bad(_Pairs):
+        name = "test.bad_order"
+
+        def record_order(self, table):
+            return order(table.num_rows)
+
+    data = _corpus(tmp_path / "data")
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    config = DataConfig(source=ComponentSpec("jsonl"), prepare_workers=1, max_bad_fraction=0.5,
+                        shard_rows=40, split=SplitConfig(method="field", field="split"))
+    with pytest.raises(privet.PluginError, match=r"model test.bad_order: record_order must return a permutation"):
+        Preparer(config, source, [_Centre()], Bad(), seed=1, fingerprint_extra={}).prepare(tmp_path / "cache")

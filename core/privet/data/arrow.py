@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ..errors import DataError
+from ..errors import DataError, PluginError
 from ..storage import Storage
 
 _FROM_FOLDER: Any = object()
@@ -62,9 +62,21 @@ RECORD_ORDER_KEY = b"privet.record_order"
 
 
 def in_model_order(table: Any, order: Callable[[Any], Any]) -> Any:
-    """``table`` in the order ``order`` (a model's ``record_order``) gives, marked so."""
+    """``table`` in the order ``order`` (a model's ``record_order``) gives, marked so.
+    Anything but a permutation of its rows is refused: a record lost or stored twice
+    would change the examples without a word."""
+    import numpy as np
+
     perm = order(table)
     if perm is not None:
+        perm = np.asarray(perm)
+        n = table.num_rows
+        if (perm.shape != (n,) or not np.issubdtype(perm.dtype, np.integer)
+                or (n and (perm.min() < 0 or perm.max() >= n
+                           or bool((np.bincount(perm, minlength=n) != 1).any())))):
+            who = getattr(getattr(order, "__self__", None), "name", None) or getattr(order, "__qualname__", "?")
+            raise PluginError(f"model {who}: record_order must return a permutation of the table's "
+                              f"{n} rows (an int array) or None; got {perm.dtype} of shape {perm.shape}")
         table = table.take(perm)
     return table.replace_schema_metadata({**(table.schema.metadata or {}), RECORD_ORDER_KEY: b"1"})
 
