@@ -526,3 +526,49 @@ def test_a_record_order_that_is_not_a_permutation_is_refused_by_name(tmp_path, o
                         shard_rows=40, split=SplitConfig(method="field", field="split"))
     with pytest.raises(privet.PluginError, match=r"model test.bad_order: record_order must return a permutation"):
         Preparer(config, source, [_Centre()], Bad(), seed=1, fingerprint_extra={}).prepare(tmp_path / "cache")
+
+
+def test_a_fitting_pass_cleans_the_training_rows_of_a_shard_alone(tmp_path):
+    """With the split known per row, a fitting pass cleans only a shard's training rows
+    (per-row cleaners give them the same values) and skips a shard without any; the part
+    is that of the training rows, and the count the whole shard's."""
+    import pyarrow as pa
+
+    from privet.data.parallel import PassSpec
+    from privet.data.prepare import _FIELD_SPLITS
+    from privet.data.shard_tables import shard_table
+
+    class Seen(_Centre):
+        def __init__(self):
+            super().__init__()
+            self.rows: list[int] = []
+
+        def clean_table(self, table):
+            self.rows.append(table.num_rows)
+            return super().clean_table(table)
+
+    class Tables(_TableJsonl):
+        def read_table(self, shard):
+            return tables[shard.path]
+
+    tables = {"mixed": pa.table({"x": [1.0, 2.0, 3.0, 4.0], "split": ["train", "val", "Train", "test"]}),
+              "val": pa.table({"x": [5.0, 6.0], "split": ["val", "val"]}),
+              "val_nan": pa.table({"x": [math.nan, 6.0], "split": ["val", "test"]}),
+              "train_nan": pa.table({"x": [math.nan, 6.0], "split": ["train", "val"]})}
+    seen, fitter = Seen(), _CentreByParts()
+    spec = PassSpec(1, {}, "split", _FIELD_SPLITS, 100, columnar=True, fit=True)
+    source = Tables(Tables.Options(paths=[tmp_path]))
+
+    def run(path):
+        made = shard_table(source, privet.Shard(path), [seen], spec, fitter)
+        return [item for batch in made for item in batch]
+
+    [(tag, part, rows)] = run("mixed")
+    assert (tag, rows, seen.rows) == ("part", 4, [2])  # 2 training rows cleaned, of 4
+    assert part[:2] == (1.0 + 3.0, 2)  # centred by the mean 0 of a fresh cleaner
+    assert run("val") == [("part", None, 2)] and seen.rows == [2]  # not cleaned at all
+    assert run("val_nan") == [("part", None, 2)]  # no record way for rows the fit never sees
+    made = shard_table(source, privet.Shard("train_nan"), [seen], spec, fitter)
+    with pytest.raises(StopIteration) as declined:  # a training NaN: the record way names it
+        next(made)
+    assert declined.value.value is False and seen.rows == [2]

@@ -70,7 +70,9 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec:
     """The columnar path of one shard: ``[("tab", table, splits)]`` when the source reads it
     as a table (``Source.read_table``) and every cleaner takes it (``Cleaner.clean_table``).
     When the split is known per row, less travels: with a ``fitter``,
-    ``[("part", fit_table part or None, rows)]`` (the part of the training rows); with
+    ``[("part", fit_table part or None, rows)]`` (the part of the training rows, the only
+    rows the cleaners then clean: per-row cleaners give them the same values either way,
+    and a shard without any is not cleaned at all); with
     ``spec.write``, ``[("file", split, file name, rows), ...]`` (the rows, written here).
 
     Returns False (nothing yielded) when the source declines or the table holds values the
@@ -82,7 +84,17 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec:
     if table is None:
         return False
     splits = table_splits(table, spec.split_field, spec.parts)
-    if splits is False or has_non_finite(table):
+    if splits is False:
+        return False
+    rows = table.num_rows
+    if fitter is not None and splits is not None:  # a fitting pass: the training rows alone
+        train = splits == "train"
+        if not train.any():  # nothing in the shard the fit sees
+            yield [("part", None, rows)]
+            return True
+        if not train.all():
+            table, splits = table.filter(train), splits[train]
+    if has_non_finite(table):
         return False
     for n, cleaner in enumerate(cleaners):
         cleaned = cleaner.clean_table(table)
@@ -94,7 +106,7 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec:
                               f"rows for {table.num_rows}; decline (return None) to drop rows")
         table = cleaned
     if fitter is not None and splits is not None:
-        yield [("part", fit_part(fitter, table.filter(splits == "train")), table.num_rows)]
+        yield [("part", fit_part(fitter, table), rows)]
     elif spec.write is not None and splits is not None:
         yield write_split_files(table, splits, shard, *spec.write)
     elif table.num_rows:
