@@ -200,7 +200,9 @@ class Cleaner(Component):
         :meth:`clean_batch`. Decline, leaving counters alone, whenever a row would be
         dropped or filtered, or needs rules the columns cannot express: the record path
         names each drop. Preparation takes this path for a shard its source read as a
-        table (:meth:`Source.read_table`) while every cleaner accepts it.
+        table (:meth:`Source.read_table`) while every cleaner accepts it, and may hand it
+        part of a shard's rows (a fitting pass cleans the training rows alone): a row's
+        result must not depend on the other rows of the table.
         """
         return None
 

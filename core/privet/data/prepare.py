@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -130,6 +131,8 @@ class Preparer:
         self.ranks = ranks
         #: the folder of parsed shard tables while the passes read the source (see _spill_in)
         self._spill: str | None = None
+        #: the spill's removal after the writing pass (a thread)
+        self._removal = _Removal(None, None)
 
     # -- fingerprint --------------------------------------------------------------------------
 
@@ -421,9 +424,11 @@ class Preparer:
         self.progress = PrepProgress(self.progress_mode, total_bytes=sum(
             shard_bytes(s) for s in self.source.shards()))
         runner = self._runner
+        self._removal = _Removal(cache, None)
         try:
             meta = self._build(cache, fp, files)
         finally:
+            self._removal.wait()  # before anything removes the folder it works in
             runner.close()
             self._runner = InlineRunner(self.source, self.cleaners)
             self.progress.close()
@@ -483,9 +488,7 @@ class Preparer:
         counters: list[Any] = []
         writers = self._write_records(cache, drops, total, counters)
         record_files = {s: w.close() for s, w in writers.items()}
-        if self._spill is not None:
-            cache.remove("spill")
-            self._spill = None
+        self._removal = self._remove_spill(cache)
         lap("clean_and_write_s")
         self._check_bad_fraction(drops, total[0])
         if writers["train"].rows == 0:
@@ -501,6 +504,7 @@ class Preparer:
             self.progress.phase("examples")
             example_files = self._write_examples(cache, records)
         lap("examples_s")
+        self._removal.join()
         # counts of the writing pass alone: fitting passes ran the earlier cleaners too
         reports = {f"{i}:{c.name}": self.pass_reports[i] if i < len(self.pass_reports)
                    else counts_since(c.report(), before)
@@ -524,6 +528,13 @@ class Preparer:
             "cleaner_states": [c.state_dict() for c in self.cleaners],
             "model_state": self.model.state_dict(),
         }
+
+    def _remove_spill(self, cache: Storage) -> "_Removal":
+        """Remove the parsed shards after the writing pass, in a thread: a gigabyte of files
+        takes a second to unlink, which the model's passes need not wait for."""
+        removal = _Removal(cache, "spill" if self._spill is not None else None)
+        self._spill = None
+        return removal
 
     def _write_records(self, cache: Storage, drops: DropCounter, total: list[int],
                        counters: list[Any]) -> dict[str, ArrowShardWriter]:
@@ -677,6 +688,34 @@ def remove_cache(cache: Storage, run_storage: Storage | None = None) -> None:
     Storage(cache.root.parent, cipher=cache.cipher).remove(cache.root.name)
     if run_storage is not None:
         run_storage.remove("cache")
+
+
+class _Removal:
+    """A folder of ``storage`` removed in a thread; :meth:`join` waits and raises its error."""
+
+    def __init__(self, storage: Storage | None, rel: str | None) -> None:
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if rel is not None:
+            self._thread = threading.Thread(target=self._run, args=(storage, rel), daemon=True,
+                                            name="privet-remove-spill")
+            self._thread.start()
+
+    def _run(self, storage: Storage, rel: str) -> None:
+        try:
+            storage.remove(rel)
+        except BaseException as err:  # noqa: BLE001 - handed to join()
+            self.error = err
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def join(self) -> None:
+        self.wait()
+        if self.error is not None:
+            raise self.error
 
 
 def _remove_leftovers(cache_root: Storage) -> None:
