@@ -424,7 +424,6 @@ class Preparer:
         self.progress = PrepProgress(self.progress_mode, total_bytes=sum(
             shard_bytes(s) for s in self.source.shards()))
         runner = self._runner
-        self._removal = _Removal(cache, None)
         try:
             meta = self._build(cache, fp, files)
         finally:

@@ -169,16 +169,12 @@ def _fields(micros: np.ndarray, wanted: Collection[str]) -> dict[str, np.ndarray
                "day_of_week": lambda: weekday, "is_weekend": lambda: (weekday >= 5).astype(np.int64)}
     out = {f: per_row[f]() for f in wanted if f in per_row}
     by_day = [f for f in wanted if f in DAY_FEATURES]
-    if by_day and len(days):
-        first = int(days.min())
-        span = int(days.max()) - first + 1
-        if span <= max(len(days), 4096):
-            table = _day_fields(np.arange(first, first + span, dtype=np.int64), by_day)
-            at = days - first
-            out.update({f: values[at] for f, values in table.items()})
-        else:  # a few rows over many years: per row
-            out.update(_day_fields(days, by_day))
-    elif by_day:
+    first = int(days.min()) if len(days) else 0
+    span = int(days.max()) - first + 1 if len(days) else 0
+    if by_day and span <= max(len(days), 4096):  # a table of the days spanned, looked up
+        table = _day_fields(np.arange(first, first + span, dtype=np.int64), by_day)
+        out.update({f: values[days - first] for f, values in table.items()})
+    elif by_day:  # a few rows over many years: per row
         out.update(_day_fields(days, by_day))
     return {f: out[f] for f in wanted}
 

@@ -25,9 +25,8 @@ from ..categorical import category_of
 from ..columns import RESERVED, merge_stats
 from ..scaling import ColumnScaler
 from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_values, first_seen,
-                      has_values, numeric_values, regularize, rows_of_series, run_of_series, series_groups,
-                      series_order,
-                      series_names)
+                      has_values, numeric_values, regularize, rows_of_series, run_of_series,
+                      series_groups, series_names, series_order)
 from ..sources import TIME
 from ..stats import RunningStats, finite
 from ..timeparse import parse_frequency
