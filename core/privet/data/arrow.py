@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import DataError, PluginError
 from ..storage import Storage
+from .views import compact_views, take_table
 
 _FROM_FOLDER: Any = object()
 
@@ -77,7 +78,7 @@ def in_model_order(table: Any, order: Callable[[Any], Any]) -> Any:
             who = getattr(getattr(order, "__self__", None), "name", None) or getattr(order, "__qualname__", "?")
             raise PluginError(f"model {who}: record_order must return a permutation of the table's "
                               f"{n} rows (an int array) or None; got {perm.dtype} of shape {perm.shape}")
-        table = table.take(perm)
+        table = take_table(table, perm)
     return table.replace_schema_metadata({**(table.schema.metadata or {}), RECORD_ORDER_KEY: b"1"})
 
 
@@ -93,6 +94,7 @@ def write_arrow_file(storage: Storage, name: str, table: Any) -> Path:
     import pyarrow as pa
 
     storage.makedirs()
+    table = compact_views(table)  # a slice of a view column would be written whole
     if storage.encrypts(name):  # serialised in memory, sealed, written atomically
         buffer = pa.BufferOutputStream()
         with pa.ipc.new_file(buffer, table.schema) as writer:
@@ -297,10 +299,10 @@ class ArrowTable:
         """The records at ``indices`` (in that order)."""
         tables = self._open()
         if len(tables) == 1:
-            return tables[0].take(_index_array(indices)).to_pylist()
+            return take_table(tables[0], _index_array(indices)).to_pylist()
         out: list[Any] = [None] * len(indices)
         for t, positions, local in self.by_file(indices):
-            for pos, row in zip(positions.tolist(), tables[t].take(local).to_pylist()):
+            for pos, row in zip(positions.tolist(), take_table(tables[t], local).to_pylist()):
                 out[pos] = row
         return out
 

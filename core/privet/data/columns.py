@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
+from .views import is_view, take_array, view_gather
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
@@ -39,6 +40,8 @@ def _file_view(column: Any) -> Any:
         return None
     if _numeric(arr.type):
         return arr.to_numpy(zero_copy_only=True)
+    if is_view(arr.type):  # values stored by reference: gathered on demand
+        return view_gather(arr)
     if (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)) and len(arr):
         # raw bytes of one length (fixed-shape images, packed arrays): rows x bytes, uint8
         _, offsets_buf, data = arr.buffers()
@@ -140,14 +143,14 @@ class Columns:
             raise self._missing(name)
         idx = self.indices
         if len(tables) == 1:
-            return tables[0].column(name).take(idx).combine_chunks()
+            return take_array(tables[0].column(name), idx)
         parts, positions = [], []
         for t, picked, local in self._table.by_file(idx):
-            parts.append(tables[t].column(name).take(local).combine_chunks())
+            parts.append(take_array(tables[t].column(name), local))
             positions.append(picked)
         joined = pa.concat_arrays(parts)
         # joined holds the values grouped by file; argsort of their positions restores the order
-        return joined.take(np.argsort(np.concatenate(positions), kind="stable"))
+        return take_array(joined, np.argsort(np.concatenate(positions), kind="stable"))
 
     def to_pylist(self) -> list[dict[str, Any]]:
         """The examples as dicts, like ``Model.encode`` receives them."""

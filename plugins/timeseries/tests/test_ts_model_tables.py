@@ -14,7 +14,7 @@ import pytest
 import privet
 from privet import DataError
 from privet_timeseries.series import Series, SeriesCollector
-from privet_timeseries.windows import make_windows, pack, shape_text
+from privet_timeseries.windows import Window, make_windows, shape_text
 
 H = 3600.0
 KEYS = ["time", "series", "value", "temp", "count", "cal_hour", "note", "flag", "label", "y"]
@@ -235,7 +235,10 @@ def reference_windows(s: Series, *, n_targets: int, n_observed: int, n_known: in
             continue
         rec = {"series": s.name, "series_index": 3, "time": float(s.times[cut] if horizon else s.times[cut - 1]),
                "shape": shape_text(length, horizon, n_targets, n_observed, n_known),
-               "window": pack(past) + pack(fut) + pack(known)}
+               "window": np.ascontiguousarray(v[start:end, :n_observed + n_known], "<f4").tobytes()}
+        decoded = Window.from_record(rec)  # the layout cuts out what the loop above checked
+        assert np.array_equal(decoded.past, past.astype("<f4")) and np.array_equal(decoded.future, fut.astype("<f4"))
+        assert np.array_equal(decoded.known, known.astype("<f4"))
         if s.labels is not None:
             if s.labels[cut - 1] is None:
                 counts["windows_without_label"] += 1

@@ -202,3 +202,46 @@ def test_predict_split_forecasts_past_the_last_observed_target(host):
     assert w.known[:, 0].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]  # known for the horizon too
     with pytest.warns(TimeSeriesWarning, match="known covariates are missing for the horizon"):
         assert list(m.examples(recs[:11], "predict")) == []
+
+
+def test_the_horizons_observed_features_are_stored_but_never_read(host):
+    """A window is its rows; the future's observed covariates (unknown at forecast time)
+    sit in the bytes but reach neither the finiteness check nor the batch."""
+    recs = [dict(r, temp=float(i)) for i, r in enumerate(rows(range(12)))]
+    recs[5]["temp"] = None  # in the horizon of the first window only: it is not dropped
+    m = lstm(host, fill="none")
+    m.fit(recs)
+    exs = list(m.examples(recs, "train"))
+    first = exs[0]
+    assert np.isnan(np.frombuffer(first["window"], "<f4")).any()  # the horizon's temp is stored
+    batch = m.collate([m.encode(first)])
+    assert torch_isfinite(batch["past"]) and torch_isfinite(batch["future"])
+    assert batch["past"][0, :, 1].tolist() == [0.0, 1.0, 2.0, 3.0]  # temp up to the cut
+    assert batch["future"][0, :, 0].tolist() == [4.0, 5.0]
+
+
+def torch_isfinite(t):
+    import torch
+
+    return bool(torch.isfinite(t).all())
+
+
+def test_the_example_cache_grows_with_the_rows_not_with_the_window_length(host, tmp_path):
+    """Stride 1, 60-row windows: stored whole they would be 60 copies of each row."""
+    from privet.data.arrow import ArrowShardWriter, ArrowTable
+
+    recs = [dict(r, temp=float(i % 7), cal_x=float(i % 24)) for i, r in enumerate(rows(np.sin(np.arange(4000) / 10.0)))]
+    m = lstm(host, input_length=48, horizon=12)
+    m.fit(recs)
+    writer = ArrowShardWriter(tmp_path, "train", shard_rows=1000)
+    for table in m.example_tables(recs, "train"):
+        writer.add_table(table)
+    files = writer.close()
+    on_disk = sum((tmp_path / f).stat().st_size for f in files)
+    whole = (4000 - 59) * 60 * 3 * 4  # 60 rows of 3 float32 per window
+    assert on_disk < whole / 6  # each row about once, plus 16 bytes of view and the other fields
+    table = ArrowTable(files)
+    assert table.num_rows == 4000 - 60 + 1
+    w = Window.from_record(table.rows([2500])[0])
+    assert np.allclose(w.past[:, 0], np.sin(np.arange(2500, 2548) / 10.0), atol=1e-6)
+    assert np.allclose(w.future[:, 0], np.sin(np.arange(2548, 2560) / 10.0), atol=1e-6)

@@ -3,16 +3,22 @@
 A window example is a flat dict of five fields that the Arrow cache stores as it is:
 ``series``, ``series_index``, ``time`` (the first forecast step, or the last input row
 for sequence tasks), ``shape`` (``"L,H,T,P,K"``) and ``window``: the raw little-endian
-float32 bytes of three arrays one after the other,
+float32 bytes of the window's ``L+H`` rows of the series, row after row, each row its
+``P+K`` columns ``[targets | observed features | known covariates]``. The model reads
 
-``past``    (L, P): targets then observed features, up to the cut
-``future``  (H, T): the targets over the horizon (none for sequence tasks)
-``known``   (L+H, K): covariates known in advance (calendar features)
+``past``    rows ``:L``, columns ``:P`` (targets then observed features, up to the cut)
+``future``  rows ``L:``, columns ``:T`` (the targets over the horizon; none for sequence tasks)
+``known``   all rows, columns ``P:`` (covariates known in advance, such as calendar features)
 
-plus ``label`` for sequence classification/regression. One bytes field instead of lists
-of floats (or one field per array) is what keeps loading fast: reading a cached row costs
-per field, and a worker turns the bytes back into arrays with one ``np.frombuffer`` for a
-whole batch, with no Python object per number.
+and never the observed features of the horizon rows (columns ``T:P`` of rows ``L:``):
+they are what the series held then, or zeros in a window made in memory. Sequence
+classification/regression examples also hold ``label``. One bytes field instead of lists
+of floats is what keeps loading fast: a worker turns a batch's bytes back into arrays
+with one ``np.frombuffer``, with no Python object per number. Because a window is a
+range of its series' rows, preparation stores each run of rows once and the windows as
+Arrow ``binary_view`` values pointing into it (see :mod:`privet.data.views`):
+overlapping windows share their rows, so the cache grows with the data, not with
+``input_length + horizon`` copies of it.
 """
 
 from __future__ import annotations
@@ -28,10 +34,8 @@ from privet import Record
 from .series import Series
 
 DTYPE = np.dtype("<f4")
-
-
-def pack(array: np.ndarray) -> bytes:
-    return np.ascontiguousarray(array, dtype=DTYPE).tobytes()
+#: Arrow stores values of up to 12 bytes inside a ``binary_view``'s view.
+INLINE_BYTES = 12
 
 
 def shape_text(length: int, horizon: int, n_targets: int, n_observed: int, n_known: int) -> str:
@@ -46,6 +50,51 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
+@attrs.define(frozen=True)
+class WindowLayout:
+    """Where past, future and known sit in a window's ``L+H`` rows x ``P+K`` columns."""
+
+    length: int
+    horizon: int
+    n_targets: int
+    n_observed: int
+    n_known: int
+
+    @classmethod
+    def parse(cls, text: str) -> "WindowLayout":
+        return cls(*parse_shape(text))
+
+    @property
+    def width(self) -> int:
+        return self.n_observed + self.n_known
+
+    @property
+    def size(self) -> int:
+        """float32 values in one window."""
+        return (self.length + self.horizon) * self.width
+
+    def cut(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(past, future, known) views of ``flat``: n windows x :attr:`size` values."""
+        L, T, P = self.length, self.n_targets, self.n_observed
+        rows = flat.reshape(len(flat), L + self.horizon, self.width)
+        return rows[:, :L, :P], rows[:, L:, :T], rows[:, :, P:]
+
+    def read(self) -> np.ndarray:
+        """The positions in a window of the values a model reads (all but the horizon's
+        observed features), for finiteness checks."""
+        mask = np.ones((self.length + self.horizon, self.width), bool)
+        mask[self.length:, self.n_targets:self.n_observed] = False
+        return np.flatnonzero(mask)
+
+    def pack(self, past: np.ndarray, future: np.ndarray, known: np.ndarray) -> bytes:
+        """The window bytes of the three arrays (the horizon's observed features: zeros)."""
+        rows = np.zeros((self.length + self.horizon, self.width), DTYPE)
+        rows[:self.length, :self.n_observed] = past
+        rows[self.length:, :self.n_targets] = future
+        rows[:, self.n_observed:] = known
+        return rows.tobytes()
+
+
 @attrs.define
 class Window:
     """A window example decoded into arrays (what augmenters work on)."""
@@ -57,17 +106,17 @@ class Window:
 
     @classmethod
     def from_record(cls, rec: Record) -> "Window":
-        L, H, T, P, K = parse_shape(rec["shape"])
+        layout = WindowLayout.parse(rec["shape"])
         flat = np.frombuffer(rec["window"], dtype=DTYPE)
-        a, b = L * P, L * P + H * T
-        if flat.size != b + (L + H) * K:
-            raise ValueError(f"window holds {flat.size} values, shape {rec['shape']} needs {b + (L + H) * K}")
-        return cls(flat[:a].reshape(L, P), flat[a:b].reshape(H, T), flat[b:].reshape(L + H, K), T)
+        if flat.size != layout.size:
+            raise ValueError(f"window holds {flat.size} values, shape {rec['shape']} needs {layout.size}")
+        past, future, known = layout.cut(flat.reshape(1, -1))
+        return cls(past[0], future[0], known[0], layout.n_targets)
 
     def to_record(self, rec: Record) -> Record:
         """A copy of ``rec`` holding this window's arrays (same shapes)."""
         out = dict(rec)
-        out["window"] = pack(self.past) + pack(self.future) + pack(self.known)
+        out["window"] = WindowLayout.parse(rec["shape"]).pack(self.past, self.future, self.known)
         return out
 
     @property
@@ -137,9 +186,9 @@ def window_tables(s: Series, *, n_targets: int, n_observed: int, n_known: int, l
     """Windows of one series as pyarrow Tables of up to ``TABLE_WINDOWS`` rows.
 
     ``values`` columns are ``[targets | observed features | known features]``;
-    ``n_observed`` counts targets plus observed features. Each window's bytes are gathered
-    for a whole run of windows with numpy (past, future and known blocks side by side in
-    one float32 matrix) and handed to Arrow as one buffer: no Python object per window.
+    ``n_observed`` counts targets plus observed features. A table's windows are views
+    into one float32 block of the rows they cover, each row stored once however many
+    windows hold it: no Python object and no copy per window.
     """
     import pyarrow as pa
 
@@ -148,28 +197,51 @@ def window_tables(s: Series, *, n_targets: int, n_observed: int, n_known: int, l
     if kept is None:
         return
     starts, labels = kept
-    values = np.ascontiguousarray(s.values, dtype=DTYPE)
+    layout = WindowLayout(length, horizon, n_targets, n_observed, n_known)
     shape = shape_text(length, horizon, n_targets, n_observed, n_known)
     at = starts + length if horizon else starts + length - 1
-    span = np.arange(length + horizon)
-    for lo in range(0, len(starts), TABLE_WINDOWS):
-        first = starts[lo:lo + TABLE_WINDOWS]
-        rows = first[:, None] + span  # (windows, length + horizon) row numbers
+    per_table = max(1, min(TABLE_WINDOWS, BLOCK_BYTES // (layout.size * DTYPE.itemsize)))
+    for lo in range(0, len(starts), per_table):
+        first = starts[lo:lo + per_table]
         m = len(first)
-        block = np.concatenate([values[rows[:, :length], :n_observed].reshape(m, -1),
-                                values[rows[:, length:], :n_targets].reshape(m, -1),
-                                values[rows, n_observed:n_observed + n_known].reshape(m, -1)], axis=1)
-        width = block.shape[1] * DTYPE.itemsize
-        offsets = np.arange(m + 1, dtype=np.int32) * width
         columns = {"series": pa.array([s.name] * m, pa.string()),
                    "series_index": pa.array(np.full(m, series_index, np.int64)),
                    "time": pa.array(s.times[at[lo:lo + m]].astype(np.float64)),
                    "shape": pa.array([shape] * m, pa.string()),
-                   "window": pa.Array.from_buffers(pa.binary(), m, [None, pa.py_buffer(offsets),
-                                                                    pa.py_buffer(block)])}
+                   "window": _window_array(s.values, first, layout)}
         if labels is not None:
             columns["label"] = pa.array(labels[lo:lo + m])
         yield pa.table(columns)
+
+
+#: Most bytes of series rows behind one table's windows (view offsets are int32).
+BLOCK_BYTES = 1 << 30
+
+
+def _window_array(values: np.ndarray, first: np.ndarray, layout: WindowLayout) -> Any:
+    """The windows starting at rows ``first`` (sorted) as a ``binary_view`` array over
+    one block of the rows they cover (plain bytes when a window is too small to point to)."""
+    import pyarrow as pa
+
+    span = layout.length + layout.horizon
+    nbytes = layout.size * DTYPE.itemsize
+    if nbytes <= INLINE_BYTES:  # Arrow keeps values this short inside the view itself
+        rows = values[first[:, None] + np.arange(span), :layout.width]
+        data = np.ascontiguousarray(rows, dtype=DTYPE).reshape(len(first), -1)
+        offsets = np.arange(len(first) + 1, dtype=np.int32) * nbytes
+        return pa.Array.from_buffers(pa.binary(), len(first), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    edges = np.zeros(len(values) + 1, np.int32)
+    edges[first] += 1
+    edges[first + span] -= 1
+    covered = np.cumsum(edges[:-1]) > 0  # rows inside some window
+    block = np.ascontiguousarray(values[covered, :layout.width], dtype=DTYPE)
+    row_in_block = (np.cumsum(covered) - 1)[first]
+    views = np.empty((len(first), 4), np.int32)
+    views[:, 0] = nbytes
+    views[:, 1] = block.view(np.int32)[row_in_block, 0]  # a view's first four bytes
+    views[:, 2] = 0
+    views[:, 3] = row_in_block * layout.width * DTYPE.itemsize
+    return pa.Array.from_buffers(pa.binary_view(), len(first), [None, pa.py_buffer(views), pa.py_buffer(block)])
 
 
 def make_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,
@@ -200,7 +272,7 @@ def forecast_window(s: Series, *, last_time: float, n_targets: int, n_observed: 
         counts["series_without_future_covariates"] += 1
         return None
     past = values[cut - length:cut, :n_observed]
-    known = values[cut - length:end, n_observed:n_observed + n_known]
+    known = values[cut - length:end, n_observed:n_observed + n_known] if n_known else np.zeros((length + horizon, 0))
     if not (np.isfinite(past).all() and np.isfinite(known).all()):
         counts["windows_with_gaps"] += 1
         return None
@@ -212,4 +284,5 @@ def forecast_window(s: Series, *, last_time: float, n_targets: int, n_observed: 
     counts["windows"] += 1
     return {"series": s.name, "series_index": series_index, "time": first,
             "shape": shape_text(length, horizon, n_targets, n_observed, n_known),
-            "window": pack(past) + pack(np.zeros((horizon, n_targets))) + pack(known)}
+            "window": WindowLayout(length, horizon, n_targets, n_observed, n_known).pack(
+                past, np.zeros((horizon, n_targets)), known)}

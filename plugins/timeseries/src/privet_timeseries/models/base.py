@@ -30,7 +30,7 @@ from ..series import (Duplicates, Fill, SeriesCollector, SeriesRules, distinct_v
 from ..sources import TIME
 from ..stats import RunningStats, finite
 from ..timeparse import parse_frequency
-from ..windows import DTYPE, forecast_window, shape_text, window_tables
+from ..windows import DTYPE, WindowLayout, forecast_window, shape_text, window_tables
 
 #: Above this input length an LSTM's gradient through time tends to vanish.
 LONG_SEQUENCE = 1024
@@ -282,9 +282,9 @@ class WindowModel(Model):
         self._label_index = {lab: i for i, lab in enumerate(st.get("labels") or [])}
         L, H = self.options.input_length, self.horizon
         self._shape = shape_text(L, H, self.n_targets, self.n_observed, self.n_known)
-        size = L * self.n_observed + H * self.n_targets + (L + H) * self.n_known
-        self._nbytes = size * DTYPE.itemsize
-        self._zeros = np.zeros(size, DTYPE)
+        self._layout = WindowLayout(L, H, self.n_targets, self.n_observed, self.n_known)
+        self._nbytes = self._layout.size * DTYPE.itemsize
+        self._read = self._layout.read()
 
     # -- windows -----------------------------------------------------------------------------
 
@@ -448,14 +448,14 @@ class WindowModel(Model):
     def encode(self, record: Record) -> tuple[bytes, int, Any]:
         """Check one window cheaply; the arrays are decoded per batch in :meth:`collate`.
 
-        Per window this costs a length check and one finiteness test (a dot product with
-        zeros is NaN exactly when a value is NaN or infinite), so workers stay as fast as
-        a hand-written numpy loader.
+        Per window this costs a length check and one finiteness test of the values the
+        model reads (a sum is NaN exactly when one of them is NaN or infinite), so workers
+        stay as fast as a hand-written numpy loader.
         """
         blob = record.get("window")
         if not isinstance(blob, bytes) or record.get("shape") != self._shape or len(blob) != self._nbytes:
             raise DropRecord("bad_window", f"shape {record.get('shape')!r}, model expects {self._shape!r}")
-        if math.isnan(float(np.frombuffer(blob, DTYPE) @ self._zeros)):
+        if not math.isfinite(float(np.frombuffer(blob, DTYPE)[self._read].sum(dtype=np.float64))):
             raise DropRecord("non_finite_window", f"series {record.get('series')!r}")
         sid = record.get("series_index", 0)
         if not isinstance(sid, int) or not 0 <= sid < len(self._target_loc):
@@ -487,7 +487,7 @@ class WindowModel(Model):
         if raw.shape[1] != self._nbytes:
             raise DropRecord("bad_window")
         flat = raw.view(DTYPE)
-        if not np.isfinite(flat).all():
+        if not np.isfinite(flat[:, self._read]).all():
             raise DropRecord("non_finite_window")
         n = len(batch)
         series = np.zeros(n, np.int64)
@@ -517,16 +517,13 @@ class WindowModel(Model):
     def _batch(self, flat: Any, series: Any, labels: list[Any] | None) -> dict[str, Any]:
         import torch
 
-        L, H, T = self.options.input_length, self.horizon, self.n_targets
-        P, K = self.n_observed, self.n_known
-        n = len(flat)
-        a, b = L * P, L * P + H * T
-        out: dict[str, Any] = {"past": torch.tensor(flat[:, :a].reshape(n, L, P)),
+        past, future, known = self._layout.cut(flat)
+        out: dict[str, Any] = {"past": torch.tensor(past),
                                "series": torch.from_numpy(np.ascontiguousarray(series))}
-        if K:
-            out["known"] = torch.tensor(flat[:, b:].reshape(n, L + H, K))
+        if self.n_known:
+            out["known"] = torch.tensor(known)
         if self.task == "forecast":
-            out["future"] = torch.tensor(flat[:, a:b].reshape(n, H, T))
+            out["future"] = torch.tensor(future)
             out["loc"] = torch.from_numpy(self._target_loc[series])
             out["scale"] = torch.from_numpy(self._target_scale[series])
         else:
