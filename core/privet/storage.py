@@ -485,12 +485,13 @@ class Storage:
                 p = self.path(rel) / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
-    def rename(self, rel: str, new_rel: str, *, send: bool = True) -> None:
+    def rename(self, rel: str, new_rel: str, *, send: bool = True, sync: bool = True) -> None:
         """Atomically move ``rel`` to ``new_rel`` (same folder tree), then fsync the folder.
 
         A file moved into place is made owner-only (a library may have written it).
         ``send=False``: the caller uploads the objects itself (sharded checkpoints, whose
-        files come from several processes).
+        files come from several processes). ``sync=False``: the caller fsyncs the folder
+        later, once for many files (:meth:`sync_folders`, before a folder's marker).
         """
         target = self.path(new_rel)
         try:
@@ -499,13 +500,20 @@ class Storage:
             os.replace(self.path(rel), target)
         except OSError as err:
             raise _fail("rename", self.path(rel), err) from err
-        _fsync_dir(target.parent)
+        if sync:
+            _fsync_dir(target.parent)
         if send and self._remote(new_rel) is not None:  # an object store has no rename: copy, delete
             if target.is_dir():
                 self._send_tree(new_rel)
             else:
                 self._send(new_rel)
             self._unsend(rel)
+
+    def sync_folders(self, rel: str = "") -> None:
+        """fsync every folder under ``rel``: the entries of files renamed with
+        ``sync=False`` reach the disk before a marker that says the folder is complete."""
+        for folder, _dirs, _files in os.walk(self.path(rel)):
+            _fsync_dir(Path(folder))
 
     def remove(self, rel: str) -> None:
         p = self.path(rel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import re
 from collections import Counter
@@ -409,3 +410,25 @@ def test_a_run_killed_while_preparing_leaves_no_cache_that_looks_complete(privet
     assert report["data"]["cache_reused"] is False, "prepared again, not reused half-written"
     assert sum(report["data"]["counts"].values()) == 120
     assert [p.name for p in cache_root.iterdir()] == [report["data"]["cache"].rsplit("/", 1)[-1]]
+
+
+def test_cache_shards_reach_the_disk_by_folder_before_meta_json_marks_the_cache_complete(tmp_path, monkeypatch):
+    """One fsync per folder, not per shard, and every folder's before the marker."""
+    import privet.storage as storage
+
+    events: list[str] = []
+    monkeypatch.setattr(storage, "_fsync_dir", lambda path: events.append(f"fsync {path.name}"))
+    real_write_json = storage.Storage.write_json
+
+    def write_json(self, rel, value):
+        events.append(f"write {rel}")
+        return real_write_json(self, rel, value)
+
+    monkeypatch.setattr(storage.Storage, "write_json", write_json)
+    prepared = _preparer(_Duplicates(), shard_rows=4).prepare(tmp_path / "cache")
+
+    assert len(prepared.meta["record_files"]["train"]) > 3  # several shards per folder
+    marker = events.index("write meta.json")
+    before = events[:marker]
+    assert before.count("fsync records") == 1 and "fsync examples" not in events[marker:]
+    assert before.count(f"fsync .tmp-{prepared.fingerprint}-{os.getpid()}") == 1

@@ -102,11 +102,12 @@ def write_arrow_file(storage: Storage, name: str, table: Any) -> Path:
         storage.write_bytes(name, memoryview(buffer.getvalue()))
     else:
         # pyarrow writes the file itself (the storage module hands it the path), then
-        # the rename makes the shard appear whole
+        # the rename makes the shard appear whole; the preparation fsyncs the cache's
+        # folders once before its meta.json, not once per shard
         with pa.OSFile(str(storage.path(name + ".tmp")), "wb") as sink, \
                 pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        storage.rename(name + ".tmp", name)
+        storage.rename(name + ".tmp", name, sync=False)
     return storage.path(name)
 
 

@@ -397,6 +397,7 @@ class Preparer:
         try:
             meta = self._build_with_workers(work, fp, files)
             meta["seconds"] = round(time.perf_counter() - started, 3)
+            work.sync_folders()  # the shards' entries, renamed without a folder fsync each
             work.write_json("meta.json", meta)  # written last: marks the folder complete
             if cache.exists("meta.json"):  # another process finished the same data first
                 root.remove(work_name)
