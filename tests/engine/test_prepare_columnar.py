@@ -357,6 +357,30 @@ def test_the_source_is_parsed_once_for_all_passes_and_the_spill_is_removed(tmp_p
     assert files(spilled) == files(again)
 
 
+def test_the_last_pass_unlinks_each_parsed_shard_once_it_has_mapped_it(tmp_path, monkeypatch):
+    """The writing pass frees the spill shard by shard (its pages serve the records it
+    writes next), and the table it mapped stays whole after the unlink."""
+    from privet.data.shard_tables import read_shard_table
+
+    data = _corpus(tmp_path / "data")
+    log = tmp_path / "log"
+    monkeypatch.setenv("PRIVET_TEST_PIDS", str(log))
+    source = _TableJsonl(_TableJsonl.Options(paths=[data]))
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    shard = next(s for s in source.shards() if source.read_table(s) is not None)
+    log.unlink()
+    parsed = read_shard_table(source, shard, str(spill))
+    kept = list(spill.iterdir())
+    assert len(kept) == 1
+    mapped = read_shard_table(source, shard, str(spill))
+    assert list(spill.iterdir()) == kept
+    last = read_shard_table(source, shard, str(spill), last=True)
+    assert not list(spill.iterdir())
+    assert mapped.equals(parsed) and last.equals(parsed) and last.num_rows > 10
+    assert log.read_text().count("read_table") == 1
+
+
 def test_an_encrypted_cache_keeps_no_parsed_copy_of_the_source(tmp_path, monkeypatch):
     from privet.crypto import Cipher
     from privet.storage import protect
@@ -497,10 +521,12 @@ def test_a_table_split_field_is_read_in_any_case_like_the_record_path():
     import pyarrow as pa
 
     from privet.data.prepare import _FIELD_SPLITS
-    from privet.data.shard_tables import table_splits
+    from privet.data.shard_tables import SPLITS, table_splits
 
     column = pa.chunked_array([["Train", "VALID", "test"], ["validation", "TRAIN", "Val"]])
-    got = table_splits(pa.table({"split": column}), "split", _FIELD_SPLITS)
+    codes = table_splits(pa.table({"split": column}), "split", _FIELD_SPLITS)
+    assert codes.dtype == "int8"
+    got = [SPLITS[c] for c in codes]
     assert list(got) == [_FIELD_SPLITS[str(v).lower()] for v in column.to_pylist()]
     assert list(got) == ["train", "val", "test", "val", "train", "val"]
     assert table_splits(pa.table({"split": ["train", "holdout"]}), "split", _FIELD_SPLITS) is False

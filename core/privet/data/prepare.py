@@ -31,12 +31,11 @@ from .checks import FLOAT32_MAX, non_finite  # noqa: F401 - re-exported
 from .example_jobs import FitJob, GroupJob, example_jobs, makes_groups
 from .parallel import (InlineRunner, PassSpec, ProcessRunner, digests_of, fits_by_parts,
                        parallel_prefix, report_sum, shard_bytes)
-from .shard_tables import FitPart, RecordFile, clean_chain, fit_part, read_shard_table
+from .shard_tables import SPLITS, FitPart, RecordFile, clean_chain, fit_part, read_shard_table
 from .ranks import RankLink, RankRunner, local_runner
 from ..monitor.progress import PrepProgress
 from .versions import code_version
 
-SPLITS = ("train", "val", "test")
 _FIELD_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 CACHE_VERSION = 2
 #: Records cleaned together (Cleaner.clean_batch): large enough that a cleaner's batch
@@ -238,10 +237,10 @@ class Preparer:
         start, n = pos[0], table.num_rows
         pos[0] += n
         if splits is None:
-            splits = np.array([self._part(start + i + 1, pos[1]) for i in range(n)], dtype=object)
+            splits = np.array([SPLITS.index(self._part(start + i + 1, pos[1])) for i in range(n)], np.int8)
         events = []
         for part in SPLITS if only is None else (only,):
-            mask = splits == part
+            mask = splits == SPLITS.index(part)
             if mask.all():
                 events.append(("table", part, table))
             elif mask.any():

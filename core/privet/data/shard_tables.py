@@ -80,7 +80,7 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec:
     goes the record way from the start, so each drop keeps its line. When a cleaner
     declines, the table's rows continue as records from that cleaner on.
     """
-    table = read_shard_table(source, shard, spec.spill)
+    table = read_shard_table(source, shard, spec.spill, last=spec.write is not None)
     if table is None:
         return False
     splits = table_splits(table, spec.split_field, spec.parts)
@@ -88,7 +88,7 @@ def shard_table(source: Source, shard: Shard, cleaners: Sequence[Cleaner], spec:
         return False
     rows = table.num_rows
     if fitter is not None and splits is not None:  # a fitting pass: the training rows alone
-        train = splits == "train"
+        train = splits == TRAIN
         if not train.any():  # nothing in the shard the fit sees
             yield [("part", None, rows)]
             return True
@@ -125,8 +125,8 @@ def write_split_files(table: Any, splits: Any, shard: Shard, folder: str, cipher
 
     storage = Storage(folder, cipher=cipher)
     out: list[Item] = []
-    for split in ("train", "val", "test"):
-        mask = splits == split
+    for code, split in enumerate(SPLITS):
+        mask = splits == code
         if mask.any():
             rows = table if mask.all() else table.filter(mask)
             if order is not None:
@@ -165,10 +165,13 @@ def fit_part(fitter: Cleaner, table: Any) -> Any:
     return fitter.fit_table(table) if table.num_rows else None
 
 
-def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
+def read_shard_table(source: Source, shard: Shard, spill: str | None, last: bool = False) -> Any:
     """``source.read_table(shard)``, parsed once per preparation: with a ``spill`` folder,
     the first pass writes the table there as an Arrow file (or a mark for a declined
-    shard) and later passes memory-map it instead of parsing the shard again."""
+    shard) and later passes memory-map it instead of parsing the shard again. The
+    ``last`` pass to read it (the writing pass) unlinks the file once mapped: its pages
+    are freed as soon as the shard is done, for the records that pass writes next,
+    instead of a gigabyte of spill staying cached until the pass ends."""
     if spill is None:
         return source.read_table(shard)
     import pyarrow as pa
@@ -180,6 +183,8 @@ def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
     name = shard_key(shard)
     if store.exists(name):
         with pa.memory_map(str(store.path(name))) as mapped:
+            if last:  # the mapping keeps the pages while the table needs them
+                store.remove(name)
             return pa.ipc.open_file(mapped).read_all()
     if store.exists(name + ".none"):
         return None
@@ -191,9 +196,16 @@ def read_shard_table(source: Source, shard: Shard, spill: str | None) -> Any:
     return table
 
 
+#: the splits of a cache, in order; a row's split travels as its index here (int8)
+SPLITS = ("train", "val", "test")
+TRAIN = 0
+
+
 def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> Any:
-    """Each row's split (a numpy array of names) from ``split_field``, None without one, or
-    False when a value is missing or not a split name (the record path reports those)."""
+    """Each row's split from ``split_field`` as an int8 numpy array of indices into
+    :data:`SPLITS` (compared, taken and pickled as bytes, not as strings), None without
+    one, or False when a value is missing or not a split name (the record path reports
+    those)."""
     if split_field is None:
         return None
     import numpy as np
@@ -209,7 +221,7 @@ def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> 
     if any(n not in parts for n in names):
         return False
     codes = coded.indices.to_numpy(zero_copy_only=False)
-    return np.array([parts[n] for n in names] or [""], dtype=object)[codes]
+    return np.array([SPLITS.index(parts[n]) for n in names] or [0], dtype=np.int8)[codes]
 
 
 def has_non_finite(table: Any) -> bool:
@@ -248,7 +260,7 @@ def _rows_from(table: Any, cleaners: Sequence[Cleaner], splits: Any, size: int) 
         for i, outcome in enumerate(clean_chain(cleaners, records)):
             rec = records[i]
             path = rec.get("path")
-            part = None if splits is None else splits[lo + i]
+            part = None if splits is None else SPLITS[splits[lo + i]]
             out.append(("rec", None, path if isinstance(path, str) and path else None, part,
                         *portable(outcome, None)))
         yield out

@@ -220,6 +220,62 @@ def test_rows_from_add_and_add_table_keep_their_order():
         ("", [0.0], [5.0]), ("s", [3.0, 1.0, 2.0], [1.0, 2.0, 4.0]), ("t", [9.0], [3.0])]
 
 
+def test_rows_in_series_order_are_collected_as_interleaved_rows_are():
+    """A record file of a window model holds its rows by series: add_table takes each
+    series' run as a slice. Same series, rows and values as the same rows interleaved,
+    and as add; a row without a time or before the training data still left out."""
+    rng = np.random.default_rng(7)
+    by_series = [{"time": float(t), "series": name, "v": float(rng.normal()), "w": int(t)}
+                 for name in ("a", "b", "c") for t in range(6)]
+    by_series[4]["time"] = None
+    interleaved = sorted(by_series, key=lambda r: (r["w"], r["series"]))
+    guard = {"b": 1.0}
+    collected_from = []
+    for records, tabled in ((by_series, True), (interleaved, True), (by_series, False)):
+        collector = SeriesCollector(["v", "w"], not_before=guard)
+        if tabled:
+            collector.add_table(privet.record_tables(records).__next__())
+        else:
+            collector.extend(records)
+        collected_from.append((collected(collector), collector.counts))
+    assert collected_from[0] == collected_from[1] == collected_from[2]
+    got, counts = collected_from[0]
+    assert [(name, len(times)) for name, times, _v, _l in got] == [("a", 5), ("b", 4), ("c", 6)]
+    assert counts == Counter(rows_without_time=1, rows_not_after_training=2)
+
+
+def test_a_series_of_a_sorted_table_is_its_own_contiguous_copy():
+    """The collected series do not keep the table's matrix alive (a group's rows are held
+    once) and are row-major like those add makes."""
+    collector = SeriesCollector(["v", "w"])
+    collector.add_table(pa.table({"time": [0.0, 1.0, 0.0], "series": ["a", "a", "b"],
+                                  "v": [1.0, 2.0, 3.0], "w": [4.0, 5.0, 6.0]}))
+    chunks = [v for parts in collector._chunks.values() for _t, v in parts]
+    assert all(c.flags["C_CONTIGUOUS"] and c.base is None for c in chunks)
+    assert [c.tolist() for c in chunks] == [[[1.0, 4.0], [2.0, 5.0]], [[3.0, 6.0]]]
+
+
+@pytest.mark.parametrize("keys", [[1, 1, 2, 5, 5, 5, 9], [0.5, 1.5, 2.5], [3], [-1e9, -1e9]])
+def test_unique_of_sorted_keys_is_numpys_unique(keys):
+    from privet_timeseries.series import _unique_sorted
+
+    keys = np.array(keys)
+    for got, want in zip(_unique_sorted(keys), np.unique(keys, return_index=True,
+                                                         return_inverse=True, return_counts=True)):
+        assert got.dtype == want.dtype and got.tolist() == want.reshape(-1).tolist()
+
+
+def test_values_too_big_to_sum_are_no_gap():
+    """Windows are screened for gaps by a sum first; finite values whose sum overflows
+    take the exact check, which finds no gap."""
+    values = np.full((12, 2), 1e308)
+    s = Series("s", np.arange(12) * H, values)
+    counts: Counter[str] = Counter()
+    windows = list(make_windows(s, series_index=0, counts=counts, n_targets=1, n_observed=2,
+                                n_known=0, length=4, horizon=2, stride=1))
+    assert len(windows) == 7 and counts == Counter(windows=7)
+
+
 # -- windows ------------------------------------------------------------------------------------
 
 def reference_windows(s: Series, *, n_targets: int, n_observed: int, n_known: int, length: int,

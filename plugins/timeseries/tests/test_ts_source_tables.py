@@ -390,6 +390,29 @@ def test_invalid_utf8_and_missing_series_ids_decline(host, tmp_path):
     assert _declines(src)
 
 
+def test_utf8_beyond_ascii_takes_the_table_path_and_bad_bytes_in_a_text_column_decline(host, tmp_path):
+    """A shard that is not all ASCII is checked as UTF-8 (valid: read as a table, the
+    same records; invalid anywhere, a series id too: the record path reports it)."""
+    path = _csv(tmp_path, "ids.csv", 'timestamp,id,v\n2024-01-01,café,1\n2024-01-02,"ß ""x""",2\n')
+    src = host.make("source", "timeseries.csv", {"paths": [str(path)], "series_column": "id",
+                                                  "target_columns": ["v"]})
+    assert [r["series"] for r in _check_all(src)] == ["café", 'ß "x"']
+    path.write_bytes(b"timestamp,id,v\n2024-01-01,caf\xe9,1\n")
+    assert any(isinstance(r, BadRecord) for r in src.read(src.shards()[0]))
+    assert _declines(src)
+
+
+def test_shards_ending_inside_lines_read_on_to_their_newlines(host, tmp_path):
+    """Each byte-range shard reads the lines that start in it, the last one to its end
+    (a shard boundary every few bytes: mid-line, on a newline, at the file's end)."""
+    lines = [f"2024-01-01T{i % 24:02d}:00:00,s{i % 2},{i}.5\n" for i in range(40)]
+    path = _csv(tmp_path, "lines.csv", "timestamp,id,v\n" + "".join(lines)[:-1])  # no final newline
+    src = host.make("source", "timeseries.csv", {"paths": [str(path)], "series_column": "id",
+                                                  "target_columns": ["v"], "chunk_mb": 37 / (1 << 20)})
+    assert len(src.shards()) > 20
+    assert [r["v"] for r in _check_all(src)] == [i + 0.5 for i in range(40)]
+
+
 def test_a_missing_column_declines_and_read_raises(host, tmp_path):
     path = _csv(tmp_path, "m.csv", "when,v\n2024-01-01,1\n")
     src = host.make("source", "timeseries.csv", {"paths": [str(path)], "target_columns": ["v"]})

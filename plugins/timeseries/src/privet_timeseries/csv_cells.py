@@ -14,24 +14,24 @@ from .table_cells import _any, _flat
 from .timeparse import all_true, py_strip
 
 
-def _lines_before(fh: Any, pos: int, end: int | None) -> bytes:
+def _lines_before(fh: Any, pos: int, end: int | None) -> bytes | bytearray:
     """The bytes of the lines from ``pos`` (where ``fh`` stands) that start before
-    ``end``: the last one runs on to its newline, as in ``_rows``."""
+    ``end``: the last one runs on to its newline, as in ``_rows``. Read into one buffer
+    that the last line extends in place: a shard is copied out of the file once."""
     if end is None:
         return fh.read()
-    chunks = []
-    left = end - pos
-    while left > 0:
-        block = fh.read(left)
-        if not block:
-            break
-        chunks.append(block)
-        left -= len(block)
-    data = b"".join(chunks)
+    data = bytearray(max(0, end - pos))
+    with memoryview(data) as view:
+        got = 0
+        while got < len(data):
+            n = fh.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    del data[got:]
     if data and not data.endswith(b"\n"):
         data += fh.readline()
     return data
-
 
 
 def _null_cells() -> list[str]:
@@ -57,11 +57,12 @@ def _csv_columns(data: bytes, header: list[str], delimiter: str,
     reader of ``_rows`` might split or report a line otherwise."""
     if b"\x00" in data or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
         return None  # NUL or a lone CR: csv.Error there (unreadable_row)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None  # invalid_utf8
-    if '"' in text and not _plain_quotes(text, delimiter):
+    if not data.isascii():  # ASCII is UTF-8: no decoded copy of the shard for the check
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # invalid_utf8
+    if b'"' in data and not _plain_quotes(data.decode("utf-8"), delimiter):
         return None
     if numeric and len(header) > 1:  # one column: a blank cell is a line _rows skips
         typed = _typed_columns(data, header, delimiter, numeric)

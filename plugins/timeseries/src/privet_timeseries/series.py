@@ -168,6 +168,20 @@ def rows_of_series(table: Any, names: set[str]) -> Any:
     return table.filter(pa.array(member[codes]))
 
 
+def _series_parts(names: list[str], codes: np.ndarray) -> Iterator[tuple[str, Any]]:
+    """Each series' rows (``names[code]``, a slice or an index array of the rows), in the
+    order of their first row, table order within a series. Rows in series order (a record
+    file of a window model) come as slices, not gathered."""
+    if len(codes) < 2 or bool((codes[1:] >= codes[:-1]).all()):
+        bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(codes)]
+        for a, b in zip(bounds, bounds[1:]):
+            yield names[codes[a]], slice(a, b)
+        return
+    order = np.argsort(codes, kind="stable")
+    for group in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
+        yield names[codes[group[0]]], group
+
+
 def series_order(table: Any) -> np.ndarray | None:
     """The rows of ``table`` by series name (sorted as :func:`series_groups` sorts them),
     in table order within a series; None when they already are."""
@@ -261,20 +275,21 @@ class SeriesCollector:
         rows = np.flatnonzero(keep)
         if not len(rows):
             return self
-        values = np.empty((len(rows), len(self.columns)))
+        every = len(rows) == n  # the usual case: no row left out, nothing to gather
+        # filled column by column: a column-major matrix takes each as one contiguous write
+        values = np.empty((len(self.columns), len(rows))).T
         for j, col in enumerate(self.columns):
             column = numeric_values(table, col)
-            values[:, j] = math.nan if column is None else column[rows]
+            values[:, j] = math.nan if column is None else column if every else column[rows]
         labels = None
         if self.label is not None:
             labels = table.column(self.label).to_pylist() if self.label in table.column_names \
                 else [None] * n
-        codes = codes[rows]
-        order = np.argsort(codes, kind="stable")  # rows grouped by series, in table order within
-        bounds = np.flatnonzero(np.diff(codes[order])) + 1
-        for group in np.split(order, bounds):
-            self._append(names[codes[group[0]]], times[rows[group]], values[group],
-                         [labels[i] for i in rows[group]] if labels is not None else None)
+        if not every:
+            times, codes = times[rows], codes[rows]
+        for name, part in _series_parts(names, codes):  # copies: the table's matrix goes
+            self._append(name, times[part].copy(), values[part].copy(order="C"),
+                         [labels[i] for i in rows[part]] if labels is not None else None)
         return self
 
     def _start(self, name: str) -> None:
@@ -326,8 +341,7 @@ def regularize(s: Series, rules: SeriesRules, counts: Counter[str]) -> Series:
         keys = np.floor((times - times[0]) / step + 1e-6).astype(np.int64)
     else:
         keys = times
-    uniq, first_idx, inverse, n_per = np.unique(keys, return_index=True, return_inverse=True,
-                                               return_counts=True)
+    uniq, first_idx, inverse, n_per = _unique_sorted(keys)
     dupes = len(keys) - len(uniq)
     if dupes:
         counts["duplicate_timestamps"] += dupes
@@ -359,6 +373,18 @@ def regularize(s: Series, rules: SeriesRules, counts: Counter[str]) -> Series:
             times = times[0] + np.arange(size) * step
     values = fill(values, times, rules.fill, counts)
     return Series(s.name, times, values, labels)
+
+
+def _unique_sorted(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index, return_inverse, return_counts)`` of keys already in
+    order: equal keys are neighbours, so one comparison per row finds them (no sort)."""
+    new = np.empty(len(keys), bool)
+    new[:1] = True
+    np.not_equal(keys[1:], keys[:-1], out=new[1:])
+    first_idx = np.flatnonzero(new)
+    n_per = np.diff(first_idx, append=len(keys))
+    inverse = np.cumsum(new) - 1
+    return keys[first_idx], first_idx, inverse, n_per
 
 
 def _merge(values: np.ndarray, labels: list[Any] | None, inverse: np.ndarray, first_idx: np.ndarray,

@@ -158,15 +158,17 @@ def _window_starts(s: Series, *, n_targets: int, n_observed: int, n_known: int, 
         counts["series_too_short"] += 1
         return None
     starts = np.arange(0, n - span + 1, stride)
-    cuts, ends = starts + length, starts + span
-    past_bad = _bad_prefix(values[:, :n_observed])
-    fut_bad = _bad_prefix(values[:, :n_targets])
-    known_bad = _bad_prefix(values[:, n_observed:n_observed + n_known])
-    gap = ((past_bad[cuts] != past_bad[starts]) | (fut_bad[ends] != fut_bad[cuts])
-           | (known_bad[ends] != known_bad[starts]))
-    if gap.any():
-        counts["windows_with_gaps"] += int(gap.sum())
-        starts = starts[~gap]
+    read = values[:, :n_observed + n_known]
+    if not np.isfinite(read.sum()):  # a gap somewhere (or a sum too big): find its windows
+        cuts, ends = starts + length, starts + span
+        past_bad = _bad_prefix(read[:, :n_observed])
+        fut_bad = _bad_prefix(read[:, :n_targets])
+        known_bad = _bad_prefix(read[:, n_observed:])
+        gap = ((past_bad[cuts] != past_bad[starts]) | (fut_bad[ends] != fut_bad[cuts])
+               | (known_bad[ends] != known_bad[starts]))
+        if gap.any():
+            counts["windows_with_gaps"] += int(gap.sum())
+            starts = starts[~gap]
     labels: list[object] | None = None
     if s.labels is not None:
         labels = [s.labels[i] for i in (starts + length - 1).tolist()]
