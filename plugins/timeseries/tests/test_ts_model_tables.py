@@ -452,6 +452,26 @@ def test_a_table_in_series_order_gives_each_group_as_one_run_of_rows(monkeypatch
     assert series.run_of_series(bare, "a", "b").num_rows == 0
 
 
+def test_tables_in_series_order_are_counted_by_runs_with_the_same_groups(monkeypatch):
+    """Record files marked in series order are counted by runs of equal names (a series
+    may run on from one file into the next); the groups are those of counting each row."""
+    from privet.data.arrow import RECORD_ORDER_KEY
+    from privet_timeseries import series
+
+    monkeypatch.setattr(series, "MIN_GROUP_ROWS", 1)
+    monkeypatch.setattr(series, "MAX_GROUPS", 3)
+    names = [f"s{i}" for i in (1, 1, 2, 2, 2, 3, 4, 4, 4, 4, 5, 6)]
+    plain = [pa.table({"series": names[:7]}), pa.table({"series": names[7:]}), pa.table({"series": ["s9"]})]
+    marked = [t.replace_schema_metadata({RECORD_ORDER_KEY: b"1"}) for t in plain]
+    counted = [list(series._series_rows(t)) for t in marked]
+    assert counted == [[("s1", 2), ("s2", 3), ("s3", 1), ("s4", 1)], [("s4", 3), ("s5", 1), ("s6", 1)],
+                       [("s9", 1)]]
+    assert series.series_groups(marked) == series.series_groups(plain) == [
+        ("s1", "s2"), ("s3", "s4"), ("s5", "s6", "s9")]
+    nulls = pa.table({"series": ["a", None]}).replace_schema_metadata({RECORD_ORDER_KEY: b"1"})
+    assert sorted(series._series_rows(nulls)) == [("None", 1), ("a", 1)]  # by names, not runs
+
+
 def test_a_large_split_gets_more_groups_of_bounded_rows(monkeypatch):
     """A worker holds one group: past MAX_GROUPS groups of MAX_GROUP_ROWS, a larger split
     gets more groups, not larger ones (a group stops at the series that fills it)."""

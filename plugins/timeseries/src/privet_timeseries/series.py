@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Literal
 import attrs
 import numpy as np
 
-from privet import DataError, Record
+from privet import DataError, Record, in_record_order
 
 from .sources import SERIES, TIME
 from .timeparse import parse_frequency, to_datetime
@@ -130,8 +130,7 @@ def series_groups(tables: Iterable[Any]) -> list[tuple[str, ...]]:
     at most ``MAX_GROUP_ROWS`` rows (unless one series is longer) for a large split."""
     rows: Counter[str] = Counter()
     for table in tables:
-        names, codes = series_names(table)
-        for name, n in zip(names, np.bincount(codes, minlength=len(names)).tolist()):
+        for name, n in _series_rows(table):
             if n:
                 rows[name] += n
     total = sum(rows.values())
@@ -148,6 +147,28 @@ def series_groups(tables: Iterable[Any]) -> list[tuple[str, ...]]:
     if run:
         groups.append(tuple(run))
     return groups
+
+
+def _series_rows(table: Any) -> Iterable[tuple[str, int]]:
+    """``(series name, rows)`` of a table (a name may come more than once). A text column
+    without nulls is read as runs of equal neighbours, one comparison a row, where a
+    record file in series order holds a few long ones; else by :func:`series_names`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column(SERIES) if SERIES in table.column_names else None
+    if column is None or column.null_count or not (
+            pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) \
+            or not in_record_order(table):
+        names, codes = series_names(table)
+        return zip(names, np.bincount(codes, minlength=len(names)).tolist())
+    column = column.combine_chunks()
+    n = len(column)
+    if n < 2:
+        return zip(column.to_pylist(), [1] * n)
+    change = pc.not_equal(column.slice(1), column.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(change) + 1])
+    return zip(column.take(pa.array(starts)).to_pylist(), np.diff(starts, append=n).tolist())
 
 
 def rows_of_series(table: Any, names: set[str]) -> Any:
