@@ -8,8 +8,11 @@ the whole stream (the record ordinal the random split hashes, cleaners that comp
 with each other, the Arrow writers) sees exactly what a one-process preparation sees: the
 cache is byte-identical whatever the number of workers.
 
-Shard ``i`` goes to worker ``i % workers``; each worker has its own bounded queue, so at
-most ``workers * QUEUE_CHUNKS`` chunks wait in memory, however big the corpus. Workers are
+A free worker takes the next shard (a shared counter: a slow shard or a busy core holds
+up one worker, not every ``workers``-th shard) and says so on a claims queue, which is
+how the preparing process knows whose queue to read each shard from. Each worker has its
+own bounded queue, so at most ``workers * QUEUE_CHUNKS`` chunks wait in memory, however
+big the corpus. Workers are
 started with ``spawn`` (torch and fork do not mix) and get the source and cleaners
 pickled; classes of plugin-dir modules are re-imported from their files.
 """
@@ -298,13 +301,18 @@ class ProcessRunner:
         self._current = ctx.Value("l", 0)
         self._commands = [ctx.Queue() for _ in range(workers)]
         self._results = [ctx.Queue(maxsize=QUEUE_CHUNKS) for _ in range(workers)]
+        self._claims = ctx.Queue()
+        counter = (ctx.Lock(), ctx.RawValue("l", 0), ctx.RawValue("l", 0))
+        self._counter = counter
         self._procs = [ctx.Process(target=_worker_main, name=f"privet-prepare-{w}", daemon=True,
                                    args=(payload, modules, self._commands[w], self._results[w],
-                                         self._current))
+                                         self._current, Claims(*counter, self._claims, w)))
                        for w in range(workers)]
         for p in self._procs:
             p.start()
         self._pass = 0
+        #: the worker that took each job of the current pass
+        self._owners: dict[int, int] = {}
 
     def run(self, shards: list[Shard], spec: PassSpec) -> Iterator[tuple[int, str, Any]]:
         pass_id = self._deal(shards, lambda p, mine: (p, spec, mine))
@@ -312,21 +320,44 @@ class ProcessRunner:
 
     def model_jobs(self, jobs: list[Any], state: Any) -> Iterator[Any]:
         """What each job gives (see :func:`~.example_jobs.run_job`), made in the workers on
-        their copy of the model, loaded with ``state`` when given (job ``i`` on worker
-        ``i % workers``), yielded in order."""
-        pass_id = self._deal(jobs, lambda p, mine: ("examples", p, state, mine))
+        their copy of the model, loaded with ``state`` when given (each job by the next
+        free worker), yielded in order."""
+        pass_id = self._deal(jobs, lambda p, items: ("examples", p, state, items))
         for index in range(len(jobs)):
             yield self._next(pass_id, index)[1]
 
-    def _deal(self, items: Sequence[Any], command: Callable[[int, list[tuple[int, Any]]], Any]) -> int:
-        """Start a pass: item ``i`` goes to worker ``i % workers``, in ``command(pass id,
-        [(i, item), ...])``; workers leave what is left of an abandoned pass."""
+    def _deal(self, items: Sequence[Any], command: Callable[[int, list[Any]], Any]) -> int:
+        """Start a pass: every worker gets ``command(pass id, items)`` and takes items from
+        the pass' counter (:class:`Claims`); workers leave what is left of an abandoned pass."""
         self._pass += 1
         pass_id = self._pass
         self._current.value = pass_id
-        for w, commands in enumerate(self._commands):
-            commands.put(command(pass_id, [(i, it) for i, it in enumerate(items) if i % self.workers == w]))
+        lock, claim_pass, claim_next = self._counter
+        with lock:
+            claim_pass.value, claim_next.value = pass_id, 0
+        self._owners = {}
+        for commands in self._commands:
+            commands.put(command(pass_id, list(items)))
         return pass_id
+
+    def _owner(self, pass_id: int, index: int) -> int:
+        """The worker that took job ``index`` of pass ``pass_id`` (claims of other passes are
+        skipped; they may come out of order, from different workers)."""
+        while index not in self._owners:
+            try:
+                got_pass, got_index, w = self._claims.get(timeout=_POLL_S)
+            except queue.Empty:
+                self._check_alive()
+                continue
+            if got_pass == pass_id:
+                self._owners[got_index] = w
+        return self._owners[index]
+
+    def _check_alive(self) -> None:
+        for w, proc in enumerate(self._procs):
+            if not proc.is_alive():
+                raise PrivetError(f"data preparation worker {w} died (exit code {proc.exitcode}); "
+                                  f"out of memory? set data.prepare_workers lower")
 
     def _until_end(self, pass_id: int, count: int) -> Iterator[tuple[int, str, Any]]:
         """Each job's messages up to its ``"end"``, job by job."""
@@ -340,7 +371,7 @@ class ProcessRunner:
     def _next(self, pass_id: int, index: int) -> tuple[str, Any]:
         """The next message of job ``index`` of pass ``pass_id`` from its worker (messages
         of an abandoned pass are skipped; a worker's error is raised here)."""
-        w = index % self.workers
+        w = self._owner(pass_id, index)
         while True:
             got_pass, got_index, kind, payload = self._get(w)
             if got_pass != pass_id:
@@ -356,10 +387,8 @@ class ProcessRunner:
             try:
                 return self._results[w].get(timeout=_POLL_S)
             except queue.Empty:
-                proc = self._procs[w]
-                if not proc.is_alive():
-                    raise PrivetError(f"data preparation worker {w} died (exit code {proc.exitcode}); "
-                                      f"out of memory? set data.prepare_workers lower") from None
+                if not self._procs[w].is_alive():
+                    self._check_alive()
 
     def close(self) -> None:
         """Stop the workers (they may be blocked on a full queue of an abandoned pass)."""
@@ -373,9 +402,32 @@ class ProcessRunner:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
-        for q in (*self._commands, *self._results):
+        for q in (*self._commands, *self._results, self._claims):
             q.cancel_join_thread()
             q.close()
+
+
+class Claims:
+    """A worker's end of the pass' shared counter: each free worker takes the next job and
+    puts ``(pass id, job, worker)`` on the claims queue, so jobs go to whoever is free and
+    the preparing process still reads each job's messages in order from its taker."""
+
+    def __init__(self, lock: Any, claim_pass: Any, claim_next: Any, claims: Any, worker: int) -> None:
+        self.lock, self.claim_pass, self.claim_next = lock, claim_pass, claim_next
+        self.claims = claims
+        self.worker = worker
+
+    def take(self, pass_id: int, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """``(index, item)`` of each job this worker takes, in increasing order, until the
+        pass has none left or is no longer the current one."""
+        while True:
+            with self.lock:
+                i = self.claim_next.value
+                if self.claim_pass.value != pass_id or i >= len(items):
+                    return
+                self.claim_next.value = i + 1
+                self.claims.put((pass_id, i, self.worker))
+            yield i, items[i]
 
 
 def _check_importable(objects: list[Any]) -> None:
@@ -448,8 +500,8 @@ def _load_file_modules(modules: list[tuple[str, str]]) -> None:
 
 
 def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, results: Any,
-                 current: Any) -> None:
-    """A worker: wait for a pass, run its shards in order, stream the outcomes back."""
+                 current: Any, claims: Claims) -> None:
+    """A worker: wait for a pass, take its jobs one at a time, stream the outcomes back."""
     try:
         _load_file_modules(modules)
         source, cleaners, model = pickle.loads(payload)
@@ -462,31 +514,51 @@ def _worker_main(payload: bytes, modules: list[tuple[str, str]], commands: Any, 
         if command is None:
             return
         if command[0] == "examples":
-            _worker_examples(model, command, results, broken, lambda: current.value)
+            _worker_examples(model, command, results, broken, lambda: current.value, claims)
             continue
-        pass_id, spec, mine = command
-        if broken is not None:
-            if mine:
-                results.put((pass_id, mine[0][0], "error", _export_error(broken)))
-            continue
+        pass_id, spec, items = command
         try:
+            if broken is not None:
+                raise broken
             for j, state in spec.states.items():
                 cleaners[j].load_state_dict(state)
             for c in cleaners[:spec.upto]:
                 c.start_pass()
         except BaseException as err:  # noqa: BLE001 - reported to the preparing process
-            if mine:
-                results.put((pass_id, mine[0][0], "error", _export_error(err)))
+            _fail_next(claims.take(pass_id, items), pass_id, results, err)
             continue
-        _worker_pass(source, cleaners, spec, pass_id, mine, results, lambda: current.value)
+        _worker_pass(source, cleaners, spec, pass_id, claims.take(pass_id, items), results,
+                     lambda: current.value)
+
+
+def _put(results: Any, message: tuple[Any, ...], current: Callable[[], int]) -> bool:
+    """Put ``message`` on this worker's bounded queue; False (dropped) once its pass is no
+    longer the current one: a full queue of a pass the preparing process left must not
+    keep this worker from the jobs of the next."""
+    while True:
+        if current() != message[0]:
+            return False
+        try:
+            results.put(message, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+
+
+def _fail_next(jobs: Iterator[tuple[int, Any]], pass_id: int, results: Any, err: BaseException) -> None:
+    """Report ``err`` as the outcome of the next job this worker takes (the preparing
+    process raises it when it reaches that job)."""
+    for index, _item in jobs:
+        results.put((pass_id, index, "error", _export_error(err)))
+        return
 
 
 def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any,
-                     broken: BaseException | None, current: Callable[[], int]) -> None:
-    """This worker's model jobs (:func:`~.example_jobs.run_job`), on its model loaded with
-    the command's state when it holds one."""
-    _kind, pass_id, state, mine = command
-    for index, job in mine:
+                     broken: BaseException | None, current: Callable[[], int], claims: Claims) -> None:
+    """The model jobs this worker takes (:func:`~.example_jobs.run_job`), on its model
+    loaded with the command's state when it holds one."""
+    _kind, pass_id, state, items = command
+    for index, job in claims.take(pass_id, items):
         try:
             if broken is not None:
                 raise broken
@@ -495,9 +567,8 @@ def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any
             if state is not None:
                 model.load_state_dict(state)
                 state = None
-            if current() != pass_id:
+            if current() != pass_id or not _put(results, (pass_id, index, "examples", run_job(model, job)), current):
                 return  # the preparing process stopped (an error in an earlier job)
-            results.put((pass_id, index, "examples", run_job(model, job)))
         except BaseException as err:  # noqa: BLE001 - reported in order, raised there
             results.put((pass_id, index, "error", _export_error(err)))
             break
@@ -505,15 +576,14 @@ def _worker_examples(model: Model | None, command: tuple[Any, ...], results: Any
 
 
 def _worker_pass(source: Source, cleaners: list[Cleaner], spec: PassSpec, pass_id: int,
-                 mine: list[tuple[int, Shard]], results: Any, current: Callable[[], int]) -> None:
+                 jobs: Iterator[tuple[int, Shard]], results: Any, current: Callable[[], int]) -> None:
     digester = cleaners[spec.upto] if spec.digest and spec.upto < len(cleaners) else None
-    for index, shard in mine:
+    for index, shard in jobs:
         try:
             for kind, payload in _run_shard(source, shard, cleaners[:spec.upto], spec, digester,
                                             spec.fitter(cleaners)):
-                if current() != pass_id:
+                if not _put(results, (pass_id, index, kind, payload), current):
                     return  # the preparing process moved on (an error, or a fit that stopped early)
-                results.put((pass_id, index, kind, payload))
         except BaseException as err:  # noqa: BLE001 - reported in order, raised there
             results.put((pass_id, index, "error", _export_error(err)))
             return
