@@ -346,20 +346,27 @@ def test_preparation_progress_reports_records_and_megabytes_per_second():
 
 
 class _Napping(JsonLines):
-    """Reads its shards as JSON Lines; a file named ``slow*`` keeps its worker busy."""
+    """Reads its shards as JSON Lines; the file named ``slow*`` keeps its worker busy until
+    every other file was read (each leaves a ``.done`` mark), for at most 30 s."""
 
     def read_file(self, path):
-        if Path(path).name.startswith("slow"):
-            import time
+        import time
 
-            time.sleep(1.5)
+        folder = Path(path).parent
+        if Path(path).name.startswith("slow"):
+            others = len(list(folder.glob("*.jsonl"))) - 1
+            deadline = time.monotonic() + 30
+            while len(list(folder.glob("*.done"))) < others and time.monotonic() < deadline:
+                time.sleep(0.05)
         for location, record in super().read_file(path):
             yield location, {**record, "pid": os.getpid()}
+        (folder / f"{Path(path).name}.done").touch()
 
 
 def test_a_free_worker_takes_the_next_shard_and_the_stream_keeps_its_order(tmp_path):
-    """Shards go to whichever worker is free: while one sleeps on the slow first shard,
-    the other reads all the rest; the stream still comes in shard order."""
+    """Shards go to whichever worker is free: while one is held on the slow first shard,
+    the other reads all the rest (a fixed deal would leave every other shard waiting
+    behind the slow one); the stream still comes in shard order."""
     from privet.data.parallel import PassSpec, ProcessRunner
 
     data = tmp_path / "data"
