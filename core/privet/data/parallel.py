@@ -315,7 +315,7 @@ class ProcessRunner:
         self._owners: dict[int, int] = {}
 
     def run(self, shards: list[Shard], spec: PassSpec) -> Iterator[tuple[int, str, Any]]:
-        pass_id = self._deal(shards, lambda p, mine: (p, spec, mine))
+        pass_id = self._deal(shards, lambda p, items: (p, spec, items))
         yield from self._until_end(pass_id, len(shards))
 
     def model_jobs(self, jobs: list[Any], state: Any) -> Iterator[Any]:
