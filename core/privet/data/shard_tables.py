@@ -198,7 +198,7 @@ def read_shard_table(source: Source, shard: Shard, spill: str | None, last: bool
 
 #: the splits of a cache, in order; a row's split travels as its index here (int8)
 SPLITS = ("train", "val", "test")
-TRAIN = 0
+TRAIN = SPLITS.index("train")
 
 
 def table_splits(table: Any, split_field: str | None, parts: dict[str, str]) -> Any:

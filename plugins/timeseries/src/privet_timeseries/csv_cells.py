@@ -49,7 +49,7 @@ def _null_cells() -> list[str]:
 _NULL_CELLS = _null_cells()
 
 
-def _csv_columns(data: bytes, header: list[str], delimiter: str,
+def _csv_columns(data: bytes | bytearray, header: list[str], delimiter: str,
                  numeric: list[str] | None = None) -> tuple[dict[str, Any], int] | None:
     """The cells of ``data`` by header name (and the row count), split as ``_rows``
     splits them: the ``numeric`` columns as float64 where Arrow's typed read is certain
@@ -57,13 +57,13 @@ def _csv_columns(data: bytes, header: list[str], delimiter: str,
     reader of ``_rows`` might split or report a line otherwise."""
     if b"\x00" in data or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
         return None  # NUL or a lone CR: csv.Error there (unreadable_row)
-    if not data.isascii():  # ASCII is UTF-8: no decoded copy of the shard for the check
+    if b'"' in data or not data.isascii():  # ASCII is UTF-8: no decoded copy to check it
         try:
-            data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None  # invalid_utf8
-    if b'"' in data and not _plain_quotes(data.decode("utf-8"), delimiter):
-        return None
+        if '"' in text and not _plain_quotes(text, delimiter):
+            return None
     if numeric and len(header) > 1:  # one column: a blank cell is a line _rows skips
         typed = _typed_columns(data, header, delimiter, numeric)
         if typed is not None:
@@ -72,7 +72,7 @@ def _csv_columns(data: bytes, header: list[str], delimiter: str,
     return None if columns is None else (columns, len(columns[header[0]]))
 
 
-def _read_cells(data: bytes, names: list[str], delimiter: str, types: dict[str, Any],
+def _read_cells(data: bytes | bytearray, names: list[str], delimiter: str, types: dict[str, Any],
                 **convert: Any) -> Any:
     """``pyarrow.csv`` of checked lines, split as Python's csv splits them (blank lines
     skipped; a line with another number of cells raises)."""
@@ -92,7 +92,7 @@ def _read_cells(data: bytes, names: list[str], delimiter: str, types: dict[str, 
         convert_options=pacsv.ConvertOptions(column_types=types, **convert))
 
 
-def _typed_columns(data: bytes, header: list[str], delimiter: str, numeric: list[str]
+def _typed_columns(data: bytes | bytearray, header: list[str], delimiter: str, numeric: list[str]
                    ) -> tuple[dict[str, Any], int] | None:
     """Every column, the ``numeric`` ones parsed by Arrow as float64 and the others as
     strings; ``None`` (read all as strings instead) if Arrow refuses any cell or might
@@ -125,12 +125,12 @@ def _typed_columns(data: bytes, header: list[str], delimiter: str, numeric: list
     return columns, table.num_rows
 
 
-def _blank(data: bytes) -> bool:
+def _blank(data: bytes | bytearray) -> bool:
     """Whether ``data`` holds nothing but line ends (no rows), without copying it."""
     return not data or (data[:1] in (b"\r", b"\n") and not data.strip(b"\r\n"))
 
 
-def _has_long_line(data: bytes, limit: int) -> bool:
+def _has_long_line(data: bytes | bytearray, limit: int) -> bool:
     """Whether a line of ``data`` is ``limit`` bytes or longer (newline included).
 
     A line that long holds a whole aligned block of ``limit // 2`` bytes without a
@@ -148,7 +148,7 @@ def _has_long_line(data: bytes, limit: int) -> bool:
     return int(np.diff(ends, prepend=-1, append=len(data) - 1).max()) >= limit
 
 
-def _string_columns(data: bytes, header: list[str], delimiter: str) -> dict[str, Any] | None:
+def _string_columns(data: bytes | bytearray, header: list[str], delimiter: str) -> dict[str, Any] | None:
     """Every column as strings (``_put`` then reads each cell by the string rules);
     ``None`` if a cell is too long for the csv reader."""
     import pyarrow as pa
