@@ -223,6 +223,17 @@ def _measure(kind: str, what: str, data: Path, cache: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _settle(folder: Path, kind: str, seconds: float) -> None:
+    """Start each run from the same state: no cache of an earlier run on disk, and its
+    writes flushed. Without this the kernel writes the last run's gigabytes back during
+    the next one, which pays for them: on the 1 GB series the 2-worker run, which comes
+    after the one-process run, took 18.6-22.5 s unsettled and 13.3-16.0 s settled."""
+    for old in folder.glob(f"cache-{kind}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    os.sync()
+    time.sleep(seconds)
+
+
 def _row(name: str, r: dict, mb: float, single: float | None) -> str:
     speedup = f"{single / r['seconds']:.2f}x" if single else ""
     return (f"| {name} | {r['workers']} | {r['seconds']:.1f} | {r['read'] / r['seconds']:,.0f} | "
@@ -252,9 +263,8 @@ def _measure_kind(kind: str, args: argparse.Namespace, loads: list[float]) -> li
     mb = sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e6
     runs: dict[str, list[dict]] = {"floor": [], "1c": [], "1": [], "n": []}
     for r in range(args.repeats):  # interleaved: a change of load hits all alike
-        runs["floor"].append(_measure(kind, "floor", data, args.dir / "none"))
-        for key, what in (("1c", "1c"), ("1", "1"), ("n", str(args.workers))):
-            shutil.rmtree(args.dir / f"cache-{kind}-{key}", ignore_errors=True)
+        for key, what in (("floor", "floor"), ("1c", "1c"), ("1", "1"), ("n", str(args.workers))):
+            _settle(args.dir, kind, args.settle)
             runs[key].append(_measure(kind, what, data, args.dir / f"cache-{kind}-{key}"))
         loads.append(os.getloadavg()[0])
         print(f"{kind} round {r + 1}: " + ", ".join(f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items())
@@ -294,6 +304,8 @@ def main() -> None:
                         help="keep a corpus already generated in --dir (same --mb and --files)")
     parser.add_argument("--stride", type=int, default=1,
                         help="time series: rows between window starts (1: a window per row)")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds of rest before each run, after the last run's cache is removed and synced")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
